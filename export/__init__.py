@@ -1,0 +1,1 @@
+"""Export stage: fused students (and initial experts) to ONNX, validated against PyTorch."""

@@ -1,0 +1,94 @@
+"""Datasets on disk, in MMAction2's layout (torch-free).
+
+A dataset is a folder with ``classes.txt`` (one class name per line, line i = label i)
+and one annotation list per split, ``<split>.txt``, whose lines are
+``relative/path.mp4 label`` (label -1 = unlabeled). Paths are relative to the folder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AnnotationError, InputError
+
+CLASSES_FILE = "classes.txt"
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class VideoDataset:
+    name: str
+    root: Path
+    categories: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def splits(self) -> list[str]:
+        return sorted(p.stem for p in self.root.glob("*.txt") if p.name != CLASSES_FILE)
+
+    def samples(self, split: str) -> list[Sample]:
+        return read_annotations(self.root / f"{split}.txt", self.root, self.num_classes)
+
+
+def read_classes(path: Path) -> tuple[str, ...]:
+    if not path.is_file():
+        raise AnnotationError(f"class-name file not found: {path}")
+    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if not names:
+        raise AnnotationError(f"{path}: no class names (expected one name per line)")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise AnnotationError(f"{path}: duplicate class names {dup}")
+    return names
+
+
+def read_annotations(path: Path, root: Path, num_classes: int) -> list[Sample]:
+    """Parse an MMAction2 list file; every error names the file and line."""
+    if not path.is_file():
+        raise AnnotationError(f"annotation list not found: {path}")
+    samples = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2:
+            raise AnnotationError(f"{path}:{lineno}: expected 'relative/path.mp4 label', got {line!r}")
+        rel, lab = parts
+        try:
+            label = int(lab)
+        except ValueError:
+            raise AnnotationError(f"{path}:{lineno}: label {lab!r} is not an integer") from None
+        if not -1 <= label < num_classes:
+            raise AnnotationError(f"{path}:{lineno}: label {label} outside [0, {num_classes}) "
+                                  "(-1 marks unlabeled samples)")
+        samples.append(Sample(root / rel, label))
+    if not samples:
+        raise AnnotationError(f"{path}: annotation list has no samples")
+    return samples
+
+
+def load_dataset(root: str | Path, name: str | None = None) -> VideoDataset:
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"dataset folder not found: {root}")
+    return VideoDataset(name or root.name, root, read_classes(root / CLASSES_FILE))
+
+
+def discover_datasets(root: str | Path) -> list[VideoDataset]:
+    """``root`` is one dataset (has classes.txt) or a folder of dataset folders."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"data folder not found: {root}")
+    if (root / CLASSES_FILE).is_file():
+        return [load_dataset(root)]
+    found = [load_dataset(d) for d in sorted(root.iterdir()) if (d / CLASSES_FILE).is_file()]
+    if not found:
+        raise InputError(f"{root}: no dataset found (expected {CLASSES_FILE} in it or in its sub-folders)")
+    return found

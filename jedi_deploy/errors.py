@@ -1,0 +1,47 @@
+"""Typed errors: every failure a user can cause is one of these.
+
+The CLI turns a :class:`JediError` into a one-line message and a non-zero exit code;
+any other exception escaping to the CLI is a bug in jedi-deploy.
+"""
+
+
+class JediError(Exception):
+    """Base class of every error caused by bad input, files or environment."""
+
+    exit_code = 1
+
+
+class InputError(JediError):
+    """A path, file or argument given by the user is missing or malformed."""
+
+
+class VideoDecodeError(InputError):
+    """A video file cannot be opened or decoded."""
+
+
+class AnnotationError(InputError):
+    """An annotation list or class-name file is malformed."""
+
+
+class CheckpointError(JediError):
+    """A checkpoint or bundle does not match what it is loaded into."""
+
+
+class CacheMismatchError(JediError):
+    """An embedding cache was built for other experts/datasets than requested."""
+
+
+class ConfigError(JediError):
+    """A configuration value is invalid."""
+
+
+class ExportValidationError(JediError):
+    """An exported model does not match PyTorch within tolerance; nothing was written."""
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report or {}
+
+
+class MissingDependencyError(JediError):
+    """An optional dependency (onnxruntime, tensorrt, ...) is not installed."""

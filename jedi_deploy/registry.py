@@ -1,0 +1,184 @@
+"""The expert registry: one entry per architecture.
+
+An entry says how to build the encoder, its embedding size, its default preprocessing
+and which checkpoint formats it reads. ``load_expert`` turns a checkpoint file into an
+:class:`Expert` (frozen encoder + head + preprocessing + categories). Later architectures
+(torchvision, MMAction2) are added here with ``register_arch``.
+
+Checkpoint format ``jedi-safetensors``: the model's ``state_dict`` (``encoder.*``,
+``head.weight``, ``head.bias``) in a safetensors file whose ``jedi`` metadata holds
+``kind="expert"``, ``name``, ``arch``, ``arch_kwargs``, ``num_classes``, ``dataset``,
+``categories`` and ``preprocess``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+from .meta import atomic_path, dump_metadata, read_safetensors_metadata, sha256_file
+from .models import Conv3DEncoder, ExpertModel, Segment2DEncoder
+from .video import Preprocess
+
+
+@dataclass(frozen=True)
+class ArchEntry:
+    name: str
+    family: str  # "2d-segment" | "3d-conv" | ...
+    build_encoder: Callable[..., nn.Module]  # kwargs -> encoder with .embed_dim
+    default_kwargs: dict
+    preprocess: Preprocess
+    description: str
+    formats: tuple[str, ...] = ("jedi-safetensors",)
+    extra: dict = field(default_factory=dict)
+
+
+ARCHS: dict[str, ArchEntry] = {}
+
+
+def register_arch(entry: ArchEntry) -> ArchEntry:
+    if entry.name in ARCHS:
+        raise ConfigError(f"architecture {entry.name!r} is already registered")
+    ARCHS[entry.name] = entry
+    return entry
+
+
+def get_arch(name: str) -> ArchEntry:
+    try:
+        return ARCHS[name]
+    except KeyError:
+        raise ConfigError(f"unknown architecture {name!r}; registered: {sorted(ARCHS)}") from None
+
+
+register_arch(ArchEntry(
+    "tiny_tsn", "2d-segment",
+    lambda **kw: Segment2DEncoder(shift=False, **kw),
+    {"num_segments": 8, "width": 16, "embed_dim": 64},
+    Preprocess(num_frames=8, sampling="segments", crop=32),
+    "TSN-like 2D CNN per segment with average consensus (order-blind)."))
+register_arch(ArchEntry(
+    "tiny_tsm", "2d-segment",
+    lambda **kw: Segment2DEncoder(shift=True, **kw),
+    {"num_segments": 8, "width": 16, "embed_dim": 80},
+    Preprocess(num_frames=8, sampling="segments", crop=32),
+    "TSM-like 2D CNN with temporal shift (order-aware at 2D cost)."))
+register_arch(ArchEntry(
+    "tiny_c3d", "3d-conv",
+    lambda **kw: Conv3DEncoder(**kw),
+    {"width": 16, "embed_dim": 96},
+    Preprocess(num_frames=8, sampling="clip", frame_interval=2, crop=32),
+    "C3D-like 3D CNN over a dense clip."))
+
+
+def build_expert(arch: str, num_classes: int, **kwargs) -> ExpertModel:
+    entry = get_arch(arch)
+    unknown = set(kwargs) - set(entry.default_kwargs)
+    if unknown:
+        raise ConfigError(f"{arch}: unknown arguments {sorted(unknown)}; known: {sorted(entry.default_kwargs)}")
+    kw = {**entry.default_kwargs, **kwargs}
+    encoder = entry.build_encoder(**kw)
+    return ExpertModel(encoder, encoder.embed_dim, num_classes)
+
+
+@dataclass
+class Expert:
+    """A loaded expert: the model (frozen, eval mode) and everything needed to feed it."""
+
+    name: str
+    arch: str
+    arch_kwargs: dict
+    dataset: str
+    categories: tuple[str, ...]
+    preprocess: Preprocess
+    model: ExpertModel
+    path: Path | None = None
+    sha256: str | None = None
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.encoder
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.model.head
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.head.in_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.head.out_features
+
+    def describe(self) -> dict:
+        """The JSON that later stages carry to identify and rebuild this expert."""
+        return {"name": self.name, "arch": self.arch, "arch_kwargs": self.arch_kwargs,
+                "dataset": self.dataset, "categories": list(self.categories),
+                "preprocess": self.preprocess.to_dict(), "embed_dim": self.embed_dim,
+                "num_classes": self.num_classes,
+                "checkpoint": str(self.path) if self.path else None, "sha256": self.sha256}
+
+
+def save_expert(model: ExpertModel, path: str | Path, *, name: str, arch: str, arch_kwargs: dict,
+                dataset: str, categories, preprocess: Preprocess, extra: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    if len(categories) != model.head.out_features:
+        raise ConfigError(f"{len(categories)} categories for a head of {model.head.out_features} classes")
+    meta = {"kind": "expert", "name": name, "arch": arch, "arch_kwargs": arch_kwargs,
+            "num_classes": model.head.out_features, "embed_dim": model.head.in_features,
+            "dataset": dataset, "categories": list(categories),
+            "preprocess": preprocess.to_dict(), **(extra or {})}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path, ".safetensors") as tmp:
+        save_file(state, str(tmp), metadata=dump_metadata(meta))
+    return Path(path)
+
+
+def load_state_strict(module: nn.Module, state: dict, source: str) -> None:
+    """``load_state_dict`` with one clear error listing missing/unexpected keys and shape clashes."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch " + "; ".join(wrong[:3]) + (" ..." if len(wrong) > 3 else ""))
+        if missing:
+            parts.append(f"missing keys {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+        raise CheckpointError(f"{source}: checkpoint does not fit the model: " + ", ".join(parts))
+    module.load_state_dict(state)
+
+
+def load_expert(path: str | Path, expected_sha256: str | None = None) -> Expert:
+    """Load a ``jedi-safetensors`` expert checkpoint; the model comes back frozen, in eval mode."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_safetensors_metadata(path, kind="expert")
+    digest = sha256_file(path)
+    if expected_sha256 and digest != expected_sha256:
+        raise CheckpointError(f"{path}: checkpoint hash {digest[:12]} differs from the one recorded "
+                              f"({expected_sha256[:12]}); it is not the expert this was built with")
+    try:
+        arch, num_classes = meta["arch"], int(meta["num_classes"])
+        model = build_expert(arch, num_classes, **meta.get("arch_kwargs", {}))
+        preprocess = Preprocess.from_dict(meta["preprocess"])
+        categories = tuple(meta["categories"])
+        name, dataset = meta["name"], meta["dataset"]
+    except KeyError as e:
+        raise CheckpointError(f"{path}: expert metadata lacks field {e}") from None
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    load_state_strict(model, load_file(str(path)), str(path))
+    model.eval().requires_grad_(False)
+    return Expert(name, arch, dict(meta.get("arch_kwargs", {})), dataset, categories, preprocess,
+                  model, path.resolve(), digest)

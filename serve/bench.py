@@ -1,0 +1,84 @@
+"""Latency of each exported student against its initial expert, on the same runtime.
+
+Both models get the same input; after a warm-up, runs are interleaved (student, expert,
+expert, student, ...) so drift hits both alike; median and p90 latency per model and the
+student/expert ratio of medians are reported. ONNX Runtime threads do not spin between runs.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jedi_deploy.errors import InputError
+
+from .runtime import OnnxModel
+
+
+def discover_pairs(model_dir: str | Path) -> list[tuple[str, Path, Path]]:
+    """``(name, student, expert)`` for every ``<name>.student.onnx`` with an ``<name>.expert.onnx``."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InputError(f"model folder not found: {model_dir}")
+    pairs = []
+    for s in sorted(model_dir.glob("*.student.onnx")):
+        name = s.name[: -len(".student.onnx")]
+        e = model_dir / f"{name}.expert.onnx"
+        if not e.is_file():
+            raise InputError(f"{s} has no initial expert beside it ({e.name}); export with experts")
+        pairs.append((name, s, e))
+    if not pairs:
+        raise InputError(f"{model_dir}: no *.student.onnx files; run `jedi export` first")
+    return pairs
+
+
+def _stats(times: list[float]) -> dict:
+    ms = np.asarray(times) * 1e3
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
+            "min_ms": float(ms.min()), "max_ms": float(ms.max())}
+
+
+def bench_pair(student: str | Path, expert: str | Path, *, batch_size: int = 1, warmup: int = 10,
+               runs: int = 100, threads: int = 1, seed: int = 0) -> dict:
+    s_model, e_model = OnnxModel(student, threads=threads), OnnxModel(expert, threads=threads)
+    shape = s_model.preprocess.input_shape()
+    if e_model.preprocess.input_shape() != shape:
+        raise InputError(f"{student} and {expert} take different inputs "
+                         f"({shape} vs {e_model.preprocess.input_shape()}); not a student/expert pair")
+    x = np.random.default_rng(seed).standard_normal((batch_size, *shape)).astype(np.float32)
+    for _ in range(warmup):
+        s_model.run(x)
+        e_model.run(x)
+    times = {"student": [], "expert": []}
+    for r in range(runs):
+        order = (("student", s_model), ("expert", e_model))
+        for key, m in (order if r % 2 == 0 else order[::-1]):
+            t0 = time.perf_counter()
+            m.run(x)
+            times[key].append(time.perf_counter() - t0)
+    st, et = _stats(times["student"]), _stats(times["expert"])
+    return {"name": s_model.name, "batch_size": batch_size, "runs": runs, "warmup": warmup,
+            "threads": threads, "providers": s_model.session.get_providers()[:1], "student": st, "expert": et,
+            "ratio": st["median_ms"] / et["median_ms"]}
+
+
+def bench_dir(model_dir: str | Path, **kw) -> dict:
+    import onnxruntime
+
+    results = [bench_pair(s, e, **kw) for _, s, e in discover_pairs(model_dir)]
+    return {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+                        "providers": sorted({p for r in results for p in r["providers"]})},
+            "results": results}
+
+
+def format_bench(report: dict) -> str:
+    lines = ["| Student | batch | expert median ms | expert p90 ms | student median ms | student p90 ms "
+             "| student/expert |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in report["results"]:
+        lines.append(f"| {r['name']} | {r['batch_size']} | {r['expert']['median_ms']:.3f} | "
+                     f"{r['expert']['p90_ms']:.3f} | {r['student']['median_ms']:.3f} | "
+                     f"{r['student']['p90_ms']:.3f} | {r['ratio']:.3f} |")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Training-side stages: expert pretraining, the embedding cache, JEDI training, evaluation."""

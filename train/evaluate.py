@@ -1,0 +1,51 @@
+"""Evaluation in the paper's Table 2 layout: initial experts, JEDI students, JEDI teachers,
+acc@1 / acc@5 / mAP per dataset."""
+from __future__ import annotations
+
+from jedi_deploy.errors import CacheMismatchError
+from jedi_deploy.metrics import classification_metrics
+
+from .cache import EXPERT_IDENTITY, Cache
+from .jedi import JEDIModel, evaluate_model
+
+ROWS = ("expert", "student", "teacher")
+
+
+def check_bundle_matches_cache(meta: dict, cache: Cache) -> None:
+    want = [{k: e.get(k) for k in EXPERT_IDENTITY} for e in meta["experts"]]
+    have = [{k: e.get(k) for k in EXPERT_IDENTITY} for e in cache.experts]
+    if want != have:
+        raise CacheMismatchError(
+            "the cache was built for other experts than the bundle: bundle has "
+            f"{[e['name'] + '@' + str(e['sha256'])[:8] for e in meta['experts']]}, cache has "
+            f"{[e['name'] + '@' + str(e['sha256'])[:8] for e in cache.experts]}")
+
+
+def evaluate(model: JEDIModel, meta: dict, cache: Cache, split: str = "test") -> dict:
+    """``{dataset: {"expert"|"student"|"teacher": {"acc1", "acc5", "mAP"}}}`` on ``split``."""
+    check_bundle_matches_cache(meta, cache)
+    names = [e["name"] for e in meta["experts"]]
+    datasets = meta["datasets"]
+    table = evaluate_model(model, cache, datasets, names, split)
+    for d, name in zip(datasets, names):
+        s = cache.split(d, split)
+        table[d]["expert"] = classification_metrics(s.logits[name].numpy(), s.labels.numpy())
+    return {d: {r: table[d][r] for r in ROWS} for d in datasets}
+
+
+def format_table(table: dict, digits: int = 2) -> str:
+    """Markdown in the paper's Table 2 layout (rows: models; column groups: datasets)."""
+    datasets = list(table)
+    head = "| Model | " + " | ".join(f"{d} acc@1 | {d} acc@5 | {d} mAP" for d in datasets) + " |"
+    sep = "|---|" + "---:|" * (3 * len(datasets))
+    labels = {"expert": "Initial experts", "student": "JEDI students", "teacher": "JEDI teachers"}
+    lines = [head, sep]
+    for r in ROWS:
+        cells = []
+        for d in datasets:
+            best = max(table[d][x]["acc1"] for x in ROWS)
+            for m in ("acc1", "acc5", "mAP"):
+                v = f"{table[d][r][m]:.{digits}f}"
+                cells.append(f"**{v}**" if m == "acc1" and table[d][r][m] == best else v)
+        lines.append(f"| {labels[r]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
