@@ -1,8 +1,9 @@
 """Latency of each exported student against its initial expert, on the same runtime.
 
-Both models get the same input; after a warm-up, runs are interleaved (student, expert,
-expert, student, ...) so drift hits both alike; median and p90 latency per model and the
-student/expert ratio of medians are reported. ONNX Runtime threads do not spin between runs.
+Both models get the same input; after a warm-up, runs are interleaved (the order rotates
+every run) so drift hits all alike; median and p90 latency per model and the student/expert
+ratio of medians are reported, next to an A/A control (the expert against a second session
+of itself) that shows the noise floor. ONNX Runtime threads do not spin between runs.
 """
 from __future__ import annotations
 
@@ -42,26 +43,35 @@ def _stats(times: list[float]) -> dict:
 
 def bench_pair(student: str | Path, expert: str | Path, *, batch_size: int = 1, warmup: int = 10,
                runs: int = 100, threads: int = 1, seed: int = 0) -> dict:
-    s_model, e_model = OnnxModel(student, threads=threads), OnnxModel(expert, threads=threads)
-    shape = s_model.preprocess.input_shape()
-    if e_model.preprocess.input_shape() != shape:
+    """Time student and expert, plus a second session of the expert (the A/A control: its
+    ratio to the expert is the noise floor of the student/expert ratio)."""
+    models = {"student": OnnxModel(student, threads=threads), "expert": OnnxModel(expert, threads=threads),
+              "expert_copy": OnnxModel(expert, threads=threads)}
+    s_meta, e_meta = models["student"].meta, models["expert"].meta
+    if models["student"].preprocess != models["expert"].preprocess:
         raise InputError(f"{student} and {expert} take different inputs "
-                         f"({shape} vs {e_model.preprocess.input_shape()}); not a student/expert pair")
+                         f"({s_meta['preprocess']} vs {e_meta['preprocess']}); not a student/expert pair")
+    if s_meta.get("expert_sha256") != e_meta.get("expert_sha256"):
+        raise InputError(f"{student} was not built from the expert checkpoint of {expert}; "
+                         "not a student/expert pair")
+    shape = models["student"].preprocess.input_shape()
     x = np.random.default_rng(seed).standard_normal((batch_size, *shape)).astype(np.float32)
     for _ in range(warmup):
-        s_model.run(x)
-        e_model.run(x)
-    times = {"student": [], "expert": []}
+        for m in models.values():
+            m.run(x)
+    times = {k: [] for k in models}
+    order = list(models.items())
     for r in range(runs):
-        order = (("student", s_model), ("expert", e_model))
-        for key, m in (order if r % 2 == 0 else order[::-1]):
+        for key, m in order[r % 3:] + order[:r % 3]:  # rotate who goes first
             t0 = time.perf_counter()
             m.run(x)
             times[key].append(time.perf_counter() - t0)
-    st, et = _stats(times["student"]), _stats(times["expert"])
-    return {"name": s_model.name, "batch_size": batch_size, "runs": runs, "warmup": warmup,
-            "threads": threads, "providers": s_model.session.get_providers()[:1], "student": st, "expert": et,
-            "ratio": st["median_ms"] / et["median_ms"]}
+    st = {k: _stats(v) for k, v in times.items()}
+    return {"name": models["student"].name, "batch_size": batch_size, "runs": runs, "warmup": warmup,
+            "threads": threads, "providers": models["student"].session.get_providers()[:1],
+            "student": st["student"], "expert": st["expert"], "expert_copy": st["expert_copy"],
+            "ratio": st["student"]["median_ms"] / st["expert"]["median_ms"],
+            "aa_ratio": st["expert_copy"]["median_ms"] / st["expert"]["median_ms"]}
 
 
 def bench_dir(model_dir: str | Path, **kw) -> dict:
@@ -76,9 +86,9 @@ def bench_dir(model_dir: str | Path, **kw) -> dict:
 
 def format_bench(report: dict) -> str:
     lines = ["| Student | batch | expert median ms | expert p90 ms | student median ms | student p90 ms "
-             "| student/expert |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| student/expert | A/A (expert/expert) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
         lines.append(f"| {r['name']} | {r['batch_size']} | {r['expert']['median_ms']:.3f} | "
                      f"{r['expert']['p90_ms']:.3f} | {r['student']['median_ms']:.3f} | "
-                     f"{r['student']['p90_ms']:.3f} | {r['ratio']:.3f} |")
+                     f"{r['student']['p90_ms']:.3f} | {r['ratio']:.3f} | {r['aa_ratio']:.3f} |")
     return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""The CLI as a user meets it: real subprocesses, one-line errors, non-zero exits."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMANDS = ["archs", "synth", "pretrain", "cache", "train", "eval", "export", "infer", "bench", "demo"]
+
+
+def jedi(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "jedi_deploy.app.cli", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_error(out, *needles):
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    for n in needles:
+        assert n in last, out.stderr
+
+
+def test_help_lists_every_stage():
+    out = jedi("--help")
+    assert out.returncode == 0
+    for c in COMMANDS:
+        assert f"  {c}" in out.stdout
+    for c in COMMANDS:
+        sub = jedi(c, "--help")
+        assert sub.returncode == 0 and "Usage: jedi" in sub.stdout, c
+
+
+def test_missing_path(tmp_path):
+    assert_clean_error(jedi("infer", tmp_path / "none.onnx", tmp_path / "v.mp4"), "does not exist")
+
+
+@pytest.mark.parametrize("content,needle", [(b"", "video is empty (0 bytes)"), (b"\x00garbage" * 50, "cannot decode")])
+def test_corrupt_and_zero_byte_videos(onnx_dir, tmp_path, content, needle):
+    video = tmp_path / "bad.mp4"
+    video.write_bytes(content)
+    out = jedi("infer", onnx_dir / "hmdb-mini.student.onnx", video)
+    assert out.returncode == 1
+    assert_clean_error(out, "error:", needle, "bad.mp4")
+
+
+def test_cache_built_for_other_experts(bundle_path, experts, datasets, tmp_path):
+    from train.cache import build_cache
+
+    other = tmp_path / "other_cache"
+    build_cache(experts[::-1], datasets, other, splits=("test",), progress=False)
+    assert_clean_error(jedi("eval", "--bundle", bundle_path, "--cache", other), "error:", "other experts")
+
+
+def test_unknown_student(bundle_path, tmp_path):
+    out = jedi("export", "--bundle", bundle_path, "--out", tmp_path / "o", "--student", "nope")
+    assert_clean_error(out, "error: unknown student 'nope'", "hmdb-mini")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_checkpoint_of_the_wrong_shape(expert_paths, data_root, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from jedi_deploy.meta import dump_metadata, read_safetensors_metadata
+
+    meta = read_safetensors_metadata(expert_paths[0])
+    meta.pop("format_version")
+    state = load_file(str(expert_paths[0]))
+    state["head.weight"] = state["head.weight"][:, :5].contiguous()
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata=dump_metadata(meta))
+    out = jedi("cache", "--data", data_root, "--expert", tmp_path / "bad.safetensors", "--out", tmp_path / "c")
+    assert_clean_error(out, "error:", "bad.safetensors", "shape mismatch", "head.weight")
+
+
+def test_stages_chain_through_the_cli(cache_dir, bundle_path, onnx_dir, tmp_path, test_video):
+    run = tmp_path / "run"
+    out = jedi("train", "--cache", cache_dir, "--out", run, "--epochs", 2, "--burn-in", 1, "--lr", 1e-3,
+               "--hidden", 16)
+    assert out.returncode == 0, out.stderr
+    assert (run / "jedi.safetensors").is_file() and len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    ev = jedi("eval", "--bundle", run / "jedi.safetensors", "--cache", cache_dir)
+    assert ev.returncode == 0 and "JEDI students" in ev.stdout
+    ex = jedi("export", "--bundle", run / "jedi.safetensors", "--out", run / "onnx", "--student", "ucf-mini")
+    assert ex.returncode == 0, ex.stderr
+    assert sorted(p.name for p in (run / "onnx").glob("*.onnx")) == ["ucf-mini.expert.onnx", "ucf-mini.student.onnx"]
+    inf = jedi("infer", run / "onnx" / "ucf-mini.student.onnx", test_video, "--topk", 2)
+    assert inf.returncode == 0 and len(inf.stdout.strip().splitlines()) == 3
+    b = jedi("bench", run / "onnx", "--runs", 3, "--warmup", 1, "--json", run / "bench.json")
+    assert b.returncode == 0 and "ucf-mini" in b.stdout and (run / "bench.json").is_file()

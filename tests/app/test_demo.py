@@ -1,0 +1,36 @@
+"""End to end: `jedi demo --quick` as a new user runs it."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    out_dir = tmp_path / "demo"
+    out = subprocess.run([sys.executable, "-m", "jedi_deploy.app.cli", "demo", "--quick", "--out", str(out_dir)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "[8/8]" in out.stdout and "report:" in out.stdout
+    report = (out_dir / "report.md").read_text()
+    for section in ("## Accuracy", "Initial experts", "JEDI students", "JEDI teachers", "## Export parity",
+                    "## Latency", "Student/expert median-latency ratios", "A/A", "accuracy_curves.png"):
+        assert section in report, section
+    assert (out_dir / "accuracy_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((out_dir / "onnx").glob("*.student.onnx"))) == 3
+    assert len(list((out_dir / "onnx").glob("*.expert.onnx"))) == 3
+    for v in (out_dir / "onnx").glob("*.validation.json"):
+        r = json.loads(v.read_text())
+        assert r["passed"] and r["max_abs_diff"] <= 1e-4 and r["top1_agreement"] == 1.0 and r["num_inputs"] >= 8
+    # The figures in the report are this run's: the table matches eval.json.
+    table = json.loads((out_dir / "eval.json").read_text())
+    for d, rows in table.items():
+        assert f"{rows['student']['acc1']:.2f}" in report
+    bench = json.loads((out_dir / "bench.json").read_text())
+    assert all(f"{r['ratio']:.3f}" in report for r in bench["results"])
+
+    again = subprocess.run([sys.executable, "-m", "jedi_deploy.app.cli", "demo", "--quick", "--out", str(out_dir)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "already exists and is not empty" in again.stderr
+    assert (out_dir / "report.md").read_text() == report
