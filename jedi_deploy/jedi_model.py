@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .meta import checked_fields
 
 
 @dataclass
@@ -58,11 +59,7 @@ class JEDIConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "JEDIConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown JEDI config fields {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        return cls(**checked_fields(cls, d, "JEDI config"))
 
 
 def teacher_dropout(num_classes: int, total_dim: int, k: float) -> float:

@@ -12,10 +12,21 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, ConfigError, InputError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "jedi"
+
+
+def checked_fields(cls, d: dict, what: str) -> dict:
+    """``d`` unchanged if every key is a field of dataclass ``cls``; else a ConfigError listing both."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigError(f"unknown {what} fields {sorted(unknown)}; known: {sorted(known)}")
+    return dict(d)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

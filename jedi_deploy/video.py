@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, VideoDecodeError
+from .meta import checked_fields
 
 SAMPLING_MODES = ("segments", "clip")
 
@@ -53,11 +54,7 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown preprocess fields {sorted(unknown)}; known: {sorted(known)}")
-        d = dict(d)
+        d = checked_fields(cls, d, "preprocess")
         for k in ("mean", "std"):
             if k in d:
                 d[k] = tuple(float(v) for v in d[k])

@@ -170,3 +170,30 @@ def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True,
             log.close()
     model.eval()
     return TrainResult(model, history, cache.experts, datasets, cfg)
+
+
+BUNDLE_NAME = "jedi.safetensors"
+LOG_NAME = "metrics.jsonl"
+
+
+def train_to_dir(cache: Cache, out_dir: str | Path, cfg: JEDIConfig, *, force: bool = False,
+                 progress: bool = True, extra: dict | None = None) -> tuple[TrainResult, Path]:
+    """Train and write ``out_dir/jedi.safetensors`` (bundle), ``metrics.jsonl`` and
+    ``final_eval.json``. Refuses to replace an existing bundle unless ``force``."""
+    from jedi_deploy.bundle import save_bundle
+    from jedi_deploy.meta import write_json
+
+    out_dir = Path(out_dir)
+    bundle = out_dir / BUNDLE_NAME
+    if bundle.exists() and not force:
+        raise InputError(f"{bundle} already exists; choose another --out or pass --force to replace it")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create run folder {out_dir}: {e.strerror or e}") from None
+    result = train_jedi(cache, cfg, progress=progress, log_path=out_dir / LOG_NAME)
+    final = result.history[-1]["eval"]
+    save_bundle(result.model, bundle, experts=result.experts, datasets=result.datasets, config=cfg,
+                extra={"final_eval": final, **(extra or {})})
+    write_json(out_dir / "final_eval.json", final)
+    return result, bundle

@@ -144,25 +144,19 @@ def cache(data, experts, out, splits, dtype, batch_size):
 @click.option("--hidden", default=256, show_default=True, help="Adjustment module hidden size.")
 @click.option("--adjust-dropout", default=0.75, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def train(cache_dir, out, **kw):
+@click.option("--force", is_flag=True, help="Replace an existing RUN/jedi.safetensors.")
+def train(cache_dir, out, force, **kw):
     """Train JEDI (adjustment modules, students, teachers) on a cache. Defaults are the paper's."""
-    from train.jedi import train_jedi
     from train.cache import load_cache
+    from train.jedi import train_to_dir
 
-    from ..bundle import save_bundle
     from ..jedi_model import JEDIConfig
-    from ..meta import write_json
 
     cfg = JEDIConfig(**kw)
-    out.mkdir(parents=True, exist_ok=True)
-    result = train_jedi(load_cache(cache_dir), cfg, progress=_progress(), log_path=out / "metrics.jsonl")
-    final = result.history[-1]["eval"]
-    bundle = save_bundle(result.model, out / "jedi.safetensors", experts=result.experts,
-                         datasets=result.datasets, config=cfg,
-                         extra={"final_eval": final, "cache": str(Path(cache_dir).resolve())})
-    write_json(out / "final_eval.json", final)
+    result, bundle = train_to_dir(load_cache(cache_dir), out, cfg, force=force, progress=_progress(),
+                                  extra={"cache": str(Path(cache_dir).resolve())})
     click.echo(f"wrote {bundle}")
-    for d, r in final.items():
+    for d, r in result.history[-1]["eval"].items():
         click.echo(f"  {d}: student acc@1 {r['student']['acc1']:.2f}, teacher acc@1 {r['teacher']['acc1']:.2f}")
 
 

@@ -58,10 +58,9 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     from serve.infer import format_predictions, infer
     from train.cache import build_cache, load_cache
     from train.evaluate import evaluate, format_table
-    from train.jedi import train_jedi
+    from train.jedi import train_to_dir
     from train.pretrain import pretrain_expert
 
-    from ..bundle import save_bundle
     from ..datasets import discover_datasets
     from ..jedi_model import JEDIConfig
     from ..registry import load_expert
@@ -102,11 +101,7 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     t = stage(4, "training JEDI (students + teachers, jointly)")
     cfg = JEDIConfig(epochs=settings.jedi_epochs, burn_in=settings.burn_in, lr=settings.lr,
                      batch_size=settings.batch_size, seed=settings.seed)
-    (out / "train").mkdir(exist_ok=True)
-    result = train_jedi(cache, cfg, progress=progress, log_path=out / "train" / "metrics.jsonl")
-    bundle = save_bundle(result.model, out / "train" / "jedi.safetensors", experts=result.experts,
-                         datasets=result.datasets, config=cfg,
-                         extra={"final_eval": result.history[-1]["eval"]})
+    result, bundle = train_to_dir(cache, out / "train", cfg, force=force, progress=progress)
     timings["train JEDI"] = time.perf_counter() - t
 
     t = stage(5, "evaluating experts, students and teachers")

@@ -88,3 +88,14 @@ def test_stages_chain_through_the_cli(cache_dir, bundle_path, onnx_dir, tmp_path
     assert inf.returncode == 0 and len(inf.stdout.strip().splitlines()) == 3
     b = jedi("bench", run / "onnx", "--runs", 3, "--warmup", 1, "--json", run / "bench.json")
     assert b.returncode == 0 and "ucf-mini" in b.stdout and (run / "bench.json").is_file()
+
+
+def test_train_does_not_replace_an_existing_bundle(cache_dir, tmp_path):
+    run = tmp_path / "run"
+    args = ("train", "--cache", cache_dir, "--out", run, "--epochs", 1, "--burn-in", 0, "--hidden", 8)
+    assert jedi(*args).returncode == 0
+    before = (run / "jedi.safetensors").read_bytes()
+    assert_clean_error(jedi(*args, "--lr", 1e-2), "error:", "already exists", "--force")
+    assert (run / "jedi.safetensors").read_bytes() == before
+    assert jedi(*args, "--lr", 1e-2, "--force").returncode == 0
+    assert (run / "jedi.safetensors").read_bytes() != before
