@@ -236,7 +236,8 @@ def bench(model_dir, batch_size, runs, warmup, threads, json_out):
               help="Run folder (must not exist or be empty, unless --force).")
 @click.option("--quick", is_flag=True, help="Small data and few epochs (about a minute; used by the tests).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Write into a non-empty --out folder.")
+@click.option("--force", is_flag=True,
+              help="Replace the outputs of an earlier demo in --out (other files there are kept).")
 def demo(out, quick, seed, force):
     """Run the whole pipeline on the built-in synthetic benchmark and write report.md."""
     from .demo import RUN_LAYOUT, DemoSettings, run_demo

@@ -39,8 +39,21 @@ RUN_LAYOUT = {
     "cache": "embedding cache (<dataset>/<split>.safetensors)",
     "train": "JEDI bundle jedi.safetensors + metrics.jsonl",
     "onnx": "exported students and experts + validation reports",
+    "eval.json": "Table-2 metrics", "bench.json": "latency figures",
     "report.md": "the report", "accuracy_curves.png": "Figure-3-style plot",
 }
+
+
+def _clear_previous_run(out: Path) -> None:
+    """Remove the demo's own outputs (the RUN_LAYOUT entries) and nothing else."""
+    import shutil
+
+    for name in RUN_LAYOUT:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
 
 
 def _say(msg: str, echo) -> None:
@@ -68,8 +81,10 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     from .report import plot_curves, write_report
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise InputError(f"{out} already exists and is not empty; choose another --out or pass --force")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise InputError(f"{out} already exists and is not empty; choose another --out or pass --force")
+        _clear_previous_run(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     specs = benchmark_specs(settings.quick)

@@ -34,3 +34,9 @@ def test_demo_quick_end_to_end(tmp_path):
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "already exists and is not empty" in again.stderr
     assert (out_dir / "report.md").read_text() == report
+
+    (out_dir / "notes.txt").write_text("mine")
+    forced = subprocess.run([sys.executable, "-m", "jedi_deploy.app.cli", "demo", "--quick", "--force", "--out",
+                             str(out_dir)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert (out_dir / "notes.txt").read_text() == "mine" and (out_dir / "report.md").is_file()
