@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from jedi_deploy.errors import ExportValidationError, InputError, MissingDependencyError
+from jedi_deploy.deps import require
+from jedi_deploy.errors import ExportValidationError, InputError
 from jedi_deploy.meta import FORMAT_VERSION, METADATA_KEY, atomic_path
 
 
@@ -35,22 +36,12 @@ class OnnxExportConfig:
     atol: float = 1e-4
     batch_sizes: tuple[int, ...] = (8, 3, 1)
     seed: int = 0
-    extra: dict = field(default_factory=dict)
-
-
-def _ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependencyError("onnxruntime is not installed: pip install 'jedi-deploy[cpu]' "
-                                     "(or [gpu] for onnxruntime-gpu)") from None
-    return onnxruntime
 
 
 def validate(onnx_path: Path, reference: nn.Module, sample_shape: tuple[int, ...],
              cfg: OnnxExportConfig) -> dict:
     """Compare ONNX Runtime (CPU) with ``reference`` on random inputs; collect every failure."""
-    ort = _ort()
+    ort = require("onnxruntime")
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(cfg.seed)
     max_abs, agree, total, failures = 0.0, 0, 0, []
@@ -109,10 +100,6 @@ def export_onnx(module: nn.Module, out_path: str | Path, sample_shape: tuple[int
         onnx.save(model, str(tmp))
         report = validate(tmp, reference, sample_shape, cfg)
     return report
-
-
-def config_dict(cfg: OnnxExportConfig) -> dict:
-    return asdict(cfg)
 
 
 def require_writable_dir(path: str | Path) -> Path:

@@ -1,7 +1,6 @@
 """Export every JEDI student of a bundle (and its initial expert, the latency baseline)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from jedi_deploy.bundle import load_bundle
@@ -78,7 +77,3 @@ def export_bundle(bundle_path: str | Path, out_dir: str | Path, *, students: lis
         write_json(path.with_suffix(".validation.json"), report)
         reports.append(report)
     return reports
-
-
-def format_reports(reports: list[dict]) -> str:
-    return json.dumps(reports, indent=2)

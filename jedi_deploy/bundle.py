@@ -45,7 +45,3 @@ def load_bundle(path: str | Path) -> tuple[JEDIModel, dict]:
     model = JEDIModel(dims, classes, cfg)
     load_state_strict(model, load_file(str(path)), str(path))
     return model.eval(), meta
-
-
-def student_names(meta: dict) -> list[str]:
-    return [e["name"] for e in meta["experts"]]

@@ -75,8 +75,9 @@ def bench_pair(student: str | Path, expert: str | Path, *, batch_size: int = 1, 
 
 
 def bench_dir(model_dir: str | Path, **kw) -> dict:
-    import onnxruntime
+    from jedi_deploy.deps import require
 
+    onnxruntime = require("onnxruntime")
     results = [bench_pair(s, e, **kw) for _, s, e in discover_pairs(model_dir)]
     return {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,

@@ -8,25 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from jedi_deploy.errors import InputError, MissingDependencyError
+from jedi_deploy.deps import require
+from jedi_deploy.errors import InputError
 from jedi_deploy.meta import METADATA_KEY, require_file
 from jedi_deploy.video import Preprocess, load_clip
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-def import_ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime "
-                                     "(or onnxruntime-gpu)") from None
-    return onnxruntime
-
-
 def session_options(threads: int | None = None):
     """Options for steady latency: no thread spinning, an explicit intra-op thread count."""
-    ort = import_ort()
+    ort = require("onnxruntime")
     so = ort.SessionOptions()
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
@@ -53,7 +45,7 @@ class OnnxModel:
     """``OnnxModel(path).classify(video)`` -> top-k :class:`Prediction` list."""
 
     def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None):
-        ort = import_ort()
+        ort = require("onnxruntime")
         self.path = require_file(path, "ONNX model")
         if providers is None:
             available = ort.get_available_providers()

@@ -34,3 +34,12 @@ def test_metadata_kind_and_garbage_files(tmp_path):
     save_file({"a": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(CheckpointError, match="no 'jedi' metadata"):
         read_safetensors_metadata(tmp_path / "plain.safetensors")
+
+
+def test_missing_optional_dependency_says_how_to_install():
+    from jedi_deploy.deps import require
+    from jedi_deploy.errors import MissingDependencyError
+
+    assert require("json").dumps(1) == "1"
+    with pytest.raises(MissingDependencyError, match="tensorrt is not installed: pip install 'jedi-deploy\\[gpu\\]'"):
+        require("tensorrt")
