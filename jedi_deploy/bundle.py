@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from .errors import CheckpointError, ConfigError
 from .meta import atomic_path, dump_metadata, read_safetensors_metadata

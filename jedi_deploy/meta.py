@@ -5,6 +5,7 @@ Torch-free on purpose: ``serve`` may import it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,8 +21,6 @@ METADATA_KEY = "jedi"
 
 def checked_fields(cls, d: dict, what: str) -> dict:
     """``d`` unchanged if every key is a field of dataclass ``cls``; else a ConfigError listing both."""
-    import dataclasses
-
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - known
     if unknown:

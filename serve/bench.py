@@ -62,7 +62,8 @@ def bench_pair(student: str | Path, expert: str | Path, *, batch_size: int = 1, 
     times = {k: [] for k in models}
     order = list(models.items())
     for r in range(runs):
-        for key, m in order[r % 3:] + order[:r % 3]:  # rotate who goes first
+        k = r % len(order)
+        for key, m in order[k:] + order[:k]:  # rotate who goes first
             t0 = time.perf_counter()
             m.run(x)
             times[key].append(time.perf_counter() - t0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jedi_deploy.datasets import VideoDataset
+from jedi_deploy.datasets import Sample, VideoDataset
 from jedi_deploy.errors import CacheMismatchError, CheckpointError, InputError
 from jedi_deploy.meta import atomic_path, dump_metadata, read_safetensors_metadata
 from jedi_deploy.registry import Expert
@@ -51,9 +51,8 @@ def check_experts_match_datasets(experts: list[Expert], datasets: list[VideoData
 
 
 @torch.no_grad()
-def _encode_split(experts: list[Expert], dataset: VideoDataset, split: str, batch_size: int,
+def _encode_split(experts: list[Expert], samples: list[Sample], batch_size: int,
                   bar) -> dict[str, torch.Tensor]:
-    samples = dataset.samples(split)
     embs = {e.name: [] for e in experts}
     logits = {e.name: [] for e in experts}
     pending: dict[str, list[np.ndarray]] = {e.name: [] for e in experts}
@@ -108,16 +107,16 @@ def build_cache(experts: list[Expert], datasets: list[VideoDataset], cache_dir: 
                 continue  # already cached by an earlier (possibly interrupted) run
             raise CacheMismatchError(f"{p} was cached for other experts "
                                      f"({[x['name'] for x in meta['experts']]}); use another cache folder")
-        todo.append((d, s))
-    total = sum(len(d.samples(s)) for d, s in todo)
+        todo.append((d, s, d.samples(s)))
+    total = sum(len(samples) for _, _, samples in todo)
     bar = tqdm(total=total, desc="caching embeddings", unit="video", disable=not progress)
-    for d, s in todo:
-        tensors = _encode_split(experts, d, s, batch_size, bar)
+    for d, s, samples in todo:
+        tensors = _encode_split(experts, samples, batch_size, bar)
         if dtype == "float16":
             tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
         meta = {"kind": "cache", "dataset": d.name, "split": s, "categories": list(d.categories),
                 "experts": descs, "dtype": dtype,
-                "samples": [str(smp.path.relative_to(d.root)) for smp in d.samples(s)]}
+                "samples": [str(smp.path.relative_to(d.root)) for smp in samples]}
         with atomic_path(shard_path(cache_dir, d.name, s), ".safetensors") as tmp:
             save_file(tensors, str(tmp), metadata=dump_metadata(meta))
     bar.close()

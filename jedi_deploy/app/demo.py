@@ -116,7 +116,7 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     t = stage(4, "training JEDI (students + teachers, jointly)")
     cfg = JEDIConfig(epochs=settings.jedi_epochs, burn_in=settings.burn_in, lr=settings.lr,
                      batch_size=settings.batch_size, seed=settings.seed)
-    result, bundle = train_to_dir(cache, out / "train", cfg, force=force, progress=progress)
+    result, bundle = train_to_dir(cache, out / "train", cfg, progress=progress)
     timings["train JEDI"] = time.perf_counter() - t
 
     t = stage(5, "evaluating experts, students and teachers")

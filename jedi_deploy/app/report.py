@@ -76,7 +76,7 @@ def write_report(path: str | Path, *, command: str, machine: dict, timings: dict
         f"Student/expert median-latency ratios: {', '.join(f'{x:.3f}' for x in ratios)}; the A/A control "
         f"(the expert against a second session of itself) gives {', '.join(f'{x:.3f}' for x in aa)}, the "
         "noise floor of this measurement. The adjustment module is folded into the head, so a student adds "
-        "`d x 256 + 256 x C` multiply-adds and four small graph nodes: "
+        "`d x 256 + 256 x C` multiply-adds and five small graph nodes: "
         f"{', '.join(f'{x:+.1f}' for x in extra_us)} microseconds here. Against these tiny encoders "
         "(well under a millisecond) that fixed cost shows as a few percent; against a real encoder of "
         "tens of GFLOPs it is far below the noise floor. "

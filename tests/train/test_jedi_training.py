@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from jedi_deploy.errors import CacheMismatchError, ConfigError, InputError
 from jedi_deploy.jedi_model import JEDIConfig
