@@ -17,7 +17,7 @@ from .errors import JediError  # noqa: E402  (torch-free)
 _LAZY = {
     "load_expert": "registry", "save_expert": "registry", "build_expert": "registry",
     "register_arch": "registry", "ARCHS": "registry", "Expert": "registry",
-    "JEDIConfig": "jedi_model", "JEDIModel": "jedi_model",
+    "JEDIConfig": "config", "JEDIModel": "jedi_model",
     "load_bundle": "bundle", "save_bundle": "bundle",
     "Preprocess": "video", "load_clip": "video", "decode_video": "video",
     "generate_benchmark": "synthetic", "classification_metrics": "metrics",
