@@ -132,9 +132,14 @@ class Split:
     emb: dict[str, torch.Tensor]  # expert -> [N, D]
     logits: dict[str, torch.Tensor]  # expert -> [N, C_expert]
     labels: torch.Tensor  # [N]
+    samples: list[str] | None = None  # relative video paths, as recorded at cache time
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def where(self, i: int) -> str:
+        """`` (<video path>)`` of sample ``i`` when known, for error messages."""
+        return f" ({self.samples[i]})" if self.samples and i < len(self.samples) else ""
 
 
 @dataclass
@@ -187,10 +192,15 @@ def load_cache(cache_dir: str | Path) -> Cache:
                      for n in names}
         except KeyError as e:
             raise CacheMismatchError(f"{p}: shard lacks tensor {e}") from None
+        samples = meta.get("samples")
         for n, x in list(emb.items()) + list(logits.items()):
-            if not torch.isfinite(x).all():
-                raise InputError(f"{p}: expert {n!r} has NaN/Inf values in the cache")
+            bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1) if x.numel() else torch.zeros(0, dtype=torch.bool)
+            if bad.any():
+                i = int(bad.nonzero()[0])
+                where = f" ({samples[i]})" if samples and i < len(samples) else ""
+                raise InputError(f"{p}: dataset {meta['dataset']!r} split {meta['split']!r} sample {i}{where}: "
+                                 f"expert {n!r} has NaN/Inf values in the cache")
         categories[meta["dataset"]] = meta["categories"]
         splits.setdefault(meta["dataset"], {})[meta["split"]] = Split(meta["dataset"], meta["split"],
-                                                                      emb, logits, labels)
+                                                                      emb, logits, labels, samples)
     return Cache(experts, categories, splits, heads)

@@ -6,19 +6,21 @@ from jedi_deploy.errors import CacheMismatchError
 from jedi_deploy.metrics import classification_metrics
 
 from .cache import EXPERT_IDENTITY, Cache
+from .data import EvalSet
 from .jedi import JEDIModel, evaluate_model
 
 ROWS = ("expert", "student", "teacher")
 
 
 def check_bundle_matches_cache(meta: dict, cache: Cache) -> None:
-    want = [{k: e.get(k) for k in EXPERT_IDENTITY} for e in meta["experts"]]
-    have = [{k: e.get(k) for k in EXPERT_IDENTITY} for e in cache.experts]
-    if want != have:
-        raise CacheMismatchError(
-            "the cache was built for other experts than the bundle: bundle has "
-            f"{[e['name'] + '@' + str(e['sha256'])[:8] for e in meta['experts']]}, cache has "
-            f"{[e['name'] + '@' + str(e['sha256'])[:8] for e in cache.experts]}")
+    """Every expert of the bundle must be in the cache, built from the same checkpoint."""
+    have = {e["name"]: {k: e.get(k) for k in EXPERT_IDENTITY} for e in cache.experts}
+    for e in meta["experts"]:
+        if have.get(e["name"]) != {k: e.get(k) for k in EXPERT_IDENTITY}:
+            raise CacheMismatchError(
+                "the cache was built for other experts than the bundle: bundle has "
+                f"{[x['name'] + '@' + str(x['sha256'])[:8] for x in meta['experts']]}, cache has "
+                f"{[x['name'] + '@' + str(x['sha256'])[:8] for x in cache.experts]}")
 
 
 def evaluate(model: JEDIModel, meta: dict, cache: Cache, split: str = "test") -> dict:
@@ -26,7 +28,9 @@ def evaluate(model: JEDIModel, meta: dict, cache: Cache, split: str = "test") ->
     check_bundle_matches_cache(meta, cache)
     names = [e["name"] for e in meta["experts"]]
     datasets = meta["datasets"]
-    table = evaluate_model(model, cache, datasets, names, split)
+    sets = {d: EvalSet([cache.split(d, split).emb[n] for n in names], cache.split(d, split).labels)
+            for d in datasets}
+    table = evaluate_model(model, sets, datasets)
     for d, name in zip(datasets, names):
         s = cache.split(d, split)
         table[d]["expert"] = classification_metrics(s.logits[name].numpy(), s.labels.numpy())

@@ -1,58 +1,45 @@
 """JEDI training: joint expert distillation on cached embeddings (the paper's section 3).
 
-The model (adjustment modules, students, teachers) is :mod:`jedi_deploy.jedi_model`.
-  * loss for x in D_i with label y (y = -1: unlabeled, KD term only):
-      α·CE(M_i(x), y) + β·Hinge(E_i(x), y) + γ·Σ_j w_ij·KD_T(M_j(x), E_j(x)),
-      w_ij = 1 if i = j else |D_j| / Σ_k |D_k|;  KD = cross-entropy to softmax(E_j/T),
-    teachers' outputs are pseudo-labels (no gradient through the KD target);
-  * every sample of every dataset passes through all students and teachers; KD starts
-    after ``burn_in`` epochs; AdamW.
+The model is :mod:`jedi_deploy.jedi_model`, the objective :mod:`train.losses`, the fast step
+:mod:`train.engine`, the data protocol (validation split, labeled fraction, pools)
+:mod:`train.data`. Every knob is a field of :class:`jedi_deploy.config.JEDIConfig`.
+
+Schemes: "joint" (paper) updates students and teachers with every batch; "alternating"
+switches every ``alternate_every`` epochs between a teacher phase (teachers learn their
+classification loss, students frozen) and a student phase (students learn CE + distillation
+from the frozen teachers), starting with the teachers. Distillation switches on after
+``burn_in`` epochs in both.
+
+A run folder holds, when a run completes: ``jedi.safetensors`` (last epoch), ``best.safetensors``
+(best mean student acc@1 on the validation split), ``metrics.jsonl`` (one record per epoch),
+``final_eval.json`` and ``config.json``. While it runs, everything lives in
+``in_progress/`` (checkpoint after every epoch + live log), so a failed or stopped run never
+touches the outputs of an earlier one, and ``--resume`` continues from the last epoch with the
+same result as an uninterrupted run.
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import shutil
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from jedi_deploy.errors import CacheMismatchError, InputError
-from jedi_deploy.jedi_model import JEDIConfig, JEDIModel
+from jedi_deploy.config import JEDIConfig
+from jedi_deploy.errors import ConfigError, InputError
+from jedi_deploy.jedi_model import JEDIModel
 from jedi_deploy.metrics import classification_metrics
 
 from .cache import Cache
+from .data import EvalSet, TrainData, build_train_data
+from .engine import Masks, Rng, fused_forward, tune_allocator
+from .losses import distillation_weights, jedi_loss
 
-
-def distillation_weights(sizes: list[int]) -> torch.Tensor:
-    """The paper's Eq. 2: w_ij = 1 if i == j else |D_j| / Σ_k |D_k|  (shape [n, n])."""
-    s = torch.tensor(sizes, dtype=torch.float32)
-    w = (s / s.sum()).expand(len(sizes), -1).clone()
-    w.fill_diagonal_(1.0)
-    return w
-
-
-def jedi_loss(student_logits: list[torch.Tensor], teacher_logits: list[torch.Tensor],
-              dataset_index: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-              cfg: JEDIConfig, distill: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean over the batch of the paper's Eq. 1 (see module docstring)."""
-    n, batch = len(student_logits), len(labels)
-    zero = student_logits[0].new_zeros(())
-    ce, hinge, kd = zero, zero, zero
-    for i in range(n):
-        m = (dataset_index == i) & (labels >= 0)
-        if m.any():
-            ce = ce + F.cross_entropy(student_logits[i][m], labels[m], reduction="sum")
-            hinge = hinge + F.multi_margin_loss(teacher_logits[i][m], labels[m], reduction="sum")
-    if distill:
-        t = cfg.temperature
-        for j in range(n):
-            target = F.softmax(teacher_logits[j].detach() / t, dim=1)
-            per_sample = -(target * F.log_softmax(student_logits[j] / t, dim=1)).sum(dim=1)
-            kd = kd + (weights[dataset_index, j] * per_sample).sum()
-    loss = (cfg.alpha * ce + cfg.beta * hinge + cfg.gamma * kd) / batch
-    return loss, {"ce": ce.item() / batch, "hinge": hinge.item() / batch, "kd": kd.item() / batch}
+__all__ = ["TrainResult", "train_jedi", "train_to_dir", "evaluate_model", "distillation_weights", "jedi_loss"]
 
 
 @dataclass
@@ -62,138 +49,253 @@ class TrainResult:
     experts: list[dict]
     datasets: list[str]
     config: JEDIConfig
+    best_epoch: int | None = None
+    best_score: float | None = None
+    data: dict = field(default_factory=dict)
 
 
-def _gather(cache: Cache, datasets: list[str], names: list[str], split: str):
-    """Stack one split of all datasets: per-expert embeddings, dataset index, labels."""
-    parts = [cache.split(d, split) for d in datasets]
-    embs = [torch.cat([p.emb[n] for p in parts]) for n in names]
-    index = torch.cat([torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(parts)])
-    labels = torch.cat([p.labels for p in parts])
-    return embs, index, labels
+def build_model(data: TrainData, cache: Cache, cfg: JEDIConfig) -> JEDIModel:
+    """Seeded model whose students start as the initial experts (heads from the cache)."""
+    torch.manual_seed(cfg.seed)
+    model = JEDIModel([e["embed_dim"] for e in data.experts], [e["num_classes"] for e in data.experts], cfg)
+    with torch.no_grad():
+        for head, n in zip(model.students, data.names):
+            head.weight.copy_(cache.heads[n]["weight"])
+            head.bias.copy_(cache.heads[n]["bias"])
+    return model
 
 
-def check_cache(cache: Cache, cfg: JEDIConfig) -> list[str]:
-    """Validate the cache for training; returns the dataset order (= expert order)."""
-    datasets = []
-    for e in cache.experts:
-        if e["dataset"] not in cache.splits:
-            raise CacheMismatchError(f"cache has no data for dataset {e['dataset']!r} of expert {e['name']!r}")
-        if len(cache.categories[e["dataset"]]) != e["num_classes"]:
-            raise CacheMismatchError(f"expert {e['name']!r} predicts {e['num_classes']} classes but dataset "
-                                     f"{e['dataset']!r} has {len(cache.categories[e['dataset']])}")
-        datasets.append(e["dataset"])
-    for d in datasets:
-        for split in (cfg.train_split, cfg.eval_split):
-            s = cache.split(d, split)
-            if len(s) == 0:
-                raise InputError(f"dataset {d!r} split {split!r} is empty")
-            bad = (s.labels >= len(cache.categories[d])) | (s.labels < -1)
-            if bad.any():
-                raise InputError(f"dataset {d!r} split {split!r}: label {int(s.labels[bad][0])} outside "
-                                 f"[0, {len(cache.categories[d])}) (-1 = unlabeled)")
-    return datasets
+def build_optimizer(model: JEDIModel, cfg: JEDIConfig) -> torch.optim.Optimizer:
+    params = list(model.parameters())
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
 
 
 @torch.no_grad()
-def evaluate_model(model: JEDIModel, cache: Cache, datasets: list[str], names: list[str],
-                   split: str) -> dict[str, dict[str, dict[str, float]]]:
-    """{dataset: {"student": metrics, "teacher": metrics}} on ``split``."""
+def evaluate_model(model: JEDIModel, sets: dict[str, EvalSet], datasets: list[str]
+                   ) -> dict[str, dict[str, dict[str, float]]]:
+    """{dataset: {"student": metrics, "teacher": metrics}} (eval mode, no dropout)."""
+    was_training = model.training
     model.eval()
     out = {}
     for i, d in enumerate(datasets):
-        s = cache.split(d, split)
-        student, teacher = model([s.emb[n] for n in names])
+        s = sets.get(d)
+        if s is None or len(s.labels) == 0:
+            continue
+        student, teacher = model([e.float() for e in s.embs])
         out[d] = {"student": classification_metrics(student[i].numpy(), s.labels.numpy()),
                   "teacher": classification_metrics(teacher[i].numpy(), s.labels.numpy())}
+    model.train(was_training)
     return out
 
 
-def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True,
-               log_path: str | Path | None = None) -> TrainResult:
-    """Joint end-to-end JEDI training; logs per-epoch test metrics (for the Figure-3 curves)."""
-    from tqdm.auto import trange
+def eval_sets(cache: Cache, data: TrainData, split: str) -> dict[str, EvalSet]:
+    return {d: EvalSet([cache.split(d, split).emb[n] for n in data.names], cache.split(d, split).labels)
+            for d in data.datasets}
 
-    datasets = check_cache(cache, cfg)
-    names = cache.expert_names
-    torch.manual_seed(cfg.seed)
-    dims = [e["embed_dim"] for e in cache.experts]
-    classes = [e["num_classes"] for e in cache.experts]
-    for e, n in zip(cache.experts, names):
-        got = cache.split(e["dataset"], cfg.train_split).emb[n].shape[1]
-        if got != e["embed_dim"]:
-            raise CacheMismatchError(f"expert {n!r}: cache embeddings have dim {got}, metadata says {e['embed_dim']}")
-    model = JEDIModel(dims, classes, cfg)
-    with torch.no_grad():  # students start as the initial experts (heads from the cache)
-        for head, n in zip(model.students, names):
-            head.weight.copy_(cache.heads[n]["weight"])
-            head.bias.copy_(cache.heads[n]["bias"])
-    embs, index, labels = _gather(cache, datasets, names, cfg.train_split)
-    sizes = [int((index == i).sum()) for i in range(len(datasets))]
-    weights = distillation_weights(sizes)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history = []
-    log = open(log_path, "w") if log_path else None
+
+def phase_of(epoch: int, cfg: JEDIConfig) -> str:
+    if cfg.scheme == "joint":
+        return "joint"
+    return "teachers" if ((epoch - 1) // cfg.alternate_every) % 2 == 0 else "students"
+
+
+def _set_phase(model: JEDIModel, phase: str) -> None:
+    for p in list(model.adjust.parameters()) + list(model.students.parameters()):
+        p.requires_grad_(phase != "teachers")
+    for p in model.teachers.parameters():
+        p.requires_grad_(phase != "students")
+
+
+def train_step(model: JEDIModel, optimizer, embs: list[torch.Tensor], dataset: torch.Tensor,
+               labels: torch.Tensor, weights: torch.Tensor, cfg: JEDIConfig, rng: Rng, *,
+               distill: bool, phase: str = "joint") -> dict[str, float]:
+    """One optimisation step on one batch; returns the loss parts (batch means)."""
+    masks = Masks(model, len(labels), rng)
+    if cfg.precision == "bf16":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            students, teachers = model(embs, *masks.as_reference())
+        students, teachers = [s.float() for s in students], [t.float() for t in teachers]
+    else:
+        students, teachers = fused_forward(model, embs, masks)
+    loss, parts = jedi_loss(students, teachers, dataset, labels, weights, cfg, distill, phase)
+    if loss.requires_grad:  # a batch without labels in a teacher phase has nothing to learn
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    parts["loss"] = loss.item()
+    return parts
+
+
+def _score(val: dict) -> float | None:
+    if not val:
+        return None
+    return sum(r["student"]["acc1"] for r in val.values()) / len(val)
+
+
+class _RunFolder:
+    """Where a run writes (see module docstring); ``None`` folder = keep everything in memory."""
+
+    def __init__(self, out: Path | None):
+        self.out = out
+        self.work = out / "in_progress" if out else None
+
+    def path(self, name: str) -> Path | None:
+        return self.work / name if self.work else None
+
+
+def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True, run_dir: str | Path | None = None,
+               resume: bool = False, on_epoch: Callable[[int, dict], None] | None = None,
+               log_path: str | Path | None = None) -> TrainResult:
+    """Train JEDI on ``cache``. With ``run_dir``, checkpoints/logs go to ``run_dir/in_progress``
+    (see :func:`train_to_dir`, which also writes the final files). ``on_epoch(epoch, record)``
+    is called after each epoch's checkpoint is safely written."""
+    from tqdm.auto import tqdm
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    data = build_train_data(cache, cfg)  # validates everything before any file is touched
+    tune_allocator()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    folder = _RunFolder(Path(run_dir) if run_dir else None)
+    model = build_model(data, cache, cfg)
+    optimizer = build_optimizer(model, cfg)
+    weights = distillation_weights(data.sizes, cfg)
+    rng = Rng(cfg.seed)
+    val_sets, test_sets = data.val, eval_sets(cache, data, cfg.eval_split)
+    history: list[dict] = []
+    best, best_epoch, start = None, None, 1
+    ckpt_path, live_log = folder.path("checkpoint.safetensors"), folder.path("metrics.jsonl")
+    if resume:
+        if ckpt_path is None or not ckpt_path.exists():
+            raise InputError(f"nothing to resume in {run_dir}: no in_progress/checkpoint.safetensors")
+        ck = load_checkpoint(ckpt_path, model, optimizer, config=cfg, experts=data.experts)
+        rng.state = ck.rng_state
+        start, best = ck.epoch + 1, ck.best
+        if live_log.exists():
+            history = [json.loads(x) for x in live_log.read_text().splitlines() if x.strip()]
+            history = [r for r in history if r["epoch"] <= ck.epoch]
+        best_epoch = max((r["epoch"] for r in history if _score(r.get("val", {})) == best), default=None)
+    elif folder.work:
+        if folder.work.exists():
+            shutil.rmtree(folder.work)
+        folder.work.mkdir(parents=True)
+    log_file = live_log or (Path(log_path) if log_path else None)
+    if log_file:
+        log_file.write_text("".join(json.dumps(r) + "\n" for r in history))
+    log = open(log_file, "a") if log_file else None
+
+    def record_eval(rec: dict) -> None:
+        nonlocal best, best_epoch
+        if val_sets and any(len(s.labels) for s in val_sets.values()):
+            rec["val"] = evaluate_model(model, val_sets, data.datasets)
+        rec["eval"] = evaluate_model(model, test_sets, data.datasets)
+        score = _score(rec.get("val", {}))
+        if score is not None and (best is None or score > best):
+            best, best_epoch = score, rec["epoch"]
+            if folder.work:
+                from jedi_deploy.bundle import save_bundle
+
+                save_bundle(model, folder.path("best.safetensors"), experts=data.experts,
+                            datasets=data.datasets, config=cfg, extra={"epoch": rec["epoch"], "val_score": score})
+
     try:
-        record = {"epoch": 0, "loss": None, "eval": evaluate_model(model, cache, datasets, names, cfg.eval_split)}
-        history.append(record)
-        if log:
-            log.write(json.dumps(record) + "\n")
-        bar = trange(1, cfg.epochs + 1, desc="JEDI training", unit="epoch", disable=not progress)
-        for epoch in bar:
-            model.train()
-            distill = epoch > cfg.burn_in
-            total, parts, steps = 0.0, {"ce": 0.0, "hinge": 0.0, "kd": 0.0}, 0
-            for idx in torch.randperm(len(labels), generator=gen).split(cfg.batch_size):
-                student, teacher = model([e[idx] for e in embs])
-                loss, p = jedi_loss(student, teacher, index[idx], labels[idx], weights, cfg, distill)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item()
-                steps += 1
-                for k in parts:
-                    parts[k] += p[k]
-            if not math.isfinite(total):
-                raise InputError(f"training diverged at epoch {epoch} (loss {total}); lower the learning rate")
-            record = {"epoch": epoch, "loss": total / steps, **{k: v / steps for k, v in parts.items()},
-                      "distill": distill,
-                      "eval": evaluate_model(model, cache, datasets, names, cfg.eval_split)}
-            history.append(record)
+        if not history:
+            rec = {"epoch": 0, "loss": None}
+            record_eval(rec)
+            history.append(rec)
             if log:
-                log.write(json.dumps(record) + "\n")
+                log.write(json.dumps(rec) + "\n")
+        n = len(data.labels)
+        steps = math.ceil(n / cfg.batch_size)
+        bar = tqdm(total=cfg.epochs, initial=start - 1, desc="JEDI training", unit="epoch", disable=not progress)
+        for epoch in range(start, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            phase = phase_of(epoch, cfg)
+            distill = epoch > cfg.burn_in and cfg.distill_data != "none"
+            model.train()
+            _set_phase(model, phase)
+            sums: dict[str, float] = {}
+            perm = rng.permutation(n)
+            for k in range(steps):
+                idx = perm[k * cfg.batch_size:(k + 1) * cfg.batch_size]
+                parts = train_step(model, optimizer, [e.index_select(0, idx) for e in data.embs],
+                                   data.dataset[idx], data.labels[idx], weights, cfg, rng,
+                                   distill=distill, phase=phase)
+                for key, v in parts.items():
+                    sums[key] = sums.get(key, 0.0) + v
+            _set_phase(model, "joint")
+            if not math.isfinite(sums["loss"]):
+                raise InputError(f"training diverged at epoch {epoch} (loss {sums['loss']}); lower the learning "
+                                 "rate (lr) or check the cache for extreme values")
+            rec = {"epoch": epoch, "phase": phase, "distill": distill,
+                   **{k: v / steps for k, v in sums.items()}, "train_s": round(time.perf_counter() - t0, 3)}
+            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                record_eval(rec)
+            history.append(rec)
+            if log:
+                log.write(json.dumps(rec) + "\n")
                 log.flush()
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            if ckpt_path:
+                save_checkpoint(ckpt_path, model, optimizer, config=cfg, epoch=epoch, best=best,
+                                rng_state=rng.state, experts=data.experts)
+            bar.update()
+            shown = {"loss": f"{rec['loss']:.3f}"}
+            if "val" in rec:
+                shown["val_acc1"] = f"{_score(rec['val']):.1f}"
+            bar.set_postfix(shown)
+            if on_epoch:
+                on_epoch(epoch, rec)
+        bar.close()
     finally:
         if log:
             log.close()
     model.eval()
-    return TrainResult(model, history, cache.experts, datasets, cfg)
+    return TrainResult(model, history, data.experts, data.datasets, cfg, best_epoch, best, data.summary())
 
 
 BUNDLE_NAME = "jedi.safetensors"
+BEST_NAME = "best.safetensors"
 LOG_NAME = "metrics.jsonl"
 
 
 def train_to_dir(cache: Cache, out_dir: str | Path, cfg: JEDIConfig, *, force: bool = False,
-                 progress: bool = True, extra: dict | None = None) -> tuple[TrainResult, Path]:
-    """Train and write ``out_dir/jedi.safetensors`` (bundle), ``metrics.jsonl`` and
-    ``final_eval.json``. Refuses to replace an existing bundle unless ``force``."""
+                 resume: bool = False, progress: bool = True, extra: dict | None = None,
+                 on_epoch: Callable[[int, dict], None] | None = None) -> tuple[TrainResult, Path]:
+    """Train into a run folder (see module docstring); returns the result and the last bundle."""
     from jedi_deploy.bundle import save_bundle
     from jedi_deploy.meta import write_json
 
     out_dir = Path(out_dir)
     bundle = out_dir / BUNDLE_NAME
-    if bundle.exists() and not force:
-        raise InputError(f"{bundle} already exists; choose another --out or pass --force to replace it")
+    work = out_dir / "in_progress"
+    if resume and force:
+        raise ConfigError("--resume and --force contradict each other: resume continues a run, force restarts it")
+    if not resume:
+        if work.exists() and not force:
+            raise InputError(f"{out_dir} holds a stopped run ({work}); pass --resume to continue it "
+                             "or --force to start over")
+        if bundle.exists() and not force:
+            raise InputError(f"{bundle} already exists; choose another --out or pass --force to replace it")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"cannot create run folder {out_dir}: {e.strerror or e}") from None
-    result = train_jedi(cache, cfg, progress=progress, log_path=out_dir / LOG_NAME)
+    result = train_jedi(cache, cfg, progress=progress, run_dir=out_dir, resume=resume, on_epoch=on_epoch)
     final = result.history[-1]["eval"]
-    save_bundle(result.model, bundle, experts=result.experts, datasets=result.datasets, config=cfg,
-                extra={"final_eval": final, **(extra or {})})
+    info = {"final_eval": final, "best_epoch": result.best_epoch, "data": result.data, **(extra or {})}
+    save_bundle(result.model, bundle, experts=result.experts, datasets=result.datasets, config=cfg, extra=info)
+    best = work / BEST_NAME
+    if best.exists():
+        best.replace(out_dir / BEST_NAME)
+    elif (out_dir / BEST_NAME).exists():
+        (out_dir / BEST_NAME).unlink()  # from an earlier run this one replaced (--force)
+    (work / LOG_NAME).replace(out_dir / LOG_NAME)
+    write_json(out_dir / "config.json", cfg.to_dict())
     write_json(out_dir / "final_eval.json", final)
+    shutil.rmtree(work)
     return result, bundle

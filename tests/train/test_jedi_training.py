@@ -1,9 +1,16 @@
-import pytest
+import json
 
+import pytest
+import torch
+
+from jedi_deploy.bundle import load_bundle
 from jedi_deploy.errors import CacheMismatchError, ConfigError, InputError
 from jedi_deploy.jedi_model import JEDIConfig
+from jedi_deploy.metrics import classification_metrics
 from train.evaluate import evaluate, format_table
-from train.jedi import train_jedi
+from train.jedi import train_jedi, train_to_dir
+
+FAST = dict(lr=1e-3, batch_size=32, hidden=16)
 
 
 def test_students_start_as_the_initial_experts(trained, cache):
@@ -11,16 +18,21 @@ def test_students_start_as_the_initial_experts(trained, cache):
     for d in trained.datasets:
         name = cache.expert_for_dataset(d)["name"]
         s = cache.split(d, "test")
-        from jedi_deploy.metrics import classification_metrics
-
         assert first[d]["student"] == classification_metrics(s.logits[name].numpy(), s.labels.numpy())
 
 
-def test_history_logs_every_epoch_and_kd_after_burn_in(trained):
+def test_history_logs_every_epoch_with_val_and_test_metrics(trained):
     h = trained.history
     assert [r["epoch"] for r in h] == list(range(trained.config.epochs + 1))
     assert [r["distill"] for r in h[1:]] == [e > trained.config.burn_in for e in range(1, trained.config.epochs + 1)]
     assert all(r["kd"] == 0 for r in h[1:trained.config.burn_in + 1]) and h[-1]["kd"] > 0
+    for r in h:
+        for split in ("val", "eval"):
+            assert set(r[split]) == set(trained.datasets)
+            for d in trained.datasets:
+                assert set(r[split][d]["student"]) == {"acc1", "acc5", "mAP"}
+                assert set(r[split][d]["teacher"]) == {"acc1", "acc5", "mAP"}
+    assert trained.best_epoch is not None
 
 
 def test_training_fits_the_training_data(cache):
@@ -37,16 +49,124 @@ def test_jsonl_log_and_table(cache, trained, tmp_path):
     assert md.count("\n") == 4 and "Initial experts" in md and "JEDI teachers" in md
 
 
-def test_bad_cache_contents_are_clear_errors(cache):
+class Stop(Exception):
+    pass
+
+
+def _stop_after(n):
+    def hook(epoch, record):
+        if epoch == n:
+            raise Stop
+    return hook
+
+
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(cache, tmp_path):
+    cfg = JEDIConfig(epochs=6, burn_in=2, label_fraction=0.5, **FAST)
+    _, straight = train_to_dir(cache, tmp_path / "a", cfg, progress=False)
+    with pytest.raises(Stop):
+        train_to_dir(cache, tmp_path / "b", cfg, progress=False, on_epoch=_stop_after(3))
+    assert (tmp_path / "b/in_progress/checkpoint.safetensors").exists() and not (tmp_path / "b/jedi.safetensors").exists()
+    with pytest.raises(InputError, match="stopped run"):
+        train_to_dir(cache, tmp_path / "b", cfg, progress=False)
+    with pytest.raises(ConfigError, match="lr: 0.001 -> 0.002"):
+        train_to_dir(cache, tmp_path / "b", JEDIConfig(epochs=6, burn_in=2, label_fraction=0.5,
+                                                         **{**FAST, "lr": 2e-3}), resume=True, progress=False)
+    _, resumed = train_to_dir(cache, tmp_path / "b", cfg, resume=True, progress=False)
+    a, b = load_bundle(straight)[0].state_dict(), load_bundle(resumed)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la = [json.loads(x) for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lb] == list(range(7))
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    assert not (tmp_path / "b/in_progress").exists()
+    for name in ("best.safetensors", "config.json", "final_eval.json"):
+        assert (tmp_path / "b" / name).exists()
+    assert load_bundle(tmp_path / "b/jedi.safetensors")[1]["config"] == cfg.to_dict()
+
+
+def test_a_failed_run_leaves_the_earlier_run_untouched(cache, tmp_path):
+    cfg = JEDIConfig(epochs=2, burn_in=0, **FAST)
+    _, bundle = train_to_dir(cache, tmp_path, cfg, progress=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(InputError, match="already exists"):
+        train_to_dir(cache, tmp_path, cfg, progress=False)
+    with pytest.raises(Stop):
+        train_to_dir(cache, tmp_path, JEDIConfig(epochs=3, **FAST), force=True, progress=False,
+                     on_epoch=_stop_after(1))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_label_fraction_cmpl_and_alternating_run(cache):
+    cfg = JEDIConfig(epochs=4, burn_in=1, kd_loss="cmpl", tau=0.5, label_fraction=0.1, scheme="alternating",
+                     alternate_every=1, **FAST)
+    r = train_jedi(cache, cfg, progress=False)
+    assert [x["phase"] for x in r.history[1:]] == ["teachers", "students", "teachers", "students"]
+    assert r.history[1]["ce"] == 0 and r.history[2]["teacher"] == 0
+    assert r.history[4]["kd"] > 0  # CMPL pseudo-labels fired in a student phase after burn-in
+    assert all(n["labeled"] <= n["train"] for n in r.data.values())
+    assert sum(n["labeled"] for n in r.data.values()) < 0.5 * sum(n["train"] for n in r.data.values())
+
+
+def test_just_kinetics_scenario_uses_a_pool_without_its_expert(cache):
+    pool = cache.experts[0]["dataset"]
+    others = [e["name"] for e in cache.experts[1:]]
+    cfg = JEDIConfig(epochs=2, burn_in=0, distill_data="pool", experts=others, **FAST)
+    r = train_jedi(cache, cfg, progress=False)
+    assert r.datasets == [e["dataset"] for e in cache.experts[1:]]
+    assert r.data[pool]["pool"] == len(cache.split(pool, "train"))
+    assert r.history[-1]["kd"] > 0 and len(r.model.students) == 2
+    with pytest.raises(ConfigError, match="needs an unlabeled pool"):
+        train_jedi(cache, JEDIConfig(epochs=1, distill_data="pool"), progress=False)
+
+
+@pytest.mark.parametrize("mode", ["base", "predictions", "adjusted+predictions"])
+def test_teacher_inputs_train_and_export_shape(cache, mode, tmp_path):
+    r = train_jedi(cache, JEDIConfig(epochs=2, burn_in=0, teacher_input=mode, **FAST), progress=False)
+    assert r.history[-1]["kd"] > 0
+    if mode == "base":  # teachers see the frozen features: the adjustment modules get no teacher gradient
+        assert r.model.teachers[0][1].in_features == sum(r.model.dims)
+
+
+def _poke(cache, fn):
     d = cache.experts[0]["dataset"]
     split = cache.splits[d]["train"]
-    saved = split.labels.clone()
+    saved = (split.labels.clone(), {k: v.clone() for k, v in split.emb.items()})
     try:
-        split.labels[0] = 99
-        with pytest.raises(InputError, match="label 99 outside"):
-            train_jedi(cache, JEDIConfig(epochs=1), progress=False)
+        fn(split)
+        train_jedi(cache, JEDIConfig(epochs=1), progress=False)
     finally:
-        split.labels.copy_(saved)
+        split.labels = saved[0]
+        split.emb.update(saved[1])
+
+
+def test_bad_cache_contents_name_dataset_and_sample(cache):
+    d = cache.experts[0]["dataset"]
+    name = cache.experts[0]["name"]
+
+    def bad_label(s):
+        s.labels[3] = 99
+    with pytest.raises(InputError, match=rf"dataset '{d}' split 'train' sample 3 \(videos/train/.*\): label 99 outside"):
+        _poke(cache, bad_label)
+
+    def nan(s):
+        s.emb[name] = s.emb[name].clone()
+        s.emb[name][5, 0] = float("nan")
+    with pytest.raises(InputError, match=rf"sample 5 .*expert '{name}' embedding has NaN/Inf"):
+        _poke(cache, nan)
+
+    def wrong_dim(s):
+        s.emb[name] = s.emb[name][:, :-1]
+    with pytest.raises(CacheMismatchError, match="expected \\[N, "):
+        _poke(cache, wrong_dim)
+
+    def empty(s):
+        s.labels = s.labels[:0]
+        for k in s.emb:
+            s.emb[k] = s.emb[k][:0]
+    with pytest.raises(InputError, match=rf"dataset '{d}' split 'train' is empty"):
+        _poke(cache, empty)
+    with pytest.raises(ConfigError, match="not in the cache"):
+        train_jedi(cache, JEDIConfig(epochs=1, experts=["nobody"]), progress=False)
     with pytest.raises(ConfigError, match="lr must be > 0"):
         JEDIConfig(lr=0)
     with pytest.raises(ConfigError, match="unknown JEDI config fields"):
