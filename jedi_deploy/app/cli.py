@@ -9,7 +9,10 @@ from pathlib import Path
 import click
 
 from .. import __version__
+from ..config import DISTILL_DATA, KD_LOSSES, TEACHER_INPUTS
 from ..errors import JediError
+
+GRID_NAMES = ("table3", "variants", "semi")  # train.ablate.GRIDS (kept torch-free here)
 
 EXISTING = click.Path(exists=True, path_type=Path)
 
@@ -53,6 +56,8 @@ def cli():
       pretrain  -> EXPERT.safetensors            (one expert per dataset)
       cache     -> CACHE/<dataset>/<split>.safetensors
       train     -> RUN/jedi.safetensors + RUN/metrics.jsonl
+      ablate    -> OUT/<scenario>/ runs + OUT/table3.md + plot   (the paper's Table 3)
+      analyze   -> cka: OUT/cka.{md,png}                          (representation similarity)
       eval      -> Table-2 accuracies (markdown / JSON)
       export    -> OUT/<name>.student.onnx, OUT/<name>.expert.onnx (+ .validation.json)
       infer     -> top-k labels of videos (ONNX Runtime, no torch)
@@ -127,37 +132,101 @@ def cache(data, experts, out, splits, dtype, batch_size):
         click.echo(str(s))
 
 
+def _config_options(f):
+    """Options shared by `jedi train` and `jedi ablate`: a config file, the common knobs as
+    flags, and KEY=VALUE for every other field (docs/ARCHITECTURE.md, "Training")."""
+    opts = [
+        click.option("--config", "config_file", type=EXISTING,
+                     help="TOML or JSON file of JEDIConfig fields (flags and --set override it)."),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="Override any config field, e.g. --set kd_loss=cmpl --set pools='[\"k400\"]'."),
+        click.option("--epochs", type=int, help="[500] Training epochs."),
+        click.option("--burn-in", type=int, help="[25] Epochs before the distillation terms switch on."),
+        click.option("--lr", type=float, help="[1e-5] Learning rate."),
+        click.option("--batch-size", type=int, help="[256] Batch size (samples of all datasets mixed)."),
+        click.option("--hidden", type=int, help="[256] Adjustment module hidden size."),
+        click.option("--seed", type=int, help="[0] Seed of init, splits, shuffling and dropout."),
+        click.option("--teacher-input", type=click.Choice(TEACHER_INPUTS), help="[adjusted] What the teachers see."),
+        click.option("--distill-data", type=click.Choice(DISTILL_DATA), help="[all] Which samples are distilled."),
+        click.option("--kd-loss", type=click.Choice(KD_LOSSES), help="[soft] Distillation loss (cmpl = CMPL mode)."),
+        click.option("--label-fraction", type=float, help="[1.0] Class-balanced labeled fraction per dataset."),
+        click.option("--val-fraction", type=float, help="[0.15] Held out of each training set for validation."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _resolve(config_file, sets, **flags):
+    from ..config import resolve_config
+
+    return resolve_config(config_file, flags, sets)
+
+
 @cli.command()
 @click.option("--cache", "cache_dir", type=EXISTING, required=True, help="Cache folder from `jedi cache`.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Run folder: jedi.safetensors and metrics.jsonl land here.")
-@click.option("--epochs", default=500, show_default=True)
-@click.option("--burn-in", default=25, show_default=True, help="Epochs before the KD terms switch on.")
-@click.option("--lr", default=1e-5, show_default=True)
-@click.option("--weight-decay", default=3e-3, show_default=True)
-@click.option("--batch-size", default=256, show_default=True)
-@click.option("--alpha", default=1.0, show_default=True, help="Weight of the students' CE.")
-@click.option("--beta", default=1.0, show_default=True, help="Weight of the teachers' hinge loss.")
-@click.option("--gamma", default=0.4, show_default=True, help="Weight of the KD terms.")
-@click.option("--k", default=10.0, show_default=True, help="Teacher dropout rule p_i = max(0, 1 - k*C_i/D).")
-@click.option("--temperature", default=1.0, show_default=True, help="KD temperature T.")
-@click.option("--hidden", default=256, show_default=True, help="Adjustment module hidden size.")
-@click.option("--adjust-dropout", default=0.75, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Replace an existing RUN/jedi.safetensors.")
-def train(cache_dir, out, force, **kw):
-    """Train JEDI (adjustment modules, students, teachers) on a cache. Defaults are the paper's."""
+              help="Run folder: jedi.safetensors (last), best.safetensors, metrics.jsonl, config.json.")
+@_config_options
+@click.option("--resume", is_flag=True, help="Continue the stopped run in --out (same config).")
+@click.option("--force", is_flag=True, help="Replace an existing run (or stopped run) in --out.")
+def train(cache_dir, out, resume, force, config_file, sets, **flags):
+    """Train JEDI (adjustment modules, students, teachers) on a cache. Defaults are the paper's;
+    every knob is a config field (file, flags, --set KEY=VALUE). The resolved config is saved in
+    the bundle. A stopped run continues with --resume and ends with the same weights."""
+    cfg = _resolve(config_file, sets, **flags)
     from train.cache import load_cache
     from train.jedi import train_to_dir
 
-    from ..jedi_model import JEDIConfig
-
-    cfg = JEDIConfig(**kw)
-    result, bundle = train_to_dir(load_cache(cache_dir), out, cfg, force=force, progress=_progress(),
-                                  extra={"cache": str(Path(cache_dir).resolve())})
-    click.echo(f"wrote {bundle}")
+    result, bundle = train_to_dir(load_cache(cache_dir), out, cfg, force=force, resume=resume,
+                                  progress=_progress(), extra={"cache": str(Path(cache_dir).resolve())})
+    click.echo(f"wrote {bundle}" + (f" (best validation epoch {result.best_epoch}: {out / 'best.safetensors'})"
+                                    if result.best_epoch is not None else ""))
     for d, r in result.history[-1]["eval"].items():
         click.echo(f"  {d}: student acc@1 {r['student']['acc1']:.2f}, teacher acc@1 {r['teacher']['acc1']:.2f}")
+
+
+@cli.command()
+@click.option("--cache", "cache_dir", type=EXISTING, required=True, help="Cache folder from `jedi cache`.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder for one run per scenario, <grid>.md, <grid>.png and results.json.")
+@click.option("--grid", type=click.Choice(sorted(GRID_NAMES)), default="table3", show_default=True,
+              help="table3 = the paper's Table 3; variants = losses/schemes; semi = CMPL label fractions.")
+@click.option("--pool", help="Dataset used as the unlabeled pool (the paper's 'Just Kinetics'); its expert is "
+                             "left out of every scenario, as the paper leaves Kinetics out of Table 3.")
+@_config_options
+def ablate(cache_dir, out, grid, pool, config_file, sets, **flags):
+    """Run a named grid of JEDI scenarios on one cache and write a Table-3-style table and plot.
+    Finished scenarios are reused, so an interrupted ablation resumes."""
+    base = _resolve(config_file, sets, **flags)
+    from train.ablate import format_ablation, run_ablation
+    from train.cache import load_cache
+
+    report = run_ablation(load_cache(cache_dir), out, grid, base, pool=pool, progress=_progress(), echo=click.echo)
+    click.echo("\n" + format_ablation(report))
+    click.echo(f"\ntable: {report['table']}\nplot: {report['plot']}")
+
+
+@cli.group()
+def analyze():
+    """Analyses of a cache and of trained models."""
+
+
+@analyze.command()
+@click.option("--cache", "cache_dir", type=EXISTING, required=True, help="Cache folder from `jedi cache`.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for cka.md/.json/.png.")
+@click.option("--bundle", type=EXISTING, help="Also compare the students' adjusted embeddings of this bundle.")
+@click.option("--split", default="test", show_default=True, help="Samples: this split of every dataset.")
+@click.option("--max-samples", default=20000, show_default=True, help="Random subset for large caches.")
+def cka(cache_dir, out, bundle, split, max_samples):
+    """Linear CKA between every pair of experts' embeddings on the same samples: heatmap + table."""
+    from train.cache import load_cache
+    from train.cka import cka_matrix, collect_features, write_cka_report
+
+    names, m = cka_matrix(collect_features(load_cache(cache_dir), split, bundle, max_samples))
+    paths = write_cka_report(names, m, out, f"Linear CKA ({split} split)")
+    click.echo(paths["table"].read_text())
+    click.echo(f"heatmap: {paths['heatmap']}")
 
 
 @cli.command(name="eval")

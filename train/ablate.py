@@ -1,0 +1,182 @@
+"""``jedi ablate``: a named grid of JEDI scenarios on one cache, one run folder each, then a
+Table-3-style markdown table (teacher / student acc@1 per dataset) and a bar plot.
+
+Grids:
+  * ``table3`` - the paper's Table 3: teacher input ∈ {predictions, base features, adjusted
+    features, adjusted + predictions}; distillation data ∈ {none, single dataset, just the
+    pool, all datasets}. As in the paper, the pool's own dataset (Kinetics there) is left out
+    of the experts so that every row trains the same students;
+  * ``variants`` - choices the paper names but does not tabulate: alternating training,
+    cross-entropy teachers, MSE / hard pseudo-label distillation, CMPL;
+  * ``semi`` - CMPL's protocol: 10% and 1% labeled data with soft KD and with CMPL.
+Completed scenarios (same resolved config) are reused, so an interrupted ablation resumes.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from jedi_deploy.config import JEDIConfig
+from jedi_deploy.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    section: str
+    overrides: tuple = ()  # ((field, value), ...)
+
+
+GRIDS: dict[str, tuple[Scenario, ...]] = {
+    "table3": (
+        Scenario("Predictions", "Input to ensembles", (("teacher_input", "predictions"),)),
+        Scenario("Base Features", "Input to ensembles", (("teacher_input", "base"),)),
+        Scenario("Adjusted Features", "Input to ensembles", (("teacher_input", "adjusted"),)),
+        Scenario("Adjusted Features + Predictions", "Input to ensembles", (("teacher_input", "adjusted+predictions"),)),
+        Scenario("No Distillation", "Distillation data", (("distill_data", "none"),)),
+        Scenario("Single Dataset", "Distillation data", (("distill_data", "own"),)),
+        Scenario("Just Pool", "Distillation data", (("distill_data", "pool"),)),
+        Scenario("All Datasets", "Distillation data", (("distill_data", "all"),)),
+    ),
+    "variants": (
+        Scenario("Joint (paper)", "Variants"),
+        Scenario("Alternating", "Variants", (("scheme", "alternating"),)),
+        Scenario("Cross-entropy teachers", "Variants", (("teacher_loss", "ce"),)),
+        Scenario("MSE distillation", "Variants", (("kd_loss", "mse"),)),
+        Scenario("Hard pseudo-labels", "Variants", (("kd_loss", "hard"),)),
+        Scenario("CMPL", "Variants", (("kd_loss", "cmpl"),)),
+    ),
+    "semi": (
+        Scenario("10% labels, soft KD", "Semi-supervised", (("label_fraction", 0.1),)),
+        Scenario("10% labels, CMPL", "Semi-supervised", (("label_fraction", 0.1), ("kd_loss", "cmpl"))),
+        Scenario("1% labels, soft KD", "Semi-supervised", (("label_fraction", 0.01),)),
+        Scenario("1% labels, CMPL", "Semi-supervised", (("label_fraction", 0.01), ("kd_loss", "cmpl"), ("lam", 5.0))),
+    ),
+}
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+
+
+def plan(grid: str, base: JEDIConfig, cache, pool: str | None
+         ) -> tuple[list[tuple[Scenario, JEDIConfig]], list[str]]:
+    """Resolve every scenario of ``grid`` against ``base`` (and the pool choice); returns the
+    runnable scenarios and the names of those skipped (a pool row without a pool)."""
+    if grid not in GRIDS:
+        raise ConfigError(f"unknown grid {grid!r}; choose from {sorted(GRIDS)}")
+    common = {}
+    if pool is not None:
+        if pool not in cache.splits:
+            raise ConfigError(f"pool {pool!r} is not a dataset of the cache ({sorted(cache.splits)})")
+        common = {"pools": [pool], "experts": [e["name"] for e in cache.experts if e["dataset"] != pool]}
+    out, skipped = [], []
+    for s in GRIDS[grid]:
+        if dict(s.overrides).get("distill_data") == "pool" and pool is None:
+            has_pool = any(d not in {e["dataset"] for e in cache.experts} for d in cache.splits)
+            if not has_pool:
+                skipped.append(s.name)
+                continue  # no unlabeled pool in this cache: the row is skipped (and reported)
+        name = s.name.replace("Pool", pool) if pool else s.name
+        cfg = JEDIConfig.from_dict({**base.to_dict(), **common, **dict(s.overrides)})
+        out.append((Scenario(name, s.section, s.overrides), cfg))
+    return out, skipped
+
+
+def run_ablation(cache, out_dir: str | Path, grid: str = "table3", base: JEDIConfig | None = None,
+                 pool: str | None = None, progress: bool = True, echo=print) -> dict:
+    """Train every scenario into ``out_dir/<scenario>/`` and write the table and plot."""
+    from jedi_deploy.meta import write_json
+    from jedi_deploy.metrics import classification_metrics
+
+    from .jedi import train_to_dir
+
+    base = base or JEDIConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scenarios, skipped = plan(grid, base, cache, pool)
+    rows, done = [], {}
+    for i, (s, cfg) in enumerate(scenarios, 1):
+        run = out / _slug(s.name)
+        key = json.dumps(cfg.to_dict(), sort_keys=True)
+        final = run / "final_eval.json"
+        if key in done:  # e.g. "All Datasets" is "Adjusted Features": the paper's same run
+            result = done[key]
+            echo(f"[{i}/{len(scenarios)}] {s.name}: same config as {result['name']}, reused")
+        elif final.exists() and (run / "config.json").exists() and \
+                json.loads((run / "config.json").read_text()) == cfg.to_dict():
+            result = {"name": s.name, "eval": json.loads(final.read_text())}
+            echo(f"[{i}/{len(scenarios)}] {s.name}: already trained in {run}")
+        else:
+            echo(f"[{i}/{len(scenarios)}] {s.name}: training into {run}")
+            r, _ = train_to_dir(cache, run, cfg, force=True, progress=progress)
+            result = {"name": s.name, "eval": r.history[-1]["eval"]}
+        done.setdefault(key, result)
+        rows.append({"scenario": s.name, "section": s.section, "run": str(run), "eval": result["eval"],
+                     "overrides": dict(s.overrides)})
+    datasets = list(rows[0]["eval"]) if rows else []
+    experts = {}
+    for d in datasets:
+        e = cache.expert_for_dataset(d)
+        sp = cache.split(d, base.eval_split)
+        experts[d] = classification_metrics(sp.logits[e["name"]].numpy(), sp.labels.numpy())["acc1"]
+    report = {"grid": grid, "split": base.eval_split, "datasets": datasets, "initial_experts": experts,
+              "rows": rows, "skipped": skipped}
+    write_json(out / "results.json", report)
+    md = out / f"{grid}.md"
+    md.write_text(format_ablation(report) + "\n")
+    plot_ablation(report, out / f"{grid}.png")
+    report["table"], report["plot"] = str(md), str(out / f"{grid}.png")
+    return report
+
+
+def format_ablation(report: dict) -> str:
+    """Markdown in the paper's Table 3 layout; the best acc@1 per section and column in bold."""
+    ds = report["datasets"]
+    head = "| Scenario | " + " | ".join(f"{d} Teacher | {d} Student" for d in ds) + " |"
+    lines = [f"Top-1 accuracy (%) on the {report['split']!r} split.", "", head, "|---|" + "---:|" * (2 * len(ds)),
+             "| (Initial Expert) | " + " | ".join(f"– | {report['initial_experts'][d]:.2f}" for d in ds) + " |"]
+    sections: dict[str, list[dict]] = {}
+    for r in report["rows"]:
+        sections.setdefault(r["section"], []).append(r)
+    for sec, rows in sections.items():
+        lines.append(f"| *{sec}* |" + " |" * (2 * len(ds)))
+        best = {(d, k): max(r["eval"][d][k]["acc1"] for r in rows) for d in ds for k in ("teacher", "student")}
+        for r in rows:
+            cells = []
+            for d in ds:
+                for k in ("teacher", "student"):
+                    v = r["eval"][d][k]["acc1"]
+                    cells.append(f"**{v:.2f}**" if v == best[(d, k)] and len(rows) > 1 else f"{v:.2f}")
+            lines.append(f"| {r['scenario']} | " + " | ".join(cells) + " |")
+    if report.get("skipped"):
+        lines += ["", f"Skipped (no unlabeled pool in the cache; pass --pool): {', '.join(report['skipped'])}."]
+    return "\n".join(lines)
+
+
+def plot_ablation(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jedi_deploy.meta import atomic_path
+
+    ds, rows = report["datasets"], report["rows"]
+    fig, axes = plt.subplots(1, len(ds), figsize=(5 * len(ds), 0.5 + 0.45 * len(rows) + 1.5), squeeze=False)
+    for ax, d in zip(axes[0], ds):
+        y = range(len(rows))
+        ax.barh([i + 0.2 for i in y], [r["eval"][d]["teacher"]["acc1"] for r in rows], 0.4, label="teacher")
+        ax.barh([i - 0.2 for i in y], [r["eval"][d]["student"]["acc1"] for r in rows], 0.4, label="student")
+        ax.axvline(report["initial_experts"][d], color="k", ls="--", lw=1, label="initial expert")
+        ax.set_yticks(list(y), [r["scenario"] for r in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel("acc@1 (%)")
+        ax.set_title(d)
+    axes[0][0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
