@@ -177,3 +177,8 @@ def test_eval_refuses_a_cache_of_other_experts(trained, cache):
     other = [dict(e, sha256="f" * 64) for e in trained.experts]
     with pytest.raises(CacheMismatchError, match="other experts"):
         evaluate(trained.model, {"experts": other, "datasets": trained.datasets}, cache)
+
+
+def test_bf16_autocast_and_sgd_run(cache):
+    r = train_jedi(cache, JEDIConfig(epochs=2, burn_in=0, precision="bf16", optimizer="sgd", **FAST), progress=False)
+    assert r.history[-1]["kd"] > 0 and all(torch.isfinite(p).all() for p in r.model.parameters())
