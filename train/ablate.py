@@ -156,12 +156,9 @@ def format_ablation(report: dict) -> str:
 
 
 def plot_ablation(report: dict, path: Path) -> Path:
-    import matplotlib
+    from jedi_deploy.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from jedi_deploy.meta import atomic_path
+    plt = pyplot()
 
     ds, rows = report["datasets"], report["rows"]
     fig, axes = plt.subplots(1, len(ds), figsize=(5 * len(ds), 0.5 + 0.45 * len(rows) + 1.5), squeeze=False)
@@ -176,7 +173,4 @@ def plot_ablation(report: dict, path: Path) -> Path:
         ax.set_title(d)
     axes[0][0].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

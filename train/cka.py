@@ -66,12 +66,10 @@ def collect_features(cache: Cache, split: str, bundle: str | Path | None = None,
 
 def write_cka_report(names: list[str], m: list[list[float]], out_dir: str | Path, title: str) -> dict[str, Path]:
     """``cka.md`` (table), ``cka.json`` and ``cka.png`` (heatmap) in ``out_dir``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from jedi_deploy.meta import atomic_path, write_json
+    from jedi_deploy.plots import pyplot, save_figure
+
+    plt = pyplot()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,8 +89,5 @@ def write_cka_report(names: list[str], m: list[list[float]], out_dir: str | Path
     fig.colorbar(im, ax=ax, label="linear CKA")
     ax.set_title(title)
     fig.tight_layout()
-    png = out / "cka.png"
-    with atomic_path(png, ".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    png = save_figure(fig, out / "cka.png", dpi=120)
     return {"table": md, "json": out / "cka.json", "heatmap": png}

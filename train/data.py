@@ -27,6 +27,12 @@ class EvalSet:
     labels: torch.Tensor
 
 
+def eval_set(cache: Cache, dataset: str, split: str, names: list[str]) -> EvalSet:
+    """``dataset``'s ``split`` as the experts ``names`` embed it."""
+    s = cache.split(dataset, split)
+    return EvalSet([s.emb[n] for n in names], s.labels)
+
+
 @dataclass
 class TrainData:
     experts: list[dict]  # selected expert descriptions, in model order

@@ -6,7 +6,7 @@ from jedi_deploy.errors import CacheMismatchError
 from jedi_deploy.metrics import classification_metrics
 
 from .cache import EXPERT_IDENTITY, Cache
-from .data import EvalSet
+from .data import eval_set
 from .jedi import JEDIModel, evaluate_model
 
 ROWS = ("expert", "student", "teacher")
@@ -28,8 +28,7 @@ def evaluate(model: JEDIModel, meta: dict, cache: Cache, split: str = "test") ->
     check_bundle_matches_cache(meta, cache)
     names = [e["name"] for e in meta["experts"]]
     datasets = meta["datasets"]
-    sets = {d: EvalSet([cache.split(d, split).emb[n] for n in names], cache.split(d, split).labels)
-            for d in datasets}
+    sets = {d: eval_set(cache, d, split, names) for d in datasets}
     table = evaluate_model(model, sets, datasets)
     for d, name in zip(datasets, names):
         s = cache.split(d, split)

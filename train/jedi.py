@@ -35,7 +35,7 @@ from jedi_deploy.jedi_model import JEDIModel
 from jedi_deploy.metrics import classification_metrics
 
 from .cache import Cache
-from .data import EvalSet, TrainData, build_train_data
+from .data import EvalSet, TrainData, build_train_data, eval_set
 from .engine import Masks, Rng, fused_forward, tune_allocator
 from .losses import distillation_weights, jedi_loss
 
@@ -93,8 +93,7 @@ def evaluate_model(model: JEDIModel, sets: dict[str, EvalSet], datasets: list[st
 
 
 def eval_sets(cache: Cache, data: TrainData, split: str) -> dict[str, EvalSet]:
-    return {d: EvalSet([cache.split(d, split).emb[n] for n in data.names], cache.split(d, split).labels)
-            for d in data.datasets}
+    return {d: eval_set(cache, d, split, data.names) for d in data.datasets}
 
 
 def phase_of(epoch: int, cfg: JEDIConfig) -> str:

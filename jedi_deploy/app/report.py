@@ -7,10 +7,9 @@ from pathlib import Path
 
 def plot_curves(history: list[dict], expert_acc1: dict[str, float], burn_in: int, out_png: str | Path) -> Path:
     """Student and teacher test acc@1 per epoch against each initial expert (paper's Figure 3)."""
-    import matplotlib
+    from ..plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     datasets = list(history[0]["eval"])
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
@@ -28,10 +27,7 @@ def plot_curves(history: list[dict], expert_acc1: dict[str, float], burn_in: int
         ax.grid(alpha=0.3)
     axes[0][0].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=110)
 
 
 def verdicts(table: dict) -> list[str]:
