@@ -181,3 +181,8 @@ def load_expert(path: str | Path, expected_sha256: str | None = None) -> Expert:
     model.eval().requires_grad_(False)
     return Expert(name, arch, dict(meta.get("arch_kwargs", {})), dataset, categories, preprocess,
                   model, path.resolve(), digest)
+
+
+from . import zoo as _zoo  # noqa: E402  (real architectures; registers on import, builds lazily)
+
+_zoo._register()

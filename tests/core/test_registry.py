@@ -11,7 +11,7 @@ def test_entry_schema(arch):
     e = ARCHS[arch]
     assert e.name == arch and e.family and e.description
     assert "jedi-safetensors" in e.formats
-    model = build_expert(arch, 5)
+    model = build_expert(arch, 5, **e.extra.get("test_kwargs", {}))
     assert isinstance(model.head, torch.nn.Linear) and model.head.out_features == 5
     assert model.head.in_features == model.encoder.embed_dim
 
@@ -19,13 +19,15 @@ def test_entry_schema(arch):
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_encoder_plus_head_is_the_model_and_save_load_is_exact(arch, tmp_path):
     torch.manual_seed(0)
-    model = build_expert(arch, 4).eval()
-    spec = ARCHS[arch].preprocess
-    x = torch.randn(3, *spec.input_shape())
+    entry = ARCHS[arch]
+    kwargs = entry.extra.get("test_kwargs", {})
+    model = build_expert(arch, 4, **kwargs).eval()
+    spec = entry.preprocess
+    x = torch.randn(2, *entry.extra.get("test_input", spec.input_shape()))
     with torch.no_grad():
         full = model(x)
         torch.testing.assert_close(model.head(model.encoder(x)), full, rtol=0, atol=0)
-    path = save_expert(model, tmp_path / "e.safetensors", name="e", arch=arch, arch_kwargs={},
+    path = save_expert(model, tmp_path / "e.safetensors", name="e", arch=arch, arch_kwargs=kwargs,
                        dataset="d", categories=list("abcd"), preprocess=spec)
     loaded = load_expert(path)
     assert loaded.categories == tuple("abcd") and loaded.preprocess == spec and loaded.embed_dim == model.head.in_features
