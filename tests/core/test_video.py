@@ -12,7 +12,7 @@ def test_segment_sampling_takes_segment_centres():
 
 
 def test_clip_sampling_is_centred_with_interval_and_clamped():
-    assert sample_indices(20, Preprocess(num_frames=4, sampling="clip", frame_interval=2)).tolist() == [6, 8, 10, 12]
+    assert sample_indices(20, Preprocess(num_frames=4, sampling="clip", frame_interval=2)).tolist() == [7, 9, 11, 13]
     assert sample_indices(3, Preprocess(num_frames=4, sampling="clip", frame_interval=2)).tolist() == [0, 2, 2, 2]
 
 
@@ -21,7 +21,7 @@ def test_preprocess_normalises_and_centre_crops():
     frames[:, 1:5, 2:6] = 200  # the centre 4x4 window
     spec = Preprocess(num_frames=2, crop=4, mean=(100, 100, 100), std=(50, 50, 50))
     out = preprocess_frames(frames, spec)
-    assert out.shape == (2, 3, 4, 4) and out.dtype == np.float32
+    assert out.shape == (1, 2, 3, 4, 4) and out.dtype == np.float32
     np.testing.assert_allclose(out, 2.0)
 
 
