@@ -73,8 +73,9 @@ def archs():
 
     for name, e in sorted(ARCHS.items()):
         p = e.preprocess
-        click.echo(f"{name:<12} {e.family:<11} {p.num_frames} frames ({p.sampling}), crop {p.crop}  "
-                   f"{e.description}")
+        formats = ",".join(f for f in e.formats if f != "jedi-safetensors") or "-"
+        click.echo(f"{name:<12} {e.family:<17} {p.num_frames:>2} frames ({p.sampling}), crop {p.crop:<3}  "
+                   f"reads: {formats:<22} {e.description}")
 
 
 @cli.command()
@@ -115,21 +116,67 @@ def pretrain(dataset, arch, out, epochs, lr, seed):
               help="Expert checkpoint; repeat once per expert.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Cache folder.")
 @click.option("--split", "splits", multiple=True, help="Splits to cache (default: every list file).")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
-@click.option("--batch-size", default=16, show_default=True)
-def cache(data, experts, out, splits, dtype, batch_size):
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="How embeddings and logits are stored.")
+@click.option("--batch-size", default=16, show_default=True, help="Videos per encoder call.")
+@click.option("--workers", type=int, default=None,
+              help="Decoding processes (default: one per spare core, at least 1; 0 = decode in-process).")
+@click.option("--chunk-size", default=256, show_default=True,
+              help="Videos per resumable chunk (written atomically under OUT/.parts).")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable video instead of skipping it.")
+def cache(data, experts, out, splits, dtype, batch_size, workers, chunk_size, strict):
     """Cache every expert's frozen-encoder embeddings and logits over every dataset's videos.
 
-    Existing shards built by the same experts are kept, so an interrupted run resumes."""
-    from train.cache import build_cache
+    Decoding runs in worker processes while the encoders run; finished chunks and shards are
+    kept, so rerunning the same command after a crash resumes. Unreadable videos are skipped
+    and listed in OUT/failures.jsonl (--strict stops instead). For several processes or nodes,
+    launch the same command with torchrun (e.g. `torchrun --nproc-per-node 2 -m jedi_deploy
+    cache ...`); ranks share OUT and rank 0 joins the result."""
+    from train.cache import FAILURES_FILE, build_cache, dist_info
 
     from ..datasets import discover_datasets
     from ..registry import load_expert
 
     shards = build_cache([load_expert(p) for p in experts], discover_datasets(data), out,
-                         splits=tuple(splits) or None, batch_size=batch_size, dtype=dtype, progress=_progress())
-    for s in shards:
-        click.echo(str(s))
+                         splits=tuple(splits) or None, batch_size=batch_size, dtype=dtype, progress=_progress(),
+                         workers=workers, chunk_size=chunk_size, strict=strict)
+    if dist_info()[0] == 0:
+        for s in shards:
+            click.echo(str(s))
+        failures = [x for x in (out / FAILURES_FILE).read_text().splitlines() if x.strip()]
+        if failures:
+            click.echo(f"{len(failures)} unreadable video(s) skipped, listed in {out / FAILURES_FILE}", err=True)
+
+
+@cli.command("import-expert")
+@click.argument("checkpoint", type=EXISTING)
+@click.option("--arch", required=True, help="Registry architecture (see `jedi archs`).")
+@click.option("--dataset", required=True, help="Name of the dataset the expert was trained on.")
+@click.option("--classes", type=EXISTING, help="Class-name file (one per line, in label order).")
+@click.option("--name", help="Expert name (default: the checkpoint's file name).")
+@click.option("--format", "fmt", type=click.Choice(["torchvision", "mmaction2", "state_dict"]),
+              help="Checkpoint format (default: detected from the key names).")
+@click.option("--preset", help="Named preprocessing of the architecture, e.g. 'test' (MMAction2 test views).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Preprocessing field override, e.g. --set num_frames=16 --set crops=3.")
+@click.option("--arg", "arch_args", multiple=True, metavar="KEY=VALUE",
+              help="Architecture argument (generic: factory=pkg.mod:fn, head=fc, layout=NCTHW).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Expert file to write (.safetensors).")
+def import_expert(checkpoint, arch, dataset, classes, name, fmt, preset, overrides, arch_args, out):
+    """Convert a torchvision / MMAction2 / plain state-dict CHECKPOINT into a jedi expert.
+
+    .pth files are read with torch.load(weights_only=True). The result is a self-describing
+    safetensors file (architecture, classes, preprocessing, source sha256) for `jedi cache`."""
+    from ..datasets import read_classes
+    from ..zoo import import_checkpoint, parse_key_value, save_imported
+
+    cats = read_classes(classes) if classes else None
+    pre = dict(parse_key_value(o) for o in overrides)
+    kwargs = dict(parse_key_value(o) for o in arch_args)
+    expert, used = import_checkpoint(checkpoint, arch, dataset=dataset, name=name, categories=cats, fmt=fmt,
+                                     arch_kwargs=kwargs, preset=preset, preprocess=pre)
+    path = save_imported(expert, out, used)
+    click.echo(f"wrote {path} ({arch}, {used} format, {expert.num_classes} classes, {expert.embed_dim}-d)")
 
 
 def _config_options(f):
