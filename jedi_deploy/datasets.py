@@ -1,8 +1,10 @@
 """Datasets on disk, in MMAction2's layout (torch-free).
 
 A dataset is a folder with ``classes.txt`` (one class name per line, line i = label i)
-and one annotation list per split, ``<split>.txt``, whose lines are
-``relative/path.mp4 label`` (label -1 = unlabeled). Paths are relative to the folder.
+and one annotation list per split: ``<split>.txt`` in MMAction2's list format (lines
+``relative/path.mp4 label``), or ``<split>.csv`` with a header naming a ``path`` column and,
+optionally, a ``label`` column (missing or empty label = unlabeled). Label -1 = unlabeled;
+paths are relative to the folder.
 """
 from __future__ import annotations
 
@@ -31,9 +33,17 @@ class VideoDataset:
         return len(self.categories)
 
     def splits(self) -> list[str]:
-        return sorted(p.stem for p in self.root.glob("*.txt") if p.name != CLASSES_FILE)
+        lists = [p for p in self.root.glob("*.txt") if p.name != CLASSES_FILE] + list(self.root.glob("*.csv"))
+        stems = [p.stem for p in lists]
+        both = sorted({s for s in stems if stems.count(s) > 1})
+        if both:
+            raise AnnotationError(f"{self.root}: split(s) {both} have both a .txt and a .csv list; keep one")
+        return sorted(stems)
 
     def samples(self, split: str) -> list[Sample]:
+        csv_path = self.root / f"{split}.csv"
+        if csv_path.is_file() and not (self.root / f"{split}.txt").is_file():
+            return read_csv_annotations(csv_path, self.root, self.num_classes)
         return read_annotations(self.root / f"{split}.txt", self.root, self.num_classes)
 
 
@@ -71,6 +81,34 @@ def read_annotations(path: Path, root: Path, num_classes: int) -> list[Sample]:
         samples.append(Sample(root / rel, label))
     if not samples:
         raise AnnotationError(f"{path}: annotation list has no samples")
+    return samples
+
+
+def read_csv_annotations(path: Path, root: Path, num_classes: int) -> list[Sample]:
+    """Parse a CSV manifest (header with ``path`` and optionally ``label``); errors name file and line."""
+    import csv
+
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise AnnotationError(f"{path}: CSV header must name a 'path' column (and optionally 'label'), "
+                                  f"got {reader.fieldnames}")
+        samples = []
+        for row in reader:
+            lineno = reader.line_num
+            rel, lab = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+            if not rel:
+                raise AnnotationError(f"{path}:{lineno}: empty path")
+            try:
+                label = int(lab) if lab else -1
+            except ValueError:
+                raise AnnotationError(f"{path}:{lineno}: label {lab!r} is not an integer") from None
+            if not -1 <= label < num_classes:
+                raise AnnotationError(f"{path}:{lineno}: label {label} outside [0, {num_classes}) "
+                                      "(-1 or empty marks unlabeled samples)")
+            samples.append(Sample(root / rel, label))
+    if not samples:
+        raise AnnotationError(f"{path}: manifest has no samples")
     return samples
 
 

@@ -42,3 +42,24 @@ def test_discover_finds_dataset_folders(tmp_path):
         discover_datasets(tmp_path / "empty")
     with pytest.raises(InputError, match="data folder not found"):
         discover_datasets(tmp_path / "missing")
+
+
+def test_csv_manifests(tmp_path):
+    from jedi_deploy.datasets import load_dataset
+
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    (tmp_path / "train.csv").write_text("path,label,source\nv/1.mp4,1,x\nv/2.mp4,,y\n")
+    (tmp_path / "extra.csv").write_text("path\nv/3.mp4\n")
+    d = load_dataset(tmp_path)
+    assert d.splits() == ["extra", "train"]
+    assert [(s.path.name, s.label) for s in d.samples("train")] == [("1.mp4", 1), ("2.mp4", -1)]
+    assert [s.label for s in d.samples("extra")] == [-1]
+    (tmp_path / "bad.csv").write_text("path,label\nv/1.mp4,7\n")
+    with pytest.raises(AnnotationError, match=r"bad.csv:2: label 7 outside"):
+        d.samples("bad")
+    (tmp_path / "nohdr.csv").write_text("file,label\nv/1.mp4,1\n")
+    with pytest.raises(AnnotationError, match="'path' column"):
+        d.samples("nohdr")
+    (tmp_path / "train.txt").write_text("v/1.mp4 0\n")
+    with pytest.raises(AnnotationError, match="both a .txt and a .csv"):
+        d.splits()
