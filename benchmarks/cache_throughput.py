@@ -10,8 +10,10 @@ folder. Measured, alternating so machine drift hits both alike:
   * encoder only: the same batches of already decoded and preprocessed clips through the
     encoder and head (the floor the pipeline can reach).
 
-Last line: one JSON object with ``pipeline_videos_per_s``, ``encoder_only_videos_per_s`` and
-``ratio`` (target on the 2-core CPU: ratio >= 0.85).
+Last line: one JSON object with ``pipeline_videos_per_s``, ``encoder_only_videos_per_s`` (medians
+over rounds) and ``ratio`` (median of the per-round ratios; target on the 2-core CPU: >= 0.85).
+On 2 cores the decode worker shares the cores with the encoder, so the ceiling is about
+encode / (encode + decode) CPU time (~0.92 for r3d_18 on 320x240 video).
 Usage: python benchmarks/cache_throughput.py [--arch r3d_18] [--videos 24] [--rounds 2]
 """
 from __future__ import annotations
@@ -110,8 +112,11 @@ def main(argv=None) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     p = expert.preprocess
-    res = {"pipeline_videos_per_s": round(max(pipe), 3), "encoder_only_videos_per_s": round(max(enc), 3),
-           "ratio": round(max(pipe) / max(enc), 3), "arch": args.arch,
+    ratios = sorted(a / b for a, b in zip(pipe, enc))  # paired by round: drift hits both alike
+    res = {"pipeline_videos_per_s": round(float(np.median(pipe)), 3),
+           "encoder_only_videos_per_s": round(float(np.median(enc)), 3),
+           "ratio": round(float(np.median(ratios)), 3), "ratio_per_round": [round(r, 3) for r in ratios],
+           "arch": args.arch,
            "input": f"{p.views} view(s) x {p.num_frames} frames x {p.crop} px",
            "videos": args.videos, "frames_per_video": args.frames, "video_size": "320x240 h264",
            "batch_size": args.batch_size, "decode_workers": workers, "torch_threads": torch.get_num_threads(),

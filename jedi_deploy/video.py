@@ -131,6 +131,10 @@ def decode_video(path: str | Path, short_side: int = 0) -> np.ndarray:
     return np.stack(frames)
 
 
+#: FFmpeg decoding threads per video (0 = FFmpeg's choice, one per core). Decode worker
+#: processes set 1: they run beside the encoder and several of them already use the cores.
+DECODE_THREADS = 0
+
 #: Decode forward instead of seeking while the next wanted frame is at most this many frames
 #: ahead (or one keyframe interval, once one has been seen): a seek lands on the previous
 #: keyframe, so short gaps are cheaper to decode through.
@@ -209,6 +213,8 @@ def decode_frames_multi(path: str | Path, specs: list["Preprocess"]) -> list[np.
             if not container.streams.video:
                 raise VideoDecodeError(f"{p}: file has no video stream")
             stream = container.streams.video[0]
+            if DECODE_THREADS:
+                stream.codec_context.thread_count = DECODE_THREADS
             n = frame_count(stream)
             if n > 0 and stream.average_rate:
                 idx = [clip_indices(n, s) for s in specs]

@@ -105,6 +105,12 @@ def _collate(batch):
     return batch
 
 
+def _worker_init(_):
+    import jedi_deploy.video as video
+
+    video.DECODE_THREADS = 1
+
+
 @torch.no_grad()
 def encode_views(expert: Expert, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings (mean over each video's views) and logits (score or prob averaging, as the
@@ -246,7 +252,7 @@ def build_cache(experts: list[Expert], datasets: list[VideoDataset], cache_dir: 
     specs = [e.preprocess for e in experts]
     nw = default_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(_Decode(items, specs), batch_sampler=batches, collate_fn=_collate,
-                                         num_workers=nw, prefetch_factor=4 if nw else None,
+                                         num_workers=nw, worker_init_fn=_worker_init if nw else None, prefetch_factor=4 if nw else None,
                                          persistent_workers=False)
     bar = tqdm(total=len(items), desc="caching embeddings" + (f" (rank {rank}/{world})" if world > 1 else ""),
                unit="video", disable=not progress, position=rank if world > 1 else None)

@@ -123,3 +123,20 @@ def test_audio_only_file_is_a_clear_error(tmp_path):
     with pytest.raises(VideoDecodeError, match="no video stream") as e:
         decode_frames(p, Preprocess())
     assert "sound.m4a" in str(e.value)
+
+
+@pytest.mark.parametrize("ext,codec", [("mkv", "libx264"), ("webm", "libvpx"), ("avi", "mpeg4"), ("mov", "libx264")])
+def test_containers_with_and_without_frame_counts(tmp_path, ext, codec):
+    """mkv/webm store no frame count (full-decode fallback), avi/mov do (seeking path)."""
+    p = tmp_path / f"v.{ext}"
+    with av.open(str(p), "w") as c:
+        s = c.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(120):
+            for pk in s.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), 2 * i, np.uint8), format="rgb24")):
+                c.mux(pk)
+        for pk in s.encode():
+            c.mux(pk)
+    full = decode_video(p)
+    spec = Preprocess(8, "clip", 3, crop=32, num_clips=3)
+    np.testing.assert_array_equal(decode_frames(p, spec), full[clip_indices(len(full), spec)])
