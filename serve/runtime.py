@@ -11,7 +11,7 @@ import numpy as np
 from jedi_deploy.deps import require
 from jedi_deploy.errors import InputError
 from jedi_deploy.meta import METADATA_KEY, require_file
-from jedi_deploy.video import Preprocess, load_clip
+from jedi_deploy.video import Preprocess, load_views
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -71,7 +71,15 @@ class OnnxModel:
         """Logits for a preprocessed batch ``float32[B, T, 3, H, W]``."""
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
 
+    def video_probs(self, video: str | Path) -> np.ndarray:
+        """Class probabilities of one video: every test view (clips x crops) in one batch,
+        averaged as the model's preprocessing says (mean score, or mean probability)."""
+        logits = self.run(load_views(video, self.preprocess))
+        if self.preprocess.average == "prob":
+            return softmax(logits).mean(axis=0)
+        return softmax(logits.mean(axis=0))
+
     def classify(self, video: str | Path, topk: int = 5) -> list[Prediction]:
-        probs = softmax(self.run(load_clip(video, self.preprocess)[None])[0])
+        probs = self.video_probs(video)
         order = np.argsort(-probs)[:max(1, topk)]
         return [Prediction(self.categories[i], int(i), float(probs[i])) for i in order]

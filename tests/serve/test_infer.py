@@ -65,3 +65,26 @@ def test_text_format():
 
     text = format_predictions({"v.mp4": [Prediction("run", 0, 0.75), Prediction("walk", 1, 0.25)]})
     assert text.splitlines() == ["v.mp4", "  1. run                      0.7500", "  2. walk                     0.2500"]
+
+
+@pytest.mark.parametrize("average", ["score", "prob"])
+def test_multi_view_models_average_their_views(experts, test_video, tmp_path, average):
+    """A model whose preprocessing asks for clips x crops runs every view and averages them
+    the way the metadata says (MMAction2's average_clips)."""
+    from dataclasses import replace
+
+    from export.fuse import ExpertGraph
+    from export.onnx import export_onnx
+    from jedi_deploy.video import load_views
+
+    ex = experts[0]
+    pre = replace(ex.preprocess, num_clips=2, crops=3, average=average, short_side=40)
+    path = tmp_path / "m.onnx"
+    export_onnx(ExpertGraph(ex.encoder, ex.head), path, pre.input_shape(),
+                {"kind": "expert", "name": ex.name, "categories": list(ex.categories), "preprocess": pre.to_dict()})
+    probs = OnnxModel(path).video_probs(test_video)
+    with torch.no_grad():
+        logits = ex.model(torch.from_numpy(load_views(test_video, pre))).numpy()
+    assert logits.shape[0] == 6
+    want = softmax(logits).mean(0) if average == "prob" else softmax(logits.mean(0))
+    np.testing.assert_allclose(probs, want, atol=1e-5)
