@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from jedi_deploy.bundle import load_bundle
 from jedi_deploy.errors import InputError
 from jedi_deploy.meta import sha256_file, write_json
 from jedi_deploy.registry import Expert, load_expert
 
 from .fuse import ExpertGraph, FusedStudent, StudentReference
+from .graph import GraphWrapper, input_spec
 from .onnx import OnnxExportConfig, export_onnx, require_writable_dir
 
 
@@ -48,32 +51,67 @@ def _model_meta(kind: str, expert: Expert, **extra) -> dict:
             "expert_sha256": expert.sha256, **extra}
 
 
+def real_clip_input(video: str | Path, preprocess, cfg: OnnxExportConfig) -> np.ndarray:
+    """One decoded video in the graph's input format (``[1, ...]``): its test views, trimmed or
+    repeated to ``cfg.views``; uint8 frames or normalised floats."""
+    from jedi_deploy.video import crop_views, decode_frames, normalize_views
+
+    views = crop_views(decode_frames(video, preprocess), preprocess)
+    views = np.concatenate([views] * (-(-cfg.views // len(views))))[:cfg.views]
+    x = views if cfg.uint8_input else normalize_views(views, preprocess)
+    return (x if cfg.views > 1 else x[0])[None]
+
+
+def export_model(module, reference, expert: Expert, path: Path, meta: dict, cfg: OnnxExportConfig,
+                 clip: str | Path | None = None) -> dict:
+    """Wrap (uint8 input, views) and export one graph for ``expert``'s input, validated
+    against ``reference`` on random inputs and, given ``clip``, on that decoded video; the
+    report is also written next to the model as ``<stem>.validation.json``."""
+    pre = expert.preprocess
+    average = pre.average
+    wrap = dict(uint8_input=cfg.uint8_input, views=cfg.views, average=average)
+    shape, dtype = input_spec(pre, uint8_input=cfg.uint8_input, views=cfg.views)
+    real = {f"decoded clip {Path(clip).name}": real_clip_input(clip, pre, cfg)} if clip else None
+    meta = {**meta, "input_shape": ["batch", *shape], "average": average}
+    report = export_onnx(GraphWrapper(module, pre, **wrap), path, shape, meta,
+                         reference=GraphWrapper(reference, pre, **wrap), cfg=cfg, input_dtype=dtype,
+                         real_inputs=real)
+    report.update(name=expert.name, kind=meta["kind"], path=str(path))
+    write_json(path.with_suffix(".validation.json"), report)
+    return report
+
+
+def export_student_and_expert(expert: Expert, adjust, head, out_dir: Path, cfg: OnnxExportConfig, *,
+                              clip=None, with_expert: bool = True, extra_meta: dict | None = None) -> list[dict]:
+    """``<name>.student.onnx`` (encoder + adjustment folded into the head) and, optionally,
+    ``<name>.expert.onnx`` (the initial expert, the latency baseline)."""
+    reports = [export_model(FusedStudent(expert.encoder, adjust, head).eval(),
+                            StudentReference(expert.encoder, adjust, head).eval(), expert,
+                            out_dir / f"{expert.name}.student.onnx",
+                            _model_meta("student", expert, **(extra_meta or {})), cfg, clip)]
+    if with_expert:
+        graph = ExpertGraph(expert.encoder, expert.head).eval()
+        reports.append(export_model(graph, graph, expert, out_dir / f"{expert.name}.expert.onnx",
+                                    _model_meta("expert", expert), cfg, clip))
+    return reports
+
+
 def export_bundle(bundle_path: str | Path, out_dir: str | Path, *, students: list[str] | None = None,
                   expert_paths: dict[str, str] | None = None, with_experts: bool = True,
-                  cfg: OnnxExportConfig = OnnxExportConfig(), progress: bool = True) -> list[dict]:
+                  cfg: OnnxExportConfig = OnnxExportConfig(), clip: str | Path | None = None,
+                  progress: bool = True) -> list[dict]:
     """Write ``<name>.student.onnx`` (and ``<name>.expert.onnx``) per selected student, each
     with a ``.validation.json`` report. Returns the reports."""
     from tqdm.auto import tqdm
+
     model, meta = load_bundle(bundle_path)
     chosen = select_students(meta, students)
     out_dir = require_writable_dir(out_dir)
     experts = resolve_experts(meta, expert_paths)
     bundle_sha = sha256_file(bundle_path)
-    jobs = [(j, "student") for j in chosen] + ([(j, "expert") for j in chosen] if with_experts else [])
     reports = []
-    for j, kind in tqdm(jobs, desc="exporting ONNX", unit="model", disable=not progress):
-        ex = experts[j]
-        shape = ex.preprocess.input_shape()
-        if kind == "student":
-            ref = StudentReference(ex.encoder, model.adjust[j], model.students[j]).eval()
-            module = FusedStudent(ex.encoder, model.adjust[j], model.students[j]).eval()
-            meta_extra = _model_meta("student", ex, bundle_sha256=bundle_sha)
-        else:
-            module = ref = ExpertGraph(ex.encoder, ex.head).eval()
-            meta_extra = _model_meta("expert", ex)
-        path = out_dir / f"{ex.name}.{kind}.onnx"
-        report = export_onnx(module, path, shape, meta_extra, reference=ref, cfg=cfg)
-        report.update(name=ex.name, kind=kind, path=str(path))
-        write_json(path.with_suffix(".validation.json"), report)
-        reports.append(report)
+    for j in tqdm(chosen, desc="exporting ONNX", unit="student", disable=not progress):
+        reports += export_student_and_expert(experts[j], model.adjust[j], model.students[j], out_dir, cfg,
+                                             clip=clip, with_expert=with_experts,
+                                             extra_meta={"bundle_sha256": bundle_sha})
     return reports

@@ -289,8 +289,9 @@ def crop_offsets(h: int, w: int, c: int, crops: int) -> list[tuple[int, int, boo
     return [(a, b, False) for a, b in five] + [(a, b, True) for a, b in five]
 
 
-def views_from_frames(clips: np.ndarray, spec: "Preprocess") -> np.ndarray:
-    """``uint8[K, T, H, W, 3]`` (resized) -> ``float32[K * crops, T, 3, crop, crop]``."""
+def crop_views(clips: np.ndarray, spec: "Preprocess") -> np.ndarray:
+    """``uint8[K, T, H, W, 3]`` (resized) -> the cropped (and flipped) views, still uint8:
+    ``uint8[K * crops, T, crop, crop, 3]`` (what a ``--uint8-input`` graph takes)."""
     if clips.ndim != 5 or clips.shape[-1] != 3:
         raise VideoDecodeError(f"expected frames of shape [K, T, H, W, 3], got {clips.shape}")
     h, w = clips.shape[2:4]
@@ -298,17 +299,25 @@ def views_from_frames(clips: np.ndarray, spec: "Preprocess") -> np.ndarray:
     if h < c or w < c:
         raise VideoDecodeError(f"frames of {h}x{w} are smaller than the crop {c}x{c}; "
                                "set preprocess.short_side >= crop")
-    mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
-    out = np.empty((clips.shape[0] * spec.crops, clips.shape[1], 3, c, c), np.float32)
+    out = np.empty((clips.shape[0] * spec.crops, clips.shape[1], c, c, 3), np.uint8)
     v = 0
     for clip in clips:
         for top, left, flip in crop_offsets(h, w, c, spec.crops):
             x = clip[:, top:top + c, left:left + c]
-            if flip:
-                x = x[:, :, ::-1]
-            out[v] = ((x.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2)
+            out[v] = x[:, :, ::-1] if flip else x
             v += 1
     return out
+
+
+def normalize_views(views: np.ndarray, spec: "Preprocess") -> np.ndarray:
+    """``uint8[V, T, S, S, 3]`` -> ``float32[V, T, 3, S, S]`` normalised with mean/std."""
+    mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(((views.astype(np.float32) - mean) / std).transpose(0, 1, 4, 2, 3))
+
+
+def views_from_frames(clips: np.ndarray, spec: "Preprocess") -> np.ndarray:
+    """``uint8[K, T, H, W, 3]`` (resized) -> ``float32[K * crops, T, 3, crop, crop]``."""
+    return normalize_views(crop_views(clips, spec), spec)
 
 
 def preprocess_frames(frames: np.ndarray, spec: "Preprocess") -> np.ndarray:

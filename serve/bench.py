@@ -54,8 +54,10 @@ def bench_pair(student: str | Path, expert: str | Path, *, batch_size: int = 1, 
     if s_meta.get("expert_sha256") != e_meta.get("expert_sha256"):
         raise InputError(f"{student} was not built from the expert checkpoint of {expert}; "
                          "not a student/expert pair")
-    shape = models["student"].preprocess.input_shape()
-    x = np.random.default_rng(seed).standard_normal((batch_size, *shape)).astype(np.float32)
+    if models["student"].input_signature() != models["expert"].input_signature():
+        raise InputError(f"{student} and {expert} were exported with different input options "
+                         "(uint8 input / views); export both the same way")
+    x = models["student"].sample_input(batch_size, seed)
     for _ in range(warmup):
         for m in models.values():
             m.run(x)

@@ -11,7 +11,7 @@ import numpy as np
 from jedi_deploy.deps import require
 from jedi_deploy.errors import InputError
 from jedi_deploy.meta import METADATA_KEY, require_file
-from jedi_deploy.video import Preprocess, load_views
+from jedi_deploy.video import Preprocess, crop_views, decode_frames, normalize_views
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -60,6 +60,8 @@ class OnnxModel:
         self.meta = json.loads(raw)
         self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
         self.categories: list[str] = list(self.meta["categories"])
+        self.uint8_input = bool(self.meta.get("uint8_input", False))
+        self.graph_views = int(self.meta.get("views", 1))  # >1: the graph averages the views itself
         self.input_name = self.meta.get("input", self.session.get_inputs()[0].name)
         self.output_name = self.meta.get("output", self.session.get_outputs()[0].name)
 
@@ -68,13 +70,42 @@ class OnnxModel:
         return self.meta.get("name", self.path.stem)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Logits for a preprocessed batch ``float32[B, T, 3, H, W]``."""
-        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        """Logits for a batch in the graph's input format (see :meth:`prepare`)."""
+        dtype = np.uint8 if self.uint8_input else np.float32
+        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, dtype)})[0]
+
+    def input_signature(self) -> tuple:
+        """(sample shape without batch, dtype) of the graph's input."""
+        shape = self.meta.get("input_shape")
+        if shape:
+            shape = tuple(int(d) for d in shape[1:])
+        else:
+            shape = self.preprocess.input_shape()
+        return shape, "uint8" if self.uint8_input else "float32"
+
+    def sample_input(self, batch: int, seed: int = 0) -> np.ndarray:
+        """Random input of the graph's shape and dtype (for benchmarks)."""
+        shape, dtype = self.input_signature()
+        rng = np.random.default_rng(seed)
+        if dtype == "uint8":
+            return rng.integers(0, 256, (batch, *shape), dtype=np.uint8)
+        return rng.standard_normal((batch, *shape)).astype(np.float32)
+
+    def prepare(self, video: str | Path) -> np.ndarray:
+        """A video's test views in the graph's input format: ``[V, ...]`` (one batch row per
+        view), or ``[1, V, ...]`` for a graph that averages V views itself."""
+        views = crop_views(decode_frames(video, self.preprocess), self.preprocess)
+        x = views if self.uint8_input else normalize_views(views, self.preprocess)
+        if self.graph_views > 1:
+            x = np.concatenate([x] * (-(-self.graph_views // len(x))))[:self.graph_views][None]
+        return x
 
     def video_probs(self, video: str | Path) -> np.ndarray:
         """Class probabilities of one video: every test view (clips x crops) in one batch,
         averaged as the model's preprocessing says (mean score, or mean probability)."""
-        logits = self.run(load_views(video, self.preprocess))
+        logits = self.run(self.prepare(video))
+        if self.graph_views > 1:
+            return softmax(logits[0])
         if self.preprocess.average == "prob":
             return softmax(logits).mean(axis=0)
         return softmax(logits.mean(axis=0))

@@ -300,20 +300,72 @@ def evaluate_cmd(bundle, cache_dir, split, as_json):
 @click.option("--expert", "expert_paths", multiple=True, metavar="NAME=PATH",
               help="Use this checkpoint for expert NAME instead of the path recorded in the bundle.")
 @click.option("--no-experts", is_flag=True, help="Skip exporting the initial experts (the bench baseline).")
-@click.option("--atol", default=1e-4, show_default=True, help="Max abs logit difference allowed vs PyTorch.")
+@click.option("--teacher", "teachers", multiple=True, metavar="DATASET",
+              help="Also export DATASET's teacher ensemble (all encoders + adjustments + that teacher).")
+@click.option("--clip", type=EXISTING, help="A video to validate on as well (decoded like at inference).")
+@click.option("--uint8-input", is_flag=True, help="Input = decoded uint8 frames [B,T,H,W,3]; normalise in-graph.")
+@click.option("--views", default=1, show_default=True, help="Average N views per video inside the graph.")
+@click.option("--fp16", is_flag=True, help="fp16 weights and activations (fp32 inputs/outputs).")
+@click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim (parity re-checked).")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript",
+              show_default=True, help="torch.onnx exporter (benchmarks/export_zoo.py compares them).")
+@click.option("--atol", type=float, default=None, help="Max abs logit difference vs PyTorch "
+              "(default: 1e-4 fp32, 2e-2 fp16, plus a relative term).")
 @click.option("--opset", default=17, show_default=True)
-def export(bundle, out, students, expert_paths, no_experts, atol, opset):
-    """Fuse encoder + adjustment + head into one ONNX graph per student, validated with ONNX
-    Runtime against PyTorch before it is written (a failed check writes nothing, exits 1)."""
+@click.option("--trt", is_flag=True, help="Also build a TensorRT engine per graph (needs tensorrt + a GPU; unverified).")
+@click.option("--trt-batch", default="1,8,32", show_default=True, help="TensorRT profile MIN,OPT,MAX batch.")
+@click.option("--trt-timing-cache", type=click.Path(path_type=Path), help="Timing cache file (read and updated).")
+@click.option("--triton", type=click.Path(path_type=Path), help="Also write a Triton model repository here.")
+@click.option("--triton-max-batch", default=8, show_default=True)
+@click.option("--triton-instances", default=1, show_default=True)
+@click.option("--force", is_flag=True, help="Replace existing Triton model folders.")
+def export(bundle, out, students, expert_paths, no_experts, teachers, clip, uint8_input, views, fp16, simplify,
+           exporter, atol, opset, trt, trt_batch, trt_timing_cache, triton, triton_max_batch, triton_instances,
+           force):
+    """Fuse encoder + adjustment + head into one ONNX graph per student (and export each
+    initial expert the same way), validated with ONNX Runtime against PyTorch before it is
+    written: a failed check writes nothing and exits 1. Optionally TensorRT engines and a
+    Triton model repository."""
+    from export.ensemble import export_teacher
     from export.onnx import OnnxExportConfig
     from export.students import export_bundle
 
-    reports = export_bundle(bundle, out, students=list(students) or None,
-                            expert_paths=_pairs(expert_paths, "--expert"), with_experts=not no_experts,
-                            cfg=OnnxExportConfig(atol=atol, opset=opset), progress=_progress())
+    if trt:  # fail before any work when TensorRT or the GPU is missing
+        from export.trt import parse_profile, require_tensorrt
+
+        profile = parse_profile(trt_batch)
+        require_tensorrt()
+    cfg = OnnxExportConfig(atol=atol, opset=opset, exporter=exporter, uint8_input=uint8_input, views=views,
+                           fp16=fp16, simplify=simplify)
+    if teachers:
+        from export.ensemble import check_options
+
+        check_options(cfg)
+    pairs = _pairs(expert_paths, "--expert")
+    reports = export_bundle(bundle, out, students=list(students) or None, expert_paths=pairs,
+                            with_experts=not no_experts, cfg=cfg, clip=clip, progress=_progress())
+    reports += [export_teacher(bundle, out, d, expert_paths=pairs, cfg=cfg) for d in teachers]
     for r in reports:
-        click.echo(f"{r['path']}: max abs diff {r['max_abs_diff']:.2e}, top-1 agreement "
-                   f"{100 * r['top1_agreement']:.0f}% on {r['num_inputs']} inputs")
+        click.echo(f"{r['path']}: max abs diff {r['max_abs_diff']:.2e}"
+                   + (f", top-1 agreement {100 * r['top1_agreement']:.0f}% on {r['num_inputs']} inputs"
+                      if "top1_agreement" in r else ""))
+    for r in reports:
+        onnx_path = Path(r["path"])
+        plan = None
+        if trt:
+            from export.trt import build_engine, check_engine_parity
+
+            plan = onnx_path.with_suffix(".plan")
+            build_engine(onnx_path, plan, fp16=fp16, batch=profile, timing_cache=trt_timing_cache)
+            check_engine_parity(plan, onnx_path, input_name=cfg.input_name, output_name=cfg.output_name,
+                                batch=profile, tol=cfg.tolerance())
+            click.echo(f"{plan}: TensorRT engine matches ONNX Runtime")
+        if triton:
+            from export.triton import write_model_repository
+
+            for folder in write_model_repository(onnx_path, triton, plan_path=plan, max_batch_size=triton_max_batch, instances=triton_instances,
+                                                 gpu=trt, force=force):
+                click.echo(f"{folder}: Triton model (config.pbtxt checked against Triton's schema)")
 
 
 @cli.command()

@@ -47,6 +47,85 @@ def test_tolerance_is_configurable(experts, tmp_path):
     module = ExpertGraph(ex.encoder, ex.head).eval()
     report = export_onnx(module, tmp_path / "m.onnx", ex.preprocess.input_shape(), {},
                          cfg=OnnxExportConfig(atol=1e-3, batch_sizes=(2, 7), input_name="x", output_name="y"))
-    assert report["num_inputs"] == 9 and report["atol"] == 1e-3
+    assert report["num_inputs"] == 9 and report["tolerance"]["atol"] == 1e-3
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["x"] and [o.name for o in sess.get_outputs()] == ["y"]
+
+
+def _pair(experts, idx=0):
+    from export.fuse import StudentReference  # noqa: F401  (kept close to its use below)
+
+    ex = experts[idx]
+    return ex, ExpertGraph(ex.encoder, ex.head).eval()
+
+
+def test_uint8_input_normalises_inside_the_graph(experts, test_video, tmp_path):
+    from export.students import export_model
+    from serve.runtime import OnnxModel
+
+    ex, graph = _pair(experts)
+    cfg = OnnxExportConfig(uint8_input=True, batch_sizes=(2, 1))
+    rep = export_model(graph, graph, ex, tmp_path / "u8.onnx", {"kind": "expert", "name": ex.name,
+                       "categories": list(ex.categories), "preprocess": ex.preprocess.to_dict()}, cfg, clip=test_video)
+    assert rep["passed"] and any(c["input"].startswith("decoded clip") for c in rep["cases"])
+    sess = ort.InferenceSession(str(tmp_path / "u8.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].type == "tensor(uint8)"
+    assert sess.get_inputs()[0].shape[1:] == [ex.preprocess.num_frames, ex.preprocess.crop, ex.preprocess.crop, 3]
+    # same prediction as the float graph fed by jedi_deploy.video
+    float_path = tmp_path / "f.onnx"
+    export_model(graph, graph, ex, float_path, {"kind": "expert", "name": ex.name, "categories": list(ex.categories),
+                                                 "preprocess": ex.preprocess.to_dict()}, OnnxExportConfig(batch_sizes=(1,)))
+    np.testing.assert_allclose(OnnxModel(tmp_path / "u8.onnx").video_probs(test_video),
+                               OnnxModel(float_path).video_probs(test_video), atol=1e-5)
+
+
+@pytest.mark.parametrize("average", ["score", "prob"])
+def test_views_are_averaged_inside_the_graph(experts, test_video, tmp_path, average):
+    from dataclasses import replace
+
+    from export.students import export_model
+    from jedi_deploy.video import load_views
+    from serve.runtime import OnnxModel, softmax
+
+    ex, graph = _pair(experts, 1)
+    pre = replace(ex.preprocess, crops=3, short_side=40, average=average)
+    ex = replace(ex, preprocess=pre)
+    meta = {"kind": "expert", "name": ex.name, "categories": list(ex.categories), "preprocess": pre.to_dict()}
+    rep = export_model(graph, graph, ex, tmp_path / "v.onnx", meta, OnnxExportConfig(views=3, batch_sizes=(2, 1)),
+                       clip=test_video)
+    assert rep["passed"]
+    with torch.no_grad():
+        logits = graph(torch.from_numpy(load_views(test_video, pre))).numpy()
+    want = softmax(logits).mean(0) if average == "prob" else softmax(logits.mean(0))
+    np.testing.assert_allclose(OnnxModel(tmp_path / "v.onnx").video_probs(test_video), want, atol=1e-5)
+
+
+def test_fp16_and_simplify_pass_their_own_tolerance(experts, tmp_path):
+    ex, graph = _pair(experts, 2)
+    rep = export_onnx(graph, tmp_path / "h.onnx", ex.preprocess.input_shape(), {},
+                      cfg=OnnxExportConfig(fp16=True, simplify=True, batch_sizes=(4, 1)))
+    assert rep["passed"] and rep["precision"] == "fp16" and rep["tolerance"]["atol"] == 2e-2
+    model = onnx.load(tmp_path / "h.onnx")
+    dtypes = {i.data_type for i in model.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in dtypes and onnx.TensorProto.FLOAT not in dtypes
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O kept
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["jedi"])
+    assert meta["precision"] == "fp16" and meta["simplified"] is True
+
+
+def test_bad_options_and_exporter_failures_are_clear(experts, tmp_path):
+    from jedi_deploy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="opset"):
+        OnnxExportConfig(opset=13)
+    with pytest.raises(ConfigError, match="exporter"):
+        OnnxExportConfig(exporter="tf")
+
+    class Unexportable(torch.nn.Module):
+        def forward(self, x):
+            return torch.from_numpy(x.numpy() * 2)  # leaves the graph: no exporter can trace it
+
+    target = tmp_path / "u.onnx"
+    with pytest.raises(ExportValidationError, match="does not take its input") as e:
+        export_onnx(Unexportable(), target, (3,), {})
+    assert "u.onnx" in str(e.value) and not target.exists()

@@ -1,0 +1,106 @@
+"""Teacher-ensemble export: ONE graph that runs every expert's frozen encoder, its adjustment
+module (and student head where the teacher reads predictions) and the teacher of one
+dataset - the teacher's accuracy at the cost of all n experts.
+
+The graph has one input per expert, ``video_<j>`` (experts take different clips: frames, crop,
+normalisation), each ``float32[batch, T_j, 3, S_j, S_j]`` as ``jedi_deploy.video`` prepares it,
+and one output ``logits`` ``[batch, C_dataset]``. It is validated like every other export:
+ONNX checker with full shape inference, then ONNX Runtime vs PyTorch (the plain
+``JEDIModel.forward`` in eval mode) on random inputs at several batch sizes, before the file is
+renamed into place.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from jedi_deploy.bundle import load_bundle
+from jedi_deploy.deps import require
+from jedi_deploy.errors import ExportValidationError, InputError
+from jedi_deploy.meta import FORMAT_VERSION, METADATA_KEY, atomic_path, sha256_file, write_json
+
+from .onnx import OnnxExportConfig, compare_outputs, require_writable_dir
+from .students import resolve_experts
+
+
+class TeacherEnsemble(nn.Module):
+    def __init__(self, encoders: list[nn.Module], model, teacher: int):
+        super().__init__()
+        self.encoders = nn.ModuleList(encoders)
+        self.model, self.teacher = model.eval(), teacher
+
+    def forward(self, *videos: torch.Tensor) -> torch.Tensor:
+        embs = [enc(v) for enc, v in zip(self.encoders, videos)]
+        _, teachers = self.model(embs)
+        return teachers[self.teacher]
+
+
+def check_options(cfg: OnnxExportConfig) -> None:
+    if cfg.uint8_input or cfg.views > 1 or cfg.fp16:
+        raise InputError("the teacher ensemble is exported with float32 inputs, one view per expert "
+                         "(--uint8-input, --views and --fp16 apply to students and experts)")
+
+
+def export_teacher(bundle_path: str | Path, out_dir: str | Path, dataset: str, *,
+                   expert_paths: dict[str, str] | None = None, cfg: OnnxExportConfig = OnnxExportConfig()) -> dict:
+    """Write ``<dataset>.teacher.onnx`` (+ ``.validation.json``); returns the report."""
+    import onnx
+
+    check_options(cfg)
+    model, meta = load_bundle(bundle_path)
+    if dataset not in meta["datasets"]:
+        raise InputError(f"no teacher for dataset {dataset!r}; this bundle has {meta['datasets']}")
+    i = meta["datasets"].index(dataset)
+    experts = resolve_experts(meta, expert_paths)
+    module = TeacherEnsemble([e.encoder for e in experts], model, i).eval()
+    names = [f"video_{j}" for j in range(len(experts))]
+    shapes = [e.preprocess.input_shape() for e in experts]
+    path = require_writable_dir(out_dir) / f"{dataset}.teacher.onnx"
+    gen = torch.Generator().manual_seed(cfg.seed)
+    dummy = tuple(torch.randn((2, *s), generator=gen) for s in shapes)
+    ort = require("onnxruntime")
+    with atomic_path(path, ".onnx") as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(module, dummy, str(tmp), input_names=names, output_names=[cfg.output_name],
+                                  opset_version=cfg.opset, dynamo=False,
+                                  dynamic_axes={**{n: {0: "batch"} for n in names}, cfg.output_name: {0: "batch"}})
+            except Exception as e:
+                raise ExportValidationError(f"{path.name}: cannot export the teacher ensemble "
+                                            f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
+        m = onnx.load(str(tmp))
+        info = {"format_version": FORMAT_VERSION, "kind": "teacher", "name": dataset, "dataset": dataset,
+                "categories": list(meta["experts"][i]["categories"]) if meta["experts"][i]["dataset"] == dataset
+                else [], "inputs": [{"name": n, "expert": e.name, "preprocess": e.preprocess.to_dict()}
+                                    for n, e in zip(names, experts)],
+                "output": cfg.output_name, "bundle_sha256": sha256_file(bundle_path),
+                "expert_sha256": [e.sha256 for e in experts]}
+        del m.metadata_props[:]
+        entry = m.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(info, sort_keys=True)
+        try:
+            onnx.checker.check_model(m, full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportValidationError(f"{path.name}: ONNX checker failed: {e}") from None
+        onnx.save(m, str(tmp))
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        failures, rows = [], []
+        for b in cfg.batch_sizes:
+            xs = [torch.randn((b, *s), generator=gen) for s in shapes]
+            with torch.no_grad():
+                want = module(*xs).double().numpy()
+            got = sess.run([cfg.output_name], {n: x.numpy() for n, x in zip(names, xs)})[0]
+            rows.append(compare_outputs(got, want, cfg.tolerance(), f"random batch {b}", failures))
+        report = {"cases": rows, "passed": not failures, "failures": failures, "tolerance": cfg.tolerance(),
+                  "max_abs_diff": max(r.get("max_abs_diff", float("inf")) for r in rows),
+                  "kind": "teacher", "name": dataset, "path": str(path)}
+        if failures:
+            raise ExportValidationError(f"{path.name}: ONNX Runtime disagrees with PyTorch: " + "; ".join(failures),
+                                        report)
+    write_json(path.with_suffix(".validation.json"), report)
+    return report

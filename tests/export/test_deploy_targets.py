@@ -1,0 +1,89 @@
+"""Triton repositories, the TensorRT path's errors here, the teacher ensemble, and the CLI."""
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from export.ensemble import export_teacher
+from export.triton import parse_config, write_model_repository
+from jedi_deploy.app.cli import cli
+from jedi_deploy.bundle import load_bundle
+from jedi_deploy.errors import ExportValidationError, InputError
+from jedi_deploy.video import load_clip
+
+
+def test_triton_repository_parses_with_tritons_schema(onnx_dir, experts, tmp_path):
+    ex = experts[1]
+    [folder] = write_model_repository(onnx_dir / f"{ex.name}.student.onnx", tmp_path / "repo", max_batch_size=16,
+                                      instances=2)
+    assert folder.name == f"{ex.name}_student" and (folder / "1" / "model.onnx").is_file()
+    cfg = parse_config((folder / "config.pbtxt").read_text())
+    assert cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 16
+    assert cfg.input[0].name == "video" and list(cfg.input[0].dims) == list(ex.preprocess.input_shape())
+    assert cfg.output[0].name == "logits" and list(cfg.output[0].dims) == [ex.num_classes]
+    assert cfg.output[0].label_filename == "labels.txt"
+    assert (folder / "labels.txt").read_text().split() == list(ex.categories)
+    assert cfg.dynamic_batching.max_queue_delay_microseconds > 0 and 16 in cfg.dynamic_batching.preferred_batch_size
+    assert cfg.instance_group[0].count == 2
+    with pytest.raises(InputError, match="already exists"):
+        write_model_repository(onnx_dir / f"{ex.name}.student.onnx", tmp_path / "repo")
+    with pytest.raises(Exception):
+        parse_config('name: "x" max_batch_size: "eight"')
+
+
+def test_export_trt_without_tensorrt_says_what_is_missing(bundle_path, tmp_path):
+    out = tmp_path / "o"
+    res = CliRunner().invoke(cli, ["export", "--bundle", str(bundle_path), "--out", str(out), "--trt"])
+    assert res.exit_code == 1 and "tensorrt is not installed" in res.output and "GPU" in res.output
+    assert not out.exists()  # nothing was exported before the check
+
+
+def test_teacher_ensemble_runs_all_experts_and_one_teacher(bundle_path, experts, test_video, tmp_path):
+    report = export_teacher(bundle_path, tmp_path, "ucf-mini")
+    assert report["passed"] and report["max_abs_diff"] < 1e-4
+    sess = ort.InferenceSession(str(tmp_path / "ucf-mini.teacher.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == [f"video_{j}" for j in range(len(experts))]
+    model, meta = load_bundle(bundle_path)
+    i = meta["datasets"].index("ucf-mini")
+    xs = [load_clip(test_video, e.preprocess)[None] for e in experts]
+    with torch.no_grad():
+        _, teachers = model([e.encoder(torch.from_numpy(x)) for e, x in zip(experts, xs)])
+    got = sess.run(None, {f"video_{j}": x for j, x in enumerate(xs)})[0]
+    np.testing.assert_allclose(got, teachers[i].numpy(), atol=1e-4)
+    with pytest.raises(InputError, match="no teacher"):
+        export_teacher(bundle_path, tmp_path, "nope")
+
+
+def test_cli_export_with_options_teacher_and_triton(bundle_path, test_video, tmp_path):
+    out, repo = tmp_path / "onnx", tmp_path / "repo"
+    res = CliRunner().invoke(cli, ["export", "--bundle", str(bundle_path), "--out", str(out), "--student", "ucf-mini",
+                                   "--uint8-input", "--clip", str(test_video), "--teacher", "ucf-mini",
+                                   "--triton", str(repo)])
+    assert res.exit_code == 1  # the teacher ensemble refuses --uint8-input, before anything is written
+    assert "teacher ensemble is exported with float32 inputs" in res.output and not out.exists()
+    res = CliRunner().invoke(cli, ["export", "--bundle", str(bundle_path), "--out", str(out), "--student", "ucf-mini",
+                                   "--uint8-input", "--clip", str(test_video), "--triton", str(repo), "--force"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "ucf-mini.student.validation.json").read_text())
+    assert report["passed"] and any("decoded clip" in c["input"] for c in report["cases"])
+    assert parse_config((repo / "ucf-mini_student" / "config.pbtxt").read_text()).input[0].data_type == \
+        parse_config('input [{ name: "x" data_type: TYPE_UINT8 }]').input[0].data_type
+    assert (repo / "ucf-mini_expert" / "1" / "model.onnx").exists()
+
+
+def test_unwritable_output_is_a_clear_error(bundle_path, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = CliRunner().invoke(cli, ["export", "--bundle", str(bundle_path), "--out", str(blocker / "sub")])
+    assert res.exit_code == 1 and "cannot create output folder" in res.output
+
+
+def test_validation_failure_leaves_no_partial_teacher(bundle_path, tmp_path):
+    from export.onnx import OnnxExportConfig
+
+    with pytest.raises(ExportValidationError, match="disagrees"):  # an impossible tolerance
+        export_teacher(bundle_path, tmp_path, "ucf-mini", cfg=OnnxExportConfig(atol=-1.0))
+    assert list(tmp_path.iterdir()) == []
