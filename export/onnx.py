@@ -26,7 +26,7 @@ from jedi_deploy.errors import ConfigError, ExportValidationError, InputError
 from jedi_deploy.meta import FORMAT_VERSION, METADATA_KEY, atomic_path
 
 
-EXPORTERS = ("torchscript", "dynamo")
+EXPORTERS = ("auto", "torchscript", "dynamo")  # auto: the registry's pick for the architecture
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class OnnxExportConfig:
     input_name: str = "video"
     output_name: str = "logits"
     opset: int = 17
-    exporter: str = "torchscript"
+    exporter: str = "auto"
     uint8_input: bool = False
     views: int = 1
     fp16: bool = False
@@ -139,7 +139,7 @@ def _torch_export(module, dummy, path: Path, cfg: OnnxExportConfig, what: str) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            if cfg.exporter == "dynamo":
+            if cfg.exporter == "dynamo":  # "auto" without an architecture to look up: TorchScript
                 batch = torch.export.Dim("batch", min=1, max=1024)
                 torch.onnx.export(module, (dummy,), str(path), input_names=[cfg.input_name],
                                   output_names=[cfg.output_name], opset_version=cfg.opset, dynamo=True,
@@ -186,7 +186,7 @@ def export_onnx(module: nn.Module, out_path: str | Path, sample_shape: tuple[int
             model = float16.convert_float_to_float16(model, keep_io_types=True)
         meta = {"format_version": FORMAT_VERSION, "input": cfg.input_name, "output": cfg.output_name,
                 "input_dtype": input_dtype, "uint8_input": cfg.uint8_input, "views": cfg.views,
-                "precision": cfg.precision, "exporter": cfg.exporter, "simplified": cfg.simplify, **metadata}
+                "precision": cfg.precision, "exporter": "dynamo" if cfg.exporter == "dynamo" else "torchscript", "simplified": cfg.simplify, **metadata}
         del model.metadata_props[:]
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(meta, sort_keys=True)
@@ -196,7 +196,7 @@ def export_onnx(module: nn.Module, out_path: str | Path, sample_shape: tuple[int
             raise ExportValidationError(f"{out_path.name}: ONNX checker failed: {e}") from None
         onnx.save(model, str(tmp))
         report = validate(tmp, reference, sample_shape, cfg, input_dtype, real_inputs)
-        report.update(exporter=cfg.exporter, simplified=cfg.simplify, opset=cfg.opset,
+        report.update(exporter="dynamo" if cfg.exporter == "dynamo" else "torchscript", simplified=cfg.simplify, opset=cfg.opset,
                       file_bytes=tmp.stat().st_size)
     return report
 

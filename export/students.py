@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from jedi_deploy.bundle import load_bundle
-from jedi_deploy.errors import InputError
+from jedi_deploy.errors import ExportValidationError, InputError
 from jedi_deploy.meta import sha256_file, write_json
 from jedi_deploy.registry import Expert, load_expert
 
@@ -67,15 +67,28 @@ def export_model(module, reference, expert: Expert, path: Path, meta: dict, cfg:
     """Wrap (uint8 input, views) and export one graph for ``expert``'s input, validated
     against ``reference`` on random inputs and, given ``clip``, on that decoded video; the
     report is also written next to the model as ``<stem>.validation.json``."""
+    from dataclasses import replace
+
+    from jedi_deploy.registry import ARCHS
+
+    if cfg.exporter == "auto":
+        entry = ARCHS.get(expert.arch)
+        cfg = replace(cfg, exporter=(entry.extra.get("exporter", "torchscript") if entry else "torchscript"))
     pre = expert.preprocess
     average = pre.average
     wrap = dict(uint8_input=cfg.uint8_input, views=cfg.views, average=average)
     shape, dtype = input_spec(pre, uint8_input=cfg.uint8_input, views=cfg.views)
     real = {f"decoded clip {Path(clip).name}": real_clip_input(clip, pre, cfg)} if clip else None
     meta = {**meta, "input_shape": ["batch", *shape], "average": average}
-    report = export_onnx(GraphWrapper(module, pre, **wrap), path, shape, meta,
-                         reference=GraphWrapper(reference, pre, **wrap), cfg=cfg, input_dtype=dtype,
-                         real_inputs=real)
+    try:
+        report = export_onnx(GraphWrapper(module, pre, **wrap), path, shape, meta,
+                             reference=GraphWrapper(reference, pre, **wrap), cfg=cfg, input_dtype=dtype,
+                             real_inputs=real)
+    except ExportValidationError as e:
+        if "cannot export" in str(e):
+            raise ExportValidationError(f"architecture {expert.arch!r}: {e} (exported and validated here: "
+                                        f"{sorted(ARCHS)})", e.report) from None
+        raise
     report.update(name=expert.name, kind=meta["kind"], path=str(path))
     write_json(path.with_suffix(".validation.json"), report)
     return report

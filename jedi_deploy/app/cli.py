@@ -307,8 +307,9 @@ def evaluate_cmd(bundle, cache_dir, split, as_json):
 @click.option("--views", default=1, show_default=True, help="Average N views per video inside the graph.")
 @click.option("--fp16", is_flag=True, help="fp16 weights and activations (fp32 inputs/outputs).")
 @click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim (parity re-checked).")
-@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript",
-              show_default=True, help="torch.onnx exporter (benchmarks/export_zoo.py compares them).")
+@click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto",
+              show_default=True, help="torch.onnx exporter; auto = the one benchmarks/export_zoo.py measured "
+              "faster in ONNX Runtime for the architecture (recorded in the registry).")
 @click.option("--atol", type=float, default=None, help="Max abs logit difference vs PyTorch "
               "(default: 1e-4 fp32, 2e-2 fp16, plus a relative term).")
 @click.option("--opset", default=17, show_default=True)
