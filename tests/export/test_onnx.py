@@ -53,8 +53,6 @@ def test_tolerance_is_configurable(experts, tmp_path):
 
 
 def _pair(experts, idx=0):
-    from export.fuse import StudentReference  # noqa: F401  (kept close to its use below)
-
     ex = experts[idx]
     return ex, ExpertGraph(ex.encoder, ex.head).eval()
 
