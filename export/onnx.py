@@ -136,7 +136,9 @@ def validate(onnx_path: Path, reference: nn.Module, sample_shape: tuple[int, ...
 
 
 def _torch_export(module, dummy, path: Path, cfg: OnnxExportConfig, what: str) -> None:
-    with warnings.catch_warnings():
+    from .rewrites import export_friendly
+
+    with warnings.catch_warnings(), export_friendly():
         warnings.simplefilter("ignore")
         try:
             if cfg.exporter == "dynamo":  # "auto" without an architecture to look up: TorchScript

@@ -1,0 +1,35 @@
+"""The export-time rewrites equal the upstream code they replace, and are swapped back."""
+import pytest
+import torch
+
+from export.rewrites import export_friendly, mvit_add_shortcut, mvit_rel_pos
+from jedi_deploy.tv_compat import import_torchvision
+
+import_torchvision()
+import torchvision.models.video.mvit as mvit  # noqa: E402
+
+
+@pytest.mark.parametrize("q_thw,k_thw", [((2, 4, 4), (2, 4, 4)), ((4, 8, 8), (2, 2, 2)), ((2, 2, 2), (2, 4, 4))])
+def test_rel_pos_rewrite_equals_torchvision(q_thw, k_thw):
+    torch.manual_seed(0)
+    b, heads, dim = 2, 3, 8
+    nq, nk = 1 + q_thw[0] * q_thw[1] * q_thw[2], 1 + k_thw[0] * k_thw[1] * k_thw[2]
+    size = max(q_thw[1], k_thw[1])
+    tables = (torch.randn(2 * size - 1, dim), torch.randn(2 * size - 1, dim),
+              torch.randn(2 * max(q_thw[0], k_thw[0]) - 1, dim))
+    attn, q = torch.randn(b, heads, nq, nk), torch.randn(b, heads, nq, dim)
+    want = mvit._add_rel_pos(attn.clone(), q, q_thw, k_thw, *tables)
+    torch.testing.assert_close(mvit_rel_pos(attn, q, q_thw, k_thw, *tables), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_cls", [True, False])
+def test_shortcut_rewrite_equals_torchvision(with_cls):
+    x, s = torch.randn(2, 3, 9, 4), torch.randn(2, 3, 9, 4)
+    torch.testing.assert_close(mvit_add_shortcut(x, s, with_cls), mvit._add_shortcut(x.clone(), s, with_cls))
+
+
+def test_rewrites_apply_only_inside_the_context():
+    original = mvit._add_rel_pos
+    with export_friendly():
+        assert mvit._add_rel_pos is mvit_rel_pos and mvit._add_shortcut is mvit_add_shortcut
+    assert mvit._add_rel_pos is original and mvit._add_shortcut is not mvit_add_shortcut
