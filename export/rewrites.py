@@ -10,7 +10,8 @@ proves each rewrite exact (to fp32 rounding) on every export.
   ``mvit_v2_s``'s time. Here the bias is computed from the same tables and added as
   ``attn + pad(bias)`` (zeros for the class token's row and column): one Pad and one Add.
   Likewise ``_add_shortcut``'s ``x[:, :, 1:, :] += shortcut[:, :, 1:, :]`` (residual pooling that
-  skips the class token) becomes ``x + pad(shortcut[:, :, 1:])``.
+  skips the class token) becomes ``x.add_(pad(shortcut[:, :, 1:]))`` - still in place, since the
+  caller ignores the return value.
 """
 from __future__ import annotations
 
@@ -47,9 +48,10 @@ def mvit_rel_pos(attn, q, q_thw, k_thw, rel_pos_h, rel_pos_w, rel_pos_t):
 
 
 def mvit_add_shortcut(x, shortcut, residual_with_cls_embed: bool):
+    """In place, like upstream: its caller ignores the return value and uses the mutated ``x``."""
     if residual_with_cls_embed:
-        return x + shortcut
-    return x + F.pad(shortcut[:, :, 1:, :], (0, 0, 1, 0))
+        return x.add_(shortcut)
+    return x.add_(F.pad(shortcut[:, :, 1:, :], (0, 0, 1, 0)))
 
 
 @contextmanager

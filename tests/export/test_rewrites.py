@@ -23,9 +23,26 @@ def test_rel_pos_rewrite_equals_torchvision(q_thw, k_thw):
 
 
 @pytest.mark.parametrize("with_cls", [True, False])
-def test_shortcut_rewrite_equals_torchvision(with_cls):
+def test_shortcut_rewrite_equals_torchvision_in_place(with_cls):
+    """MultiscaleAttention calls ``_add_shortcut(x, q, ...)`` and ignores the result: the
+    rewrite must mutate ``x`` exactly like upstream."""
     x, s = torch.randn(2, 3, 9, 4), torch.randn(2, 3, 9, 4)
-    torch.testing.assert_close(mvit_add_shortcut(x, s, with_cls), mvit._add_shortcut(x.clone(), s, with_cls))
+    a, b = x.clone(), x.clone()
+    mvit._add_shortcut(a, s, with_cls)
+    mvit_add_shortcut(b, s, with_cls)
+    torch.testing.assert_close(b, a)
+    assert not torch.equal(a, x)
+
+
+def test_rewritten_mvit_equals_torchvision():
+    torch.manual_seed(0)
+    model = mvit.mvit_v2_s().eval()
+    x = torch.randn(1, 3, 16, 224, 224)
+    with torch.no_grad():
+        want = model(x)
+        with export_friendly():
+            got = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_rewrites_apply_only_inside_the_context():
