@@ -11,7 +11,6 @@ renamed into place.
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -21,9 +20,9 @@ from torch import nn
 from jedi_deploy.bundle import load_bundle
 from jedi_deploy.deps import require
 from jedi_deploy.errors import ExportValidationError, InputError
-from jedi_deploy.meta import FORMAT_VERSION, METADATA_KEY, atomic_path, sha256_file, write_json
+from jedi_deploy.meta import FORMAT_VERSION, atomic_path, sha256_file, write_json
 
-from .onnx import OnnxExportConfig, compare_outputs, require_writable_dir
+from .onnx import OnnxExportConfig, compare_outputs, require_writable_dir, save_checked
 from .students import resolve_experts
 
 
@@ -80,14 +79,7 @@ def export_teacher(bundle_path: str | Path, out_dir: str | Path, dataset: str, *
                                     for n, e in zip(names, experts)],
                 "output": cfg.output_name, "bundle_sha256": sha256_file(bundle_path),
                 "expert_sha256": [e.sha256 for e in experts]}
-        del m.metadata_props[:]
-        entry = m.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(info, sort_keys=True)
-        try:
-            onnx.checker.check_model(m, full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise ExportValidationError(f"{path.name}: ONNX checker failed: {e}") from None
-        onnx.save(m, str(tmp))
+        save_checked(m, tmp, info, path.name)
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         failures, rows = [], []
         for b in cfg.batch_sizes:

@@ -135,6 +135,20 @@ def validate(onnx_path: Path, reference: nn.Module, sample_shape: tuple[int, ...
     return report
 
 
+def save_checked(model, path: Path, meta: dict, what: str) -> None:
+    """Embed the ``jedi`` metadata, run the ONNX checker with full shape inference, save."""
+    import onnx
+
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta, sort_keys=True)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportValidationError(f"{what}: ONNX checker failed: {e}") from None
+    onnx.save(model, str(path))
+
+
 def _torch_export(module, dummy, path: Path, cfg: OnnxExportConfig, what: str) -> None:
     from .rewrites import export_friendly
 
@@ -188,15 +202,9 @@ def export_onnx(module: nn.Module, out_path: str | Path, sample_shape: tuple[int
             model = float16.convert_float_to_float16(model, keep_io_types=True)
         meta = {"format_version": FORMAT_VERSION, "input": cfg.input_name, "output": cfg.output_name,
                 "input_dtype": input_dtype, "uint8_input": cfg.uint8_input, "views": cfg.views,
-                "precision": cfg.precision, "exporter": "dynamo" if cfg.exporter == "dynamo" else "torchscript", "simplified": cfg.simplify, **metadata}
-        del model.metadata_props[:]
-        entry = model.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(meta, sort_keys=True)
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise ExportValidationError(f"{out_path.name}: ONNX checker failed: {e}") from None
-        onnx.save(model, str(tmp))
+                "precision": cfg.precision, "exporter": "dynamo" if cfg.exporter == "dynamo" else "torchscript",
+                "simplified": cfg.simplify, **metadata}
+        save_checked(model, tmp, meta, out_path.name)
         report = validate(tmp, reference, sample_shape, cfg, input_dtype, real_inputs)
         report.update(exporter="dynamo" if cfg.exporter == "dynamo" else "torchscript", simplified=cfg.simplify, opset=cfg.opset,
                       file_bytes=tmp.stat().st_size)

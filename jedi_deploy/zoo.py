@@ -106,24 +106,21 @@ def split_head(state: dict, head_path: str, source: str, prefix: str = "encoder.
 
 
 # ----------------------------------------------------------------------------- torchvision
+RESNET3D = Preprocess(16, "clip", 1, 128, 112, **KINETICS_TV)  # torchvision's Kinetics-400 recipe
+SWIN = Preprocess(32, "clip", 2, 224, 224, **IMAGENET)  # MMAction2's Video Swin test clip
+SWIN_DESC = "(torchvision SwinTransformer3d); reads torchvision and MMAction2 checkpoints"
 TV_VIDEO = {
     # name: (head attribute, embed dim, preprocess, test input T/H, description)
-    "r3d_18": ("fc", 512, Preprocess(16, "clip", 1, 128, 112, **KINETICS_TV), (4, 32),
-               "torchvision R3D-18 (3D ResNet), Kinetics-400 recipe: 16 frames, 112 crop"),
-    "mc3_18": ("fc", 512, Preprocess(16, "clip", 1, 128, 112, **KINETICS_TV), (4, 32),
-               "torchvision MC3-18 (mixed 3D/2D convolutions)"),
-    "r2plus1d_18": ("fc", 512, Preprocess(16, "clip", 1, 128, 112, **KINETICS_TV), (4, 32),
-                    "torchvision R(2+1)D-18 (factorised 3D convolutions)"),
+    "r3d_18": ("fc", 512, RESNET3D, (4, 32), "torchvision R3D-18 (3D ResNet): 16 frames, 112 crop"),
+    "mc3_18": ("fc", 512, RESNET3D, (4, 32), "torchvision MC3-18 (mixed 3D/2D convolutions)"),
+    "r2plus1d_18": ("fc", 512, RESNET3D, (4, 32), "torchvision R(2+1)D-18 (factorised 3D convolutions)"),
     "s3d": ("classifier.1", 1024, Preprocess(32, "clip", 1, 256, 224, **KINETICS_TV), (16, 224),
             "torchvision S3D (separable 3D Inception); needs >= 16 frames of 224 px"),
     "mvit_v2_s": ("head.1", 768, Preprocess(16, "clip", 4, 256, 224, mean=(114.75,) * 3, std=(57.375,) * 3),
                   (16, 224), "torchvision MViT-v2-S (multiscale ViT); fixed input 16 x 224 x 224"),
-    "swin3d_t": ("head", 768, Preprocess(32, "clip", 2, 224, 224, **IMAGENET), (8, 64),
-                 "Video Swin-T (torchvision SwinTransformer3d); reads torchvision and MMAction2 checkpoints"),
-    "swin3d_s": ("head", 768, Preprocess(32, "clip", 2, 224, 224, **IMAGENET), (8, 64),
-                 "Video Swin-S (torchvision SwinTransformer3d); reads torchvision and MMAction2 checkpoints"),
-    "swin3d_b": ("head", 1024, Preprocess(32, "clip", 2, 224, 224, **IMAGENET), (8, 64),
-                 "Video Swin-B (torchvision SwinTransformer3d); reads torchvision and MMAction2 checkpoints"),
+    "swin3d_t": ("head", 768, SWIN, (8, 64), f"Video Swin-T {SWIN_DESC}"),
+    "swin3d_s": ("head", 768, SWIN, (8, 64), f"Video Swin-S {SWIN_DESC}"),
+    "swin3d_b": ("head", 1024, SWIN, (8, 64), f"Video Swin-B {SWIN_DESC}"),
 }
 
 
