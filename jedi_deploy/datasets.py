@@ -59,6 +59,16 @@ def read_classes(path: Path) -> tuple[str, ...]:
     return names
 
 
+def _label(text: str, where: str, num_classes: int) -> int:
+    try:
+        label = int(text)
+    except ValueError:
+        raise AnnotationError(f"{where}: label {text!r} is not an integer") from None
+    if not -1 <= label < num_classes:
+        raise AnnotationError(f"{where}: label {label} outside [0, {num_classes}) (-1 marks unlabeled samples)")
+    return label
+
+
 def read_annotations(path: Path, root: Path, num_classes: int) -> list[Sample]:
     """Parse an MMAction2 list file; every error names the file and line."""
     if not path.is_file():
@@ -71,14 +81,7 @@ def read_annotations(path: Path, root: Path, num_classes: int) -> list[Sample]:
         if len(parts) != 2:
             raise AnnotationError(f"{path}:{lineno}: expected 'relative/path.mp4 label', got {line!r}")
         rel, lab = parts
-        try:
-            label = int(lab)
-        except ValueError:
-            raise AnnotationError(f"{path}:{lineno}: label {lab!r} is not an integer") from None
-        if not -1 <= label < num_classes:
-            raise AnnotationError(f"{path}:{lineno}: label {label} outside [0, {num_classes}) "
-                                  "(-1 marks unlabeled samples)")
-        samples.append(Sample(root / rel, label))
+        samples.append(Sample(root / rel, _label(lab, f"{path}:{lineno}", num_classes)))
     if not samples:
         raise AnnotationError(f"{path}: annotation list has no samples")
     return samples
@@ -99,14 +102,7 @@ def read_csv_annotations(path: Path, root: Path, num_classes: int) -> list[Sampl
             rel, lab = (row.get("path") or "").strip(), (row.get("label") or "").strip()
             if not rel:
                 raise AnnotationError(f"{path}:{lineno}: empty path")
-            try:
-                label = int(lab) if lab else -1
-            except ValueError:
-                raise AnnotationError(f"{path}:{lineno}: label {lab!r} is not an integer") from None
-            if not -1 <= label < num_classes:
-                raise AnnotationError(f"{path}:{lineno}: label {label} outside [0, {num_classes}) "
-                                      "(-1 or empty marks unlabeled samples)")
-            samples.append(Sample(root / rel, label))
+            samples.append(Sample(root / rel, _label(lab or "-1", f"{path}:{lineno}", num_classes)))
     if not samples:
         raise AnnotationError(f"{path}: manifest has no samples")
     return samples

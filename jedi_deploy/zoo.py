@@ -138,19 +138,26 @@ _SWIN_BLOCK = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.(.*)$")
 _SWIN_DOWN = re.compile(r"^layers\.(\d+)\.downsample\.(.*)$")
 
 
+def split_mmaction(state: dict) -> tuple[dict, dict]:
+    """An MMAction2 recognizer's tensors -> (``backbone.*`` without the prefix, the classifier
+    ``cls_head.fc_cls.*`` as ``head.*``); anything else (e.g. data_preprocessor buffers) is dropped."""
+    backbone, head = {}, {}
+    for key, v in state.items():
+        if key.startswith("cls_head.fc_cls."):
+            head["head." + key[len("cls_head.fc_cls."):]] = v
+        elif key.startswith("backbone."):
+            backbone[key[len("backbone."):]] = v
+    return backbone, head
+
+
 def mmaction_swin_to_torchvision(state: dict, source: str) -> dict:
     """MMAction2 Video Swin (``backbone.*`` + ``cls_head.fc_cls.*``) -> torchvision
     ``SwinTransformer3d`` keys: ``layers.i.blocks.j`` -> ``features.2i.j``, ``layers.i.downsample``
     -> ``features.2i+1``, ``mlp.fc1``/``fc2`` -> ``mlp.0``/``mlp.3``, ``norm3`` (1.x) or ``norm``
     (0.x) -> ``norm``, ``cls_head.fc_cls`` -> ``head``."""
-    out = {}
-    for key, v in state.items():
-        if key.startswith("cls_head.fc_cls."):
-            out["head." + key[len("cls_head.fc_cls."):]] = v
-            continue
-        if not key.startswith("backbone."):
-            continue  # e.g. data_preprocessor buffers
-        k = key[len("backbone."):]
+    backbone, out = split_mmaction(state)
+    for k, v in backbone.items():
+        key = "backbone." + k
         m = _SWIN_BLOCK.match(k)
         if m:
             rest = m.group(3).replace("mlp.fc1.", "mlp.0.").replace("mlp.fc2.", "mlp.3.")
@@ -222,14 +229,9 @@ _BLOCK = re.compile(r"^(layer\d+\.\d+)\.(conv(\d)|downsample)\.(conv|bn)\.(.*)$"
 
 def mmaction_resnet_to_ours(state: dict, source: str, shift: bool) -> dict:
     """MMAction2 TSN/TSM state dict -> ``SegmentResNet50`` + head (``encoder.net.*``, ``head.*``)."""
-    out = {}
-    for key, v in state.items():
-        if key.startswith("cls_head.fc_cls."):
-            out["head." + key[len("cls_head.fc_cls."):]] = v
-            continue
-        if not key.startswith("backbone."):
-            continue
-        k = key[len("backbone."):]
+    backbone, out = split_mmaction(state)
+    for k, v in backbone.items():
+        key = "backbone." + k
         top = next((p for p in _RESNET_TOP if k.startswith(p)), None)
         if top:
             out["encoder.net." + _RESNET_TOP[top] + k[len(top):]] = v
