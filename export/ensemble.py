@@ -20,9 +20,9 @@ from torch import nn
 from jedi_deploy.bundle import load_bundle
 from jedi_deploy.deps import require
 from jedi_deploy.errors import ExportValidationError, InputError
-from jedi_deploy.meta import FORMAT_VERSION, atomic_path, sha256_file, write_json
+from jedi_deploy.meta import FORMAT_VERSION, atomic_path, sha256_file, write_json, require_writable_dir
 
-from .onnx import OnnxExportConfig, compare_outputs, require_writable_dir, save_checked
+from .onnx import OnnxExportConfig, compare_outputs, save_checked
 from .students import resolve_experts
 
 

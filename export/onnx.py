@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from jedi_deploy.deps import require
-from jedi_deploy.errors import ConfigError, ExportValidationError, InputError
+from jedi_deploy.errors import ConfigError, ExportValidationError
 from jedi_deploy.meta import FORMAT_VERSION, METADATA_KEY, atomic_path
 
 
@@ -209,12 +209,3 @@ def export_onnx(module: nn.Module, out_path: str | Path, sample_shape: tuple[int
         report.update(exporter="dynamo" if cfg.exporter == "dynamo" else "torchscript", simplified=cfg.simplify, opset=cfg.opset,
                       file_bytes=tmp.stat().st_size)
     return report
-
-
-def require_writable_dir(path: str | Path) -> Path:
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create output folder {p}: {e.strerror or e}") from None
-    return p

@@ -7,12 +7,12 @@ import numpy as np
 
 from jedi_deploy.bundle import load_bundle
 from jedi_deploy.errors import ExportValidationError, InputError
-from jedi_deploy.meta import sha256_file, write_json
+from jedi_deploy.meta import sha256_file, write_json, require_writable_dir
 from jedi_deploy.registry import Expert, load_expert
 
 from .fuse import ExpertGraph, FusedStudent, StudentReference
 from .graph import GraphWrapper, input_spec
-from .onnx import OnnxExportConfig, export_onnx, require_writable_dir
+from .onnx import OnnxExportConfig, export_onnx
 
 
 def resolve_experts(meta: dict, overrides: dict[str, str] | None = None) -> list[Expert]:

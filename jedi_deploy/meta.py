@@ -108,6 +108,16 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
         raise
 
 
+def require_writable_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` (and parents) or raise :class:`InputError` naming it."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create output folder {p}: {e.strerror or e}") from None
+    return p
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
     with atomic_path(path, ".json") as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

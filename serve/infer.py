@@ -1,49 +1,259 @@
 """Classify videos with an exported jedi-deploy model, without torch.
 
-    python -m serve.infer MODEL.onnx VIDEO.mp4 [VIDEO.mp4 ...] [--topk 5] [--json]
+    python -m serve.infer MODEL.onnx INPUT [INPUT ...] [--out preds.jsonl|preds.csv] [--topk 5]
+
+An INPUT is a video file, a folder (searched recursively for video files) or a manifest: an
+MMAction2-style ``.txt`` list (``path [label]`` per line) or a ``.csv`` with a ``path`` column
+(and optionally ``label``), paths relative to the manifest's folder. Videos are decoded in
+worker threads and run ``--batch-size`` at a time; a video that cannot be read gets an
+``error`` record (or stops the run with ``--strict``). With labels, accuracy is reported.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import sys
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-from jedi_deploy.errors import JediError
+import numpy as np
+
+from jedi_deploy.errors import AnnotationError, InputError, JediError, VideoDecodeError
 
 from .runtime import OnnxModel, Prediction
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv",
+                              ".3gp", ".ogv", ".ts"})
+MANIFEST_EXTENSIONS = (".txt", ".csv")
+FORMATS = ("jsonl", "csv", "text")
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    label: int | None = None  # ground-truth class index from a manifest, if it gives one
+
+
+def _manifest(path: Path) -> list[Item]:
+    items = []
+    if path.suffix == ".csv":
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "path" not in reader.fieldnames:
+                raise AnnotationError(f"{path}: CSV header must name a 'path' column (and optionally 'label'), "
+                                      f"got {reader.fieldnames}")
+            rows = [(reader.line_num, (r.get("path") or "").strip(), (r.get("label") or "").strip()) for r in reader]
+    else:
+        rows = []
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            parts = line.rsplit(maxsplit=1)
+            rows.append((lineno, *parts) if len(parts) == 2 and parts[1].lstrip("-").isdigit() else
+                        (lineno, line.strip(), ""))
+    for lineno, rel, label in rows:
+        if not rel:
+            raise AnnotationError(f"{path}:{lineno}: empty path")
+        try:
+            lab = int(label) if label else None
+        except ValueError:
+            raise AnnotationError(f"{path}:{lineno}: label {label!r} is not an integer") from None
+        items.append(Item(path.parent / rel, None if lab is None or lab < 0 else lab))
+    if not items:
+        raise AnnotationError(f"{path}: manifest lists no videos")
+    return items
+
+
+def collect_inputs(inputs: Iterable[str | Path]) -> list[Item]:
+    """Expand files, folders and manifests into the videos to classify (in a stable order)."""
+    items: list[Item] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+            if not found:
+                raise InputError(f"{p}: folder holds no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
+            items += [Item(f) for f in found]
+        elif p.suffix.lower() in MANIFEST_EXTENSIONS:
+            if not p.is_file():
+                raise InputError(f"manifest not found: {p}")
+            items += _manifest(p)
+        elif p.exists():
+            items.append(Item(p))
+        else:
+            raise InputError(f"input not found: {p}")
+    if not items:
+        raise InputError("no videos to classify")
+    return items
+
+
+def classify_items(model: OnnxModel, items: list[Item], *, topk: int = 5, batch_size: int = 8, workers: int = 2,
+                   strict: bool = False, progress: bool = False) -> Iterator[dict]:
+    """One record per item, in input order: ``{"video", "predictions", ["label"]}`` or
+    ``{"video", "error"}``. Decoding runs ``workers`` videos ahead in threads; the model runs
+    ``batch_size`` videos per call."""
+    from tqdm import tqdm
+
+    from jedi_deploy import video
+
+    if batch_size < 1 or workers < 1:
+        raise InputError(f"batch size and workers must be >= 1, got {batch_size} and {workers}")
+    video.DECODE_THREADS = 1  # parallelism comes from decoding several videos at once
+
+    def prepare(item: Item):
+        try:
+            return model.prepare(item.path)
+        except VideoDecodeError as e:
+            if strict:
+                raise
+            return e
+
+    bar = tqdm(total=len(items), unit="video", disable=not progress, desc="classifying")
+    failed = 0
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        window = max(2 * batch_size, workers)
+        futures = [pool.submit(prepare, it) for it in items[:window]]
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            decoded = [f.result() for f in futures[:len(chunk)]]
+            futures = futures[len(chunk):]
+            nxt = start + window
+            futures += [pool.submit(prepare, it) for it in items[nxt:nxt + len(chunk)]]
+            good = [x for x in decoded if not isinstance(x, Exception)]
+            probs = iter(model.run_many(good)) if good else iter(())
+            for item, x in zip(chunk, decoded):
+                rec: dict = {"video": str(item.path)}
+                if item.label is not None:
+                    rec["label"] = item.label
+                if isinstance(x, Exception):
+                    rec["error"] = str(x)
+                    failed += 1
+                else:
+                    p = next(probs)
+                    rec["predictions"] = [q.__dict__ for q in model.top(p, topk)]
+                    if item.label is not None:
+                        rec["rank"] = int((p > p[item.label]).sum()) + 1
+                yield rec
+            bar.update(len(chunk))
+            bar.set_postfix(failed=failed)
+    bar.close()
+
+
+def summarize(records: list[dict]) -> dict:
+    """Counts, and acc@1/acc@5 over the videos that have a label and were read."""
+    ranked = [r["rank"] for r in records if "rank" in r]
+    out = {"videos": len(records), "failed": sum("error" in r for r in records)}
+    if ranked:
+        ranks = np.asarray(ranked)
+        out.update(labeled=len(ranked), acc1=float((ranks <= 1).mean()), acc5=float((ranks <= 5).mean()))
+    return out
+
+
+def format_records(records: list[dict], fmt: str = "text") -> str:
+    if fmt == "jsonl":
+        return "".join(json.dumps(r) + "\n" for r in records)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["video", "label", "top1", "top1_score", "topk_labels", "topk_scores", "error"])
+        for r in records:
+            preds = r.get("predictions", [])
+            w.writerow([r["video"], r.get("label", ""), preds[0]["label"] if preds else "",
+                        f"{preds[0]['score']:.6f}" if preds else "", ";".join(p["label"] for p in preds),
+                        ";".join(f"{p['score']:.6f}" for p in preds), r.get("error", "")])
+        return buf.getvalue()
+    if fmt != "text":
+        raise InputError(f"output format must be one of {FORMATS}, got {fmt!r}")
+    lines = []
+    for r in records:
+        lines.append(r["video"])
+        if "error" in r:
+            lines.append(f"  error: {r['error']}")
+        lines += [f"  {i + 1}. {p['label']:<24} {p['score']:.4f}" for i, p in enumerate(r.get("predictions", []))]
+    return "\n".join(lines) + "\n"
+
+
+def output_format(out: Path | None, fmt: str | None) -> str:
+    if fmt:
+        if fmt not in FORMATS:
+            raise InputError(f"output format must be one of {FORMATS}, got {fmt!r}")
+        return fmt
+    if out is None:
+        return "text"
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix in ("jsonl", "json", "ndjson"):
+        return "jsonl"
+    if suffix == "csv":
+        return "csv"
+    raise InputError(f"{out}: cannot tell the output format from the suffix; use .jsonl or .csv, or --format")
+
+
+def run_infer(model_path: str | Path, inputs: list[str | Path], *, out: Path | None = None, fmt: str | None = None,
+              topk: int = 5, batch_size: int = 8, workers: int = 2, strict: bool = False,
+              providers: str | None = None, threads: int | None = None, progress: bool = False) -> tuple[str, dict]:
+    """Classify every input; write the records to ``out`` (atomically) or return them as text.
+    Returns ``(text for stdout, summary)``."""
+    from jedi_deploy.meta import atomic_path, require_writable_dir
+
+    fmt = output_format(out, fmt)
+    if out is not None:
+        require_writable_dir(Path(out).parent)
+    items = collect_inputs(inputs)
+    model = OnnxModel(model_path, providers=providers, threads=threads)
+    records = list(classify_items(model, items, topk=topk, batch_size=batch_size, workers=workers, strict=strict,
+                                  progress=progress))
+    text = format_records(records, fmt)
+    if out is None:
+        return text, summarize(records)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(text)
+    return "", summarize(records)
 
 
 def infer(model_path: str | Path, videos: list[str | Path], topk: int = 5,
           threads: int | None = None) -> dict[str, list[Prediction]]:
+    """``{video: [Prediction, ...]}`` for a few video files (raises on an unreadable one)."""
     model = OnnxModel(model_path, threads=threads)
     return {str(v): model.classify(v, topk) for v in videos}
 
 
-def format_predictions(results: dict[str, list[Prediction]], as_json: bool = False) -> str:
-    if as_json:
-        return "\n".join(json.dumps({"video": v, "predictions": [p.__dict__ for p in preds]})
-                         for v, preds in results.items())
-    lines = []
-    for v, preds in results.items():
-        lines.append(v)
-        lines += [f"  {i + 1}. {p.label:<24} {p.score:.4f}" for i, p in enumerate(preds)]
-    return "\n".join(lines)
+def format_summary(summary: dict) -> str:
+    text = f"{summary['videos']} video(s)"
+    if summary["failed"]:
+        text += f", {summary['failed']} unreadable (see their 'error' records)"
+    if "acc1" in summary:
+        text += f"; {summary['labeled']} labeled: acc@1 {summary['acc1']:.4f}, acc@5 {summary['acc5']:.4f}"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m serve.infer", description=__doc__.splitlines()[0])
     ap.add_argument("model", help="ONNX file written by `jedi export`")
-    ap.add_argument("videos", nargs="+", help="video files to classify")
-    ap.add_argument("--topk", type=int, default=5, help="labels to print per video (default 5)")
-    ap.add_argument("--json", action="store_true", help="one JSON object per line")
+    ap.add_argument("inputs", nargs="+", help="video files, folders, or .txt/.csv manifests")
+    ap.add_argument("--out", type=Path, help="write records to this .jsonl or .csv file (default: stdout)")
+    ap.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else text)")
+    ap.add_argument("--json", action="store_true", help="shorthand for --format jsonl")
+    ap.add_argument("--topk", type=int, default=5, help="labels per video (default 5)")
+    ap.add_argument("--batch-size", type=int, default=8, help="videos per model call (default 8)")
+    ap.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    ap.add_argument("--strict", action="store_true", help="stop at the first unreadable video")
+    ap.add_argument("--providers", help="ONNX Runtime providers, e.g. cpu, cuda, tensorrt (default: best available)")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     args = ap.parse_args(argv)
     try:
-        print(format_predictions(infer(args.model, args.videos, args.topk, args.threads), args.json))
+        text, summary = run_infer(args.model, args.inputs, out=args.out, fmt="jsonl" if args.json else args.format,
+                                  topk=args.topk, batch_size=args.batch_size, workers=args.workers,
+                                  strict=args.strict, providers=args.providers, threads=args.threads,
+                                  progress=sys.stderr.isatty())
     except JediError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    sys.stdout.write(text)
+    print(format_summary(summary), file=sys.stderr)
     return 0
 
 

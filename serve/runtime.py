@@ -13,7 +13,33 @@ from jedi_deploy.errors import InputError
 from jedi_deploy.meta import METADATA_KEY, require_file
 from jedi_deploy.video import Preprocess, crop_views, decode_frames, normalize_views
 
-PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+#: Execution providers in order of preference (the first available one runs the model;
+#: ONNX Runtime falls back along the list for ops a provider cannot run).
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+PROVIDER_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+                    "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+def select_providers(requested: str | list[str] | None = None) -> list[str]:
+    """Providers for a session: by default every available one of TensorRT EP > CUDA EP > CPU;
+    ``requested`` ("cpu", "cuda", "tensorrt", a full provider name, or a list / comma-separated
+    string of them) overrides, and must be available. CPU is always appended as the fallback."""
+    ort = require("onnxruntime")
+    available = ort.get_available_providers()
+    if not requested:
+        return [p for p in PREFERRED_PROVIDERS if p in available]
+    names = requested.split(",") if isinstance(requested, str) else list(requested)
+    chosen = []
+    for name in (n.strip() for n in names if n.strip()):
+        full = PROVIDER_ALIASES.get(name.lower(), name)
+        if full not in available:
+            short = [k for k, v in PROVIDER_ALIASES.items() if v in available and k != "trt"]
+            raise InputError(f"ONNX Runtime provider {name!r} is not available here; available: "
+                             f"{', '.join(short)} ({', '.join(available)})")
+        chosen.append(full)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
 
 
 def session_options(threads: int | None = None):
@@ -44,12 +70,10 @@ def softmax(x: np.ndarray) -> np.ndarray:
 class OnnxModel:
     """``OnnxModel(path).classify(video)`` -> top-k :class:`Prediction` list."""
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, path: str | Path, providers: str | list[str] | None = None, threads: int | None = None):
         ort = require("onnxruntime")
         self.path = require_file(path, "ONNX model")
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = [p for p in PREFERRED_PROVIDERS if p in available]
+        providers = select_providers(providers)
         try:
             self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
@@ -100,17 +124,28 @@ class OnnxModel:
             x = np.concatenate([x] * (-(-self.graph_views // len(x))))[:self.graph_views][None]
         return x
 
-    def video_probs(self, video: str | Path) -> np.ndarray:
-        """Class probabilities of one video: every test view (clips x crops) in one batch,
-        averaged as the model's preprocessing says (mean score, or mean probability)."""
-        logits = self.run(self.prepare(video))
+    def probs(self, logits: np.ndarray) -> np.ndarray:
+        """Class probabilities of ONE video from the logits of its :meth:`prepare` rows, averaged
+        over its views as the model's preprocessing says (mean score, or mean probability)."""
         if self.graph_views > 1:
             return softmax(logits[0])
         if self.preprocess.average == "prob":
             return softmax(logits).mean(axis=0)
         return softmax(logits.mean(axis=0))
 
-    def classify(self, video: str | Path, topk: int = 5) -> list[Prediction]:
-        probs = self.video_probs(video)
-        order = np.argsort(-probs)[:max(1, topk)]
+    def run_many(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Class probabilities of several prepared videos, run as ONE batch."""
+        logits = self.run(np.concatenate(inputs) if len(inputs) > 1 else inputs[0])
+        bounds = np.cumsum([len(x) for x in inputs])[:-1]
+        return [self.probs(part) for part in np.split(logits, bounds)]
+
+    def video_probs(self, video: str | Path) -> np.ndarray:
+        """Class probabilities of one video: every test view (clips x crops) in one batch."""
+        return self.probs(self.run(self.prepare(video)))
+
+    def top(self, probs: np.ndarray, topk: int = 5) -> list[Prediction]:
+        order = np.argsort(-probs, kind="stable")[:max(1, topk)]
         return [Prediction(self.categories[i], int(i), float(probs[i])) for i in order]
+
+    def classify(self, video: str | Path, topk: int = 5) -> list[Prediction]:
+        return self.top(self.video_probs(video), topk)

@@ -60,8 +60,9 @@ def cli():
       analyze   -> cka: OUT/cka.{md,png}                          (representation similarity)
       eval      -> Table-2 accuracies (markdown / JSON)
       export    -> OUT/<name>.student.onnx, OUT/<name>.expert.onnx (+ .validation.json)
-      infer     -> top-k labels of videos (ONNX Runtime, no torch)
-      bench     -> student vs initial-expert latency
+      infer     -> top-k labels of videos, folders, manifests -> JSONL/CSV (ONNX Runtime, no torch)
+      serve     -> HTTP service with micro-batching and Prometheus metrics (no torch)
+      bench     -> student vs initial-expert latency on every available runtime
       demo      -> all of the above on the built-in synthetic benchmark
     """
 
@@ -371,14 +372,67 @@ def export(bundle, out, students, expert_paths, no_experts, teachers, clip, uint
 
 @cli.command()
 @click.argument("model", type=EXISTING)
-@click.argument("videos", type=EXISTING, nargs=-1, required=True)
-@click.option("--topk", default=5, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per video.")
-def infer(model, videos, topk, as_json):
-    """Classify VIDEOS with an exported MODEL (ONNX Runtime; same as `python -m serve.infer`)."""
-    from serve.infer import format_predictions, infer as run_infer
+@click.argument("inputs", type=EXISTING, nargs=-1, required=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Write one record per video to this .jsonl or .csv "
+              "file (written when all are done; default: print to stdout).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "text"]),
+              help="Output format (default: from --out's suffix, else text).")
+@click.option("--json", "as_json", is_flag=True, help="Shorthand for --format jsonl.")
+@click.option("--topk", default=5, show_default=True, help="Labels per video.")
+@click.option("--batch-size", default=8, show_default=True, help="Videos per model call.")
+@click.option("--workers", default=2, show_default=True, help="Decoding threads.")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable video (default: record an error, go on).")
+@click.option("--providers", help="ONNX Runtime providers: cpu, cuda, tensorrt or a comma list "
+              "(default: the best available, TensorRT > CUDA > CPU).")
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core).")
+def infer(model, inputs, out, fmt, as_json, topk, batch_size, workers, strict, providers, threads):
+    """Classify videos with an exported MODEL (ONNX Runtime, no torch).
 
-    click.echo(format_predictions(run_infer(model, list(videos), topk), as_json))
+    INPUTS are video files, folders (searched recursively) or manifests: an MMAction2 .txt list
+    (`path [label]` per line) or a .csv with a `path` (and optional `label`) column. With labels,
+    acc@1/acc@5 are reported. Same as `python -m serve.infer`.
+    """
+    from serve.infer import format_summary, run_infer
+
+    text, summary = run_infer(model, list(inputs), out=out, fmt="jsonl" if as_json else fmt, topk=topk,
+                              batch_size=batch_size, workers=workers, strict=strict, providers=providers,
+                              threads=threads, progress=_progress())
+    if text:
+        click.echo(text, nl=False)
+    click.echo(format_summary(summary) + (f" -> {out}" if out else ""), err=True)
+
+
+@cli.command()
+@click.argument("models", type=EXISTING, nargs=-1, required=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on; 0.0.0.0 exposes the service to the network (no authentication).")
+@click.option("--port", default=8000, show_default=True, help="TCP port (0: any free port, printed at start).")
+@click.option("--max-batch-size", default=8, show_default=True, help="Videos per model call (1: no batching).")
+@click.option("--max-delay-ms", default=5.0, show_default=True,
+              help="Longest wait for a batch to fill, only while more uploads are being decoded.")
+@click.option("--max-upload-mb", default=64.0, show_default=True, help="Larger uploads get 413.")
+@click.option("--decode-workers", default=2, show_default=True, help="Threads decoding uploads.")
+@click.option("--providers", help="ONNX Runtime providers: cpu, cuda, tensorrt or a comma list (default: best).")
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads per model (default: one per core).")
+@click.option("--topk", default=5, show_default=True, help="Labels per answer unless the request says.")
+def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decode_workers, providers, threads, topk):
+    """Serve exported MODELS over HTTP (FastAPI + uvicorn, no torch).
+
+    \b
+    POST /v1/predict   video upload: multipart field `video` (curl -F video=@clip.mp4 URL/v1/predict)
+                       or the raw file as the body; optional `model` and `topk` (query or form)
+    GET  /v1/models    metadata of the served models
+    GET  /healthz      liveness
+    GET  /metrics      Prometheus text (requests, latency, batch sizes, errors, queue depth)
+
+    Dynamic micro-batching across concurrent requests; SIGINT/SIGTERM finish the requests in
+    flight, then stop. Same as `python -m serve.server`.
+    """
+    from serve.server import ServeConfig, serve as run_server
+
+    run_server(ServeConfig(models=list(models), host=host, port=port, max_batch_size=max_batch_size,
+                           max_delay_ms=max_delay_ms, max_upload_mb=max_upload_mb, decode_workers=decode_workers,
+                           providers=providers, threads=threads, topk=topk), echo=click.echo)
 
 
 @cli.command()

@@ -68,7 +68,7 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
 
     from export.students import export_bundle
     from serve.bench import bench_dir, format_bench
-    from serve.infer import format_predictions, infer
+    from serve.infer import run_infer
     from train.cache import build_cache, load_cache
     from train.evaluate import evaluate, format_table
     from train.jedi import train_to_dir
@@ -131,9 +131,9 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     t = stage(7, "classifying a test video with serve (ONNX Runtime, no torch)")
     first = datasets[0]
     video = first.samples("test")[0]
-    preds = infer(out / "onnx" / f"{first.name}.student.onnx", [video.path], topk=3)
+    preds, _ = run_infer(out / "onnx" / f"{first.name}.student.onnx", [video.path], topk=3)
     infer_text = (f"$ python -m serve.infer {first.name}.student.onnx {video.path.relative_to(out)}\n"
-                  + format_predictions(preds).replace(str(out) + "/", "")
+                  + preds.rstrip("\n").replace(str(out) + "/", "")
                   + f"\n(true label: {first.categories[video.label]})")
     timings["infer"] = time.perf_counter() - t
 

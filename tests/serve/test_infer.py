@@ -1,3 +1,4 @@
+import csv
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import torch
 
 from jedi_deploy.errors import InputError
 from jedi_deploy.video import load_clip
-from serve.infer import format_predictions, infer
+from serve.infer import collect_inputs, format_records, infer, run_infer
 from serve.runtime import OnnxModel, softmax
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +42,7 @@ def test_script_entry_point(onnx_dir, test_video):
     assert rec["video"] == str(test_video) and len(rec["predictions"]) == 2
     bad = subprocess.run([sys.executable, "-m", "serve.infer", str(onnx_dir / "ucf-mini.student.onnx"),
                           str(ROOT / "missing.mp4")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and bad.stderr.startswith("error: video not found") and "Traceback" not in bad.stderr
+    assert bad.returncode == 1 and bad.stderr.startswith("error: input not found") and "Traceback" not in bad.stderr
 
 
 def test_non_jedi_and_garbage_models(tmp_path):
@@ -61,10 +62,93 @@ def test_non_jedi_and_garbage_models(tmp_path):
 
 
 def test_text_format():
-    from serve.runtime import Prediction
+    recs = [{"video": "v.mp4", "predictions": [{"label": "run", "index": 0, "score": 0.75},
+                                               {"label": "walk", "index": 1, "score": 0.25}]},
+            {"video": "bad.mp4", "error": "bad.mp4: cannot decode video"}]
+    assert format_records(recs).splitlines() == ["v.mp4", "  1. run                      0.7500",
+                                                 "  2. walk                     0.2500", "bad.mp4",
+                                                 "  error: bad.mp4: cannot decode video"]
 
-    text = format_predictions({"v.mp4": [Prediction("run", 0, 0.75), Prediction("walk", 1, 0.25)]})
-    assert text.splitlines() == ["v.mp4", "  1. run                      0.7500", "  2. walk                     0.2500"]
+
+def _some_videos(datasets, n=5):
+    d = datasets[0]
+    return d, d.samples("test")[:n]
+
+
+def test_folders_and_manifests_expand_in_order(datasets, tmp_path):
+    d, samples = _some_videos(datasets)
+    (tmp_path / "list.txt").write_text("# comment\n" + "".join(f"{s.path} {s.label}\n" for s in samples[:2])
+                                       + f"{samples[2].path}\n")
+    (tmp_path / "m.csv").write_text("path,label\n" + f"{samples[3].path},{samples[3].label}\n{samples[4].path},\n")
+    items = collect_inputs([tmp_path / "list.txt", tmp_path / "m.csv", samples[0].path])
+    assert [i.path for i in items] == [s.path for s in samples] + [samples[0].path]
+    assert [i.label for i in items] == [samples[0].label, samples[1].label, None, samples[3].label, None, None]
+    folder = collect_inputs([samples[0].path.parent])
+    assert [i.path for i in folder] == sorted(samples[0].path.parent.glob("*.mp4"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no video files"):
+        collect_inputs([tmp_path / "empty"])
+    (tmp_path / "bad.csv").write_text("file,label\nx.mp4,1\n")
+    with pytest.raises(Exception, match="bad.csv: CSV header must name a 'path' column"):
+        collect_inputs([tmp_path / "bad.csv"])
+    (tmp_path / "bad.txt").write_text("a.mp4 1\nb.mp4 one two\n")
+    assert [i.label for i in collect_inputs([tmp_path / "bad.txt"])] == [1, None]  # "one two" is part of a path
+    with pytest.raises(InputError, match="input not found"):
+        collect_inputs([tmp_path / "nope.mp4"])
+
+
+def test_batched_inference_equals_one_video_at_a_time(onnx_dir, datasets, tmp_path):
+    d, samples = _some_videos(datasets, 7)
+    model = onnx_dir / f"{d.name}.student.onnx"
+    (tmp_path / "list.txt").write_text("".join(f"{s.path} {s.label}\n" for s in samples))
+    text, summary = run_infer(model, [tmp_path / "list.txt"], fmt="jsonl", topk=3, batch_size=3, workers=2)
+    recs = [json.loads(line) for line in text.splitlines()]
+    one = OnnxModel(model)
+    for rec, s in zip(recs, samples):
+        want = one.classify(s.path, 3)
+        assert [p["label"] for p in rec["predictions"]] == [p.label for p in want]
+        np.testing.assert_allclose([p["score"] for p in rec["predictions"]], [p.score for p in want], atol=1e-6)
+        assert rec["label"] == s.label
+    probs = [one.video_probs(s.path) for s in samples]
+    acc1 = np.mean([np.argmax(p) == s.label for p, s in zip(probs, samples)])
+    assert summary == {"videos": 7, "failed": 0, "labeled": 7, "acc1": pytest.approx(acc1),
+                       "acc5": pytest.approx(np.mean([(p > p[s.label]).sum() < 5 for p, s in zip(probs, samples)]))}
+
+
+def test_unreadable_videos_are_recorded_or_stop_a_strict_run(onnx_dir, datasets, tmp_path):
+    d, samples = _some_videos(datasets, 2)
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\0" * 100)
+    model = onnx_dir / f"{d.name}.student.onnx"
+    out = tmp_path / "preds.csv"
+    _, summary = run_infer(model, [samples[0].path, bad, samples[1].path], out=out)
+    rows = list(csv.DictReader(out.open()))
+    assert [r["video"] for r in rows] == [str(samples[0].path), str(bad), str(samples[1].path)]
+    assert rows[1]["error"].startswith(f"{bad}: cannot decode video") and not rows[1]["top1"]
+    assert rows[0]["top1"] and not rows[0]["error"] and summary["failed"] == 1
+    before = out.read_bytes()
+    with pytest.raises(InputError, match="broken.mp4"):
+        run_infer(model, [samples[0].path, bad], out=out, strict=True)
+    assert out.read_bytes() == before  # a failed run leaves the earlier output as it was
+    with pytest.raises(InputError, match="cannot tell the output format"):
+        run_infer(model, [samples[0].path], out=tmp_path / "preds.parquet")
+
+
+def test_cli_infer_writes_jsonl(onnx_dir, datasets, tmp_path):
+    from click.testing import CliRunner
+
+    from jedi_deploy.app.cli import cli
+
+    d, samples = _some_videos(datasets, 3)
+    out = tmp_path / "p.jsonl"
+    res = CliRunner().invoke(cli, ["infer", str(onnx_dir / f"{d.name}.student.onnx"), str(samples[0].path.parent),
+                                   "--out", str(out), "--topk", "2", "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(recs) == len(list(samples[0].path.parent.glob("*.mp4"))) and all(len(r["predictions"]) == 2 for r in recs)
+    res = CliRunner().invoke(cli, ["infer", str(onnx_dir / f"{d.name}.student.onnx"), str(samples[0].path),
+                                   "--providers", "tensorrt"])
+    assert res.exit_code == 1 and "provider 'tensorrt' is not available" in res.output
 
 
 @pytest.mark.parametrize("average", ["score", "prob"])
