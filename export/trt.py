@@ -31,10 +31,11 @@ def require_tensorrt():
         trt = require("tensorrt")
     except MissingDependencyError:
         raise MissingDependencyError(
-            "--trt needs TensorRT and an NVIDIA GPU: tensorrt is not installed (pip install tensorrt, "
+            "TensorRT engines (jedi export --trt, jedi bench --runtimes tensorrt) need TensorRT and an NVIDIA GPU: "
+            "tensorrt is not installed (pip install tensorrt, "
             "from NVIDIA's package index)" + ("" if has_gpu else "; no CUDA GPU is visible either")) from None
     if not has_gpu:
-        raise MissingDependencyError("--trt needs an NVIDIA GPU: TensorRT is installed but no CUDA device is visible")
+        raise MissingDependencyError("TensorRT engines need an NVIDIA GPU: TensorRT is installed but no CUDA device is visible")
     return trt
 
 
@@ -85,32 +86,63 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, *, fp16: bool = F
             "tensorrt": trt.__version__}
 
 
+class TrtEngine:  # pragma: no cover - needs TensorRT and a GPU
+    """A deserialized plan with its execution context, run on host arrays (CUDA buffers via torch)."""
+
+    def __init__(self, plan_path: str | Path):
+        import torch
+
+        trt = require_tensorrt()
+        self.torch, self.trt, self.path = torch, trt, Path(plan_path)
+        if not self.path.is_file():
+            raise InputError(f"TensorRT engine not found: {self.path} (build it with `jedi export --trt`)")
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise InputError(f"{self.path}: TensorRT cannot deserialize this engine (built by another TensorRT "
+                             "version or for another GPU?)")
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch, trt = self.torch, self.trt
+        buffers = {}
+        for name, arr in inputs.items():
+            buffers[name] = torch.from_numpy(np.ascontiguousarray(arr)).cuda()
+            self.context.set_input_shape(name, tuple(arr.shape))
+        outputs = {}
+        for name in self.outputs:
+            dtype = torch.float16 if self.engine.get_tensor_dtype(name) == trt.DataType.HALF else torch.float32
+            outputs[name] = buffers[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype,
+                                                        device="cuda")
+        for name, t in buffers.items():
+            self.context.set_tensor_address(name, t.data_ptr())
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise ExportValidationError(f"{self.path}: TensorRT execution failed")
+        self.stream.synchronize()
+        return {k: v.float().cpu().numpy() for k, v in outputs.items()}
+
+
 def run_engine(plan_path: str | Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover
     """Run a plan once on host arrays; returns the outputs as host arrays."""
-    import torch
+    return TrtEngine(plan_path).run(inputs)
+
+
+def trt_runtime():  # pragma: no cover - needs TensorRT and a GPU
+    """``jedi bench``'s ``tensorrt`` runtime: the ``<model>.plan`` beside each ONNX file."""
+    from serve.bench import Runtime
+    from serve.runtime import OnnxModel
 
     trt = require_tensorrt()
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
-    context = engine.create_execution_context()
-    buffers = {}
-    for name, arr in inputs.items():
-        buffers[name] = torch.from_numpy(np.ascontiguousarray(arr)).cuda()
-        context.set_input_shape(name, tuple(arr.shape))
-    outputs = {}
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-            dtype = torch.float16 if engine.get_tensor_dtype(name) == trt.DataType.HALF else torch.float32
-            outputs[name] = buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype,
-                                                        device="cuda")
-    for name, t in buffers.items():
-        context.set_tensor_address(name, t.data_ptr())
-    stream = torch.cuda.Stream()
-    if not context.execute_async_v3(stream.cuda_stream):
-        raise ExportValidationError(f"{plan_path}: TensorRT execution failed")
-    stream.synchronize()
-    return {k: v.float().cpu().numpy() for k, v in outputs.items()}
+
+    def load(onnx_path: Path):
+        input_name = OnnxModel(onnx_path).input_name
+        engine = TrtEngine(Path(onnx_path).with_suffix(".plan"))
+        return lambda x: engine.run({input_name: x})
+
+    return Runtime("tensorrt", load, {"tensorrt": trt.__version__})
 
 
 def check_engine_parity(plan_path: str | Path, onnx_path: str | Path, *, input_name: str, output_name: str,

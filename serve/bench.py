@@ -1,21 +1,65 @@
-"""Latency of each exported student against its initial expert, on the same runtime.
+"""Latency of each exported student against its initial expert, on every runtime at hand.
 
-Both models get the same input; after a warm-up, runs are interleaved (the order rotates
-every run) so drift hits all alike; median and p90 latency per model and the student/expert
-ratio of medians are reported, next to an A/A control (the expert against a second session
-of itself) that shows the noise floor. ONNX Runtime threads do not spin between runs.
+For each ``<name>.student.onnx`` / ``<name>.expert.onnx`` pair, each runtime (ONNX Runtime
+CPU / CUDA / TensorRT EP; torch eager and TensorRT engines when the caller supplies them) and
+each batch size, the student, the expert and a second, independent copy of the expert are
+timed on the same input in one block: one untimed call each, a warm-up, then ``runs`` rounds
+in which all three run once, the order rotating every round so drift hits all alike. Per
+model: median / p90 / p99 / min / max latency and throughput; per pair: the student/expert
+ratio of medians and the **A/A ratio** (expert copy / expert) - the noise floor of the ratio.
+ONNX Runtime threads do not spin between runs (``session.intra_op.allow_spinning=0``) and the
+thread settings are reported: on small machines leftover spinning threads of one model steal
+the cores from the next and fake differences between identical models.
+
+This module is torch-free; torch runtimes are passed in as factories (``export.eager``).
 """
 from __future__ import annotations
 
+import os
 import platform
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from jedi_deploy.errors import InputError
 
-from .runtime import OnnxModel
+from .runtime import PROVIDER_ALIASES, OnnxModel
+
+ROLES = ("student", "expert", "expert_copy")
+ORT_RUNTIMES = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
+                "ort-tensorrt": "TensorrtExecutionProvider"}
+
+
+@dataclass
+class Runtime:
+    """A way to run a model: ``load(onnx_path)`` returns ``run(x: np.ndarray)`` (blocking until
+    the result is on the host). ``info`` is reported (versions, device, threads)."""
+
+    name: str
+    load: Callable[[Path], Callable[[np.ndarray], object]]
+    info: dict = field(default_factory=dict)
+
+
+def ort_runtimes(threads: int | None = 1, wanted: list[str] | None = None) -> list[Runtime]:
+    """ONNX Runtime with each available execution provider (alone, CPU as fallback)."""
+    from jedi_deploy.deps import require
+
+    ort = require("onnxruntime")
+    available = ort.get_available_providers()
+    out = []
+    for name, provider in ORT_RUNTIMES.items():
+        if (wanted is None and provider in available) or (wanted is not None and name in wanted):
+            if provider not in available:
+                raise InputError(f"runtime {name!r} needs ONNX Runtime's {provider}, which this install lacks "
+                                 f"(available: {', '.join(available)})")
+            short = next(k for k, v in PROVIDER_ALIASES.items() if v == provider)
+            out.append(Runtime(name, lambda p, s=short: OnnxModel(p, providers=s, threads=threads).run,
+                               {"onnxruntime": ort.__version__, "provider": provider, "intra_op_threads": threads,
+                                "allow_spinning": 0}))
+    return out
 
 
 def discover_pairs(model_dir: str | Path) -> list[tuple[str, Path, Path]]:
@@ -35,64 +79,167 @@ def discover_pairs(model_dir: str | Path) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
-def _stats(times: list[float]) -> dict:
-    ms = np.asarray(times) * 1e3
-    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
-            "min_ms": float(ms.min()), "max_ms": float(ms.max())}
-
-
-def bench_pair(student: str | Path, expert: str | Path, *, batch_size: int = 1, warmup: int = 10,
-               runs: int = 100, threads: int = 1, seed: int = 0) -> dict:
-    """Time student and expert, plus a second session of the expert (the A/A control: its
-    ratio to the expert is the noise floor of the student/expert ratio)."""
-    models = {"student": OnnxModel(student, threads=threads), "expert": OnnxModel(expert, threads=threads),
-              "expert_copy": OnnxModel(expert, threads=threads)}
-    s_meta, e_meta = models["student"].meta, models["expert"].meta
-    if models["student"].preprocess != models["expert"].preprocess:
+def check_pair(student: Path, expert: Path) -> OnnxModel:
+    """Refuse a student/expert pair that does not belong together; returns the student."""
+    s, e = OnnxModel(student), OnnxModel(expert)
+    if s.preprocess != e.preprocess:
         raise InputError(f"{student} and {expert} take different inputs "
-                         f"({s_meta['preprocess']} vs {e_meta['preprocess']}); not a student/expert pair")
-    if s_meta.get("expert_sha256") != e_meta.get("expert_sha256"):
-        raise InputError(f"{student} was not built from the expert checkpoint of {expert}; "
-                         "not a student/expert pair")
-    if models["student"].input_signature() != models["expert"].input_signature():
+                         f"({s.meta['preprocess']} vs {e.meta['preprocess']}); not a student/expert pair")
+    if s.meta.get("expert_sha256") != e.meta.get("expert_sha256"):
+        raise InputError(f"{student} was not built from the expert checkpoint of {expert}; not a student/expert pair")
+    if s.input_signature() != e.input_signature():
         raise InputError(f"{student} and {expert} were exported with different input options "
                          "(uint8 input / views); export both the same way")
-    x = models["student"].sample_input(batch_size, seed)
+    return s
+
+
+def stats(times: list[float], batch: int) -> dict:
+    ms = np.asarray(times) * 1e3
+    med = float(np.median(ms))
+    return {"median_ms": med, "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
+            "min_ms": float(ms.min()), "max_ms": float(ms.max()), "spread": float((ms.max() - ms.min()) / med),
+            "throughput_per_s": batch / med * 1e3}
+
+
+def time_block(runners: dict[str, Callable], x: np.ndarray, *, warmup: int, runs: int) -> dict[str, list[float]]:
+    """One untimed call each, ``warmup`` more, then ``runs`` interleaved rounds (order rotating)."""
+    for run in runners.values():
+        run(x)
     for _ in range(warmup):
-        for m in models.values():
-            m.run(x)
-    times = {k: [] for k in models}
-    order = list(models.items())
+        for run in runners.values():
+            run(x)
+    times = {k: [] for k in runners}
+    order = list(runners.items())
     for r in range(runs):
         k = r % len(order)
-        for key, m in order[k:] + order[:k]:  # rotate who goes first
+        for key, run in order[k:] + order[:k]:
             t0 = time.perf_counter()
-            m.run(x)
+            run(x)
             times[key].append(time.perf_counter() - t0)
-    st = {k: _stats(v) for k, v in times.items()}
-    return {"name": models["student"].name, "batch_size": batch_size, "runs": runs, "warmup": warmup,
-            "threads": threads, "providers": models["student"].session.get_providers()[:1],
-            "student": st["student"], "expert": st["expert"], "expert_copy": st["expert_copy"],
-            "ratio": st["student"]["median_ms"] / st["expert"]["median_ms"],
-            "aa_ratio": st["expert_copy"]["median_ms"] / st["expert"]["median_ms"]}
+    return times
 
 
-def bench_dir(model_dir: str | Path, **kw) -> dict:
-    from jedi_deploy.deps import require
+def bench_models(pairs: list[tuple[str, Path, Path]], runtimes: list[Runtime], *, batch_sizes=(1,), runs: int = 100,
+                 warmup: int = 10, seed: int = 0, progress: bool = False) -> dict:
+    """Every pair x runtime x batch size; see the module docstring."""
+    from tqdm import tqdm
 
-    onnxruntime = require("onnxruntime")
-    results = [bench_pair(s, e, **kw) for _, s, e in discover_pairs(model_dir)]
-    return {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-                        "providers": sorted({p for r in results for p in r["providers"]})},
-            "results": results}
+    if not runtimes:
+        raise InputError("no runtime to benchmark")
+    if runs < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
+        raise InputError(f"need runs >= 1, warmup >= 0 and batch sizes >= 1 (got {runs}, {warmup}, {batch_sizes})")
+    results = []
+    bar = tqdm(total=len(pairs) * len(runtimes) * len(batch_sizes), desc="benchmarking", disable=not progress)
+    for name, student, expert in pairs:
+        x_all = check_pair(student, expert).sample_input(max(batch_sizes), seed)
+        for rt in runtimes:
+            runners = {"student": rt.load(student), "expert": rt.load(expert), "expert_copy": rt.load(expert)}
+            for b in batch_sizes:
+                st = {k: stats(v, b) for k, v in time_block(runners, x_all[:b], warmup=warmup, runs=runs).items()}
+                results.append({"name": name, "runtime": rt.name, "batch_size": b, "runs": runs, "warmup": warmup,
+                                **st, "ratio": st["student"]["median_ms"] / st["expert"]["median_ms"],
+                                "aa_ratio": st["expert_copy"]["median_ms"] / st["expert"]["median_ms"]})
+                bar.update()
+            del runners
+    bar.close()
+    return {"machine": machine_info(runtimes), "results": results, "speedups": speedups(results)}
+
+
+def speedups(results: list[dict]) -> list[dict]:
+    """ONNX Runtime vs torch eager on the same device: torch median / ORT median per model."""
+    out = []
+    index = {(r["name"], r["runtime"], r["batch_size"]): r for r in results}
+    for (name, runtime, b), r in index.items():
+        if not runtime.startswith("ort-"):
+            continue
+        torch_rt = "torch-cuda" if runtime in ("ort-cuda", "ort-tensorrt") else "torch-cpu"
+        t = index.get((name, torch_rt, b))
+        if t:
+            out.append({"name": name, "runtime": runtime, "vs": torch_rt, "batch_size": b,
+                        **{f"{k}_speedup": t[k]["median_ms"] / r[k]["median_ms"] for k in ("student", "expert")}})
+    return out
+
+
+def machine_info(runtimes: list[Runtime]) -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),
+            "runtimes": {rt.name: rt.info for rt in runtimes}}
+
+
+def bench_pair(student: str | Path, expert: str | Path, *, batch_size: int = 1, warmup: int = 10, runs: int = 100,
+               threads: int = 1, seed: int = 0) -> dict:
+    """ONNX Runtime CPU timing of one pair (a row of :func:`bench_models`)."""
+    s = Path(student)
+    report = bench_models([(s.name.split(".")[0], s, Path(expert))], ort_runtimes(threads, ["ort-cpu"]),
+                          batch_sizes=(batch_size,), runs=runs, warmup=warmup, seed=seed)
+    return report["results"][0]
+
+
+def bench_dir(model_dir: str | Path, *, batch_size: int = 1, warmup: int = 10, runs: int = 100, threads: int = 1,
+              seed: int = 0) -> dict:
+    """ONNX Runtime CPU timing of every pair in ``model_dir`` at one batch size."""
+    return bench_models(discover_pairs(model_dir), ort_runtimes(threads, ["ort-cpu"]), batch_sizes=(batch_size,),
+                        runs=runs, warmup=warmup, seed=seed)
 
 
 def format_bench(report: dict) -> str:
-    lines = ["| Student | batch | expert median ms | expert p90 ms | student median ms | student p90 ms "
-             "| student/expert | A/A (expert/expert) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    """Markdown: one row per model x runtime x batch size, then the ORT vs torch speedups."""
+    lines = ["| model | runtime | batch | expert median ms | p90 | p99 | student median ms | p90 | p99 "
+             "| student/s | student/expert | A/A (expert/expert) | spread (max-min)/median |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
-        lines.append(f"| {r['name']} | {r['batch_size']} | {r['expert']['median_ms']:.3f} | "
-                     f"{r['expert']['p90_ms']:.3f} | {r['student']['median_ms']:.3f} | "
-                     f"{r['student']['p90_ms']:.3f} | {r['ratio']:.3f} | {r['aa_ratio']:.3f} |")
+        e, s = r["expert"], r["student"]
+        lines.append(f"| {r['name']} | {r['runtime']} | {r['batch_size']} | {e['median_ms']:.3f} | {e['p90_ms']:.3f} "
+                     f"| {e['p99_ms']:.3f} | {s['median_ms']:.3f} | {s['p90_ms']:.3f} | {s['p99_ms']:.3f} "
+                     f"| {s['throughput_per_s']:.1f} | {r['ratio']:.3f} | {r['aa_ratio']:.3f} "
+                     f"| {max(s['spread'], e['spread'], r['expert_copy']['spread']):.2f} |")
+    if report.get("speedups"):
+        lines += ["", "| model | ONNX Runtime | vs | batch | student speedup | expert speedup |",
+                  "|---|---|---|---:|---:|---:|"]
+        lines += [f"| {r['name']} | {r['runtime']} | {r['vs']} | {r['batch_size']} | {r['student_speedup']:.2f}x "
+                  f"| {r['expert_speedup']:.2f}x |" for r in report["speedups"]]
     return "\n".join(lines)
+
+
+def plot_bench(report: dict, path: str | Path) -> Path:
+    """Median latency (bars) with p90 (whiskers) of student / expert / expert copy, per model x runtime,
+    one panel per batch size."""
+    from jedi_deploy.plots import pyplot, save_figure
+
+    plt = pyplot()
+    sizes = sorted({r["batch_size"] for r in report["results"]})
+    per_panel = max(1, len(report["results"]) // len(sizes))
+    fig, axes = plt.subplots(1, len(sizes), figsize=(len(sizes) * max(5.0, 1.6 * per_panel + 2), 4.2), squeeze=False)
+    for ax, b in zip(axes[0], sizes):
+        rows = [r for r in report["results"] if r["batch_size"] == b]
+        x = np.arange(len(rows))
+        for i, (role, color) in enumerate(zip(ROLES, ("tab:blue", "tab:orange", "tab:gray"))):
+            med = [r[role]["median_ms"] for r in rows]
+            p90 = [r[role]["p90_ms"] - r[role]["median_ms"] for r in rows]
+            ax.bar(x + (i - 1) * 0.27, med, 0.27, yerr=[np.zeros(len(rows)), p90], label=role.replace("_", " "),
+                   color=color, capsize=2)
+        ax.set_xticks(x, [f"{r['name']}\n{r['runtime']}\n{r['ratio']:.3f} (A/A {r['aa_ratio']:.3f})" for r in rows],
+                      fontsize=7)
+        ax.set_ylabel("latency ms (median, whisker p90)")
+        ax.set_title(f"batch {b}")
+        ax.legend(fontsize=7)
+    fig.suptitle("student vs initial expert (label: student/expert ratio, A/A control)", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_bench(report: dict, out_dir: str | Path) -> list[Path]:
+    """``bench.json``, ``bench.md`` and ``bench.png`` in ``out_dir`` (each written atomically)."""
+    from jedi_deploy.meta import atomic_path, require_writable_dir, write_json
+
+    out = require_writable_dir(out_dir)
+    write_json(out / "bench.json", report)
+    m = report["machine"]
+    header = (f"# jedi bench\n\nmachine: {m['platform']}, {m['processor']}, {m['cpu_count']} CPUs; "
+              f"OMP_WAIT_POLICY={m['OMP_WAIT_POLICY']}\n\nruntimes: "
+              + "; ".join(f"{k} {v}" for k, v in m["runtimes"].items()) + "\n\n")
+    with atomic_path(out / "bench.md", ".md") as tmp:
+        tmp.write_text(header + format_bench(report) + "\n")
+    return [out / "bench.json", out / "bench.md", plot_bench(report, out / "bench.png")]

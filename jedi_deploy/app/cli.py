@@ -435,21 +435,74 @@ def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decod
                            providers=providers, threads=threads, topk=topk), echo=click.echo)
 
 
+RUNTIMES = ("ort-cpu", "ort-cuda", "ort-tensorrt", "torch-cpu", "torch-cuda", "tensorrt")
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"expected integers >= 1, got {text!r}", param_hint=option)
+    return values
+
+
 @cli.command()
 @click.argument("model_dir", type=EXISTING)
-@click.option("--batch-size", default=1, show_default=True)
-@click.option("--runs", default=200, show_default=True, help="Timed runs per model (interleaved).")
-@click.option("--warmup", default=20, show_default=True)
-@click.option("--threads", default=1, show_default=True, help="ONNX Runtime intra-op threads.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the figures as JSON.")
-def bench(model_dir, batch_size, runs, warmup, threads, json_out):
-    """Latency of each <name>.student.onnx vs its <name>.expert.onnx in MODEL_DIR."""
-    from serve.bench import bench_dir, format_bench
+@click.option("--bundle", type=EXISTING, help="The bundle MODEL_DIR was exported from: adds the torch eager "
+              "runtimes (the same graphs in PyTorch) and the ORT-vs-torch speedup.")
+@click.option("--expert", "experts", multiple=True, metavar="NAME=PATH",
+              help="Expert checkpoint for --bundle if it moved (repeatable).")
+@click.option("--runtimes", default="auto", show_default=True,
+              help=f"Comma list of {', '.join(RUNTIMES)}; auto = every ONNX Runtime provider available, plus "
+                   "torch-cpu/cuda with --bundle.")
+@click.option("--batch-sizes", default="1,8", show_default=True, help="Comma list of batch sizes.")
+@click.option("--runs", default=200, show_default=True, help="Timed rounds per block (student, expert and the A/A "
+              "copy each run once per round, order rotating).")
+@click.option("--warmup", default=20, show_default=True, help="Untimed rounds before each block.")
+@click.option("--threads", default=1, show_default=True, help="Intra-op threads of every runtime.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write bench.json, bench.md and bench.png here.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the figures as JSON here.")
+def bench(model_dir, bundle, experts, runtimes, batch_sizes, runs, warmup, threads, out, json_out):
+    """Latency of each <name>.student.onnx vs its <name>.expert.onnx in MODEL_DIR.
+
+    Median/p90/p99 latency, throughput, the student/expert ratio and an A/A control (the
+    expert against a second copy of itself: the noise floor of the ratio), on every runtime
+    and batch size; runtime threads do not spin between runs (OMP_WAIT_POLICY=PASSIVE, ORT
+    allow_spinning=0).
+    """
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/ORT start their thread pools
+    from serve.bench import bench_models, discover_pairs, format_bench, ort_runtimes, write_bench
 
     from ..meta import write_json
 
-    report = bench_dir(model_dir, batch_size=batch_size, runs=runs, warmup=warmup, threads=threads)
+    wanted = None if runtimes == "auto" else [r.strip() for r in runtimes.split(",") if r.strip()]
+    unknown = sorted(set(wanted or []) - set(RUNTIMES))
+    if unknown:
+        raise click.BadParameter(f"unknown runtime(s) {unknown}; choose from {', '.join(RUNTIMES)}",
+                                 param_hint="--runtimes")
+    ort_wanted = None if wanted is None else [r for r in wanted if r.startswith("ort-")]
+    rts = ort_runtimes(threads, ort_wanted) if ort_wanted is None or ort_wanted else []
+    torch_wanted = None if wanted is None else [r.split("-", 1)[1] for r in wanted if r.startswith("torch-")]
+    if torch_wanted and not bundle:
+        raise click.UsageError("torch runtimes need --bundle (the bundle MODEL_DIR was exported from)")
+    if bundle and (torch_wanted is None or torch_wanted):
+        from export.eager import torch_runtimes
+
+        rts += torch_runtimes(bundle, torch_wanted, threads, _pairs(experts, "--expert"))
+    if wanted and "tensorrt" in wanted:
+        from export.trt import trt_runtime
+
+        rts.append(trt_runtime())
+    report = bench_models(discover_pairs(model_dir), rts, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
+                          runs=runs, warmup=warmup, progress=_progress())
     click.echo(format_bench(report))
+    if out:
+        for path in write_bench(report, out):
+            click.echo(f"wrote {path}", err=True)
     if json_out:
         write_json(json_out, report)
 

@@ -9,7 +9,7 @@ def test_serve_imports_and_runs_without_torch(onnx_dir, test_video):
     code = (
         "import sys\n"
         "sys.modules['torch'] = None  # any `import torch` now raises ImportError\n"
-        "import serve, serve.runtime, serve.infer, serve.bench\n"
+        "import serve, serve.runtime, serve.infer, serve.bench, serve.server\n"
         "from serve.infer import infer\n"
         f"r = infer({str(onnx_dir / 'hmdb-mini.student.onnx')!r}, [{str(test_video)!r}], 3)\n"
         "assert len(next(iter(r.values()))) == 3\n"
@@ -22,7 +22,7 @@ def test_serve_imports_and_runs_without_torch(onnx_dir, test_video):
 
 
 def test_importing_serve_does_not_load_torch():
-    code = "import sys, serve.infer, serve.bench; print(any(m.split('.')[0] == 'torch' for m in sys.modules))"
+    code = "import sys, serve.infer, serve.bench, serve.server; print(any(m.split('.')[0] == 'torch' for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

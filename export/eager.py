@@ -1,0 +1,77 @@
+"""Torch runtimes for ``jedi bench``: the very graphs the ONNX files were exported from - the
+fused student and the initial expert, with the same uint8-input / views wrapper - rebuilt
+from the bundle and the expert checkpoints, run eagerly on CPU or CUDA."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from jedi_deploy.bundle import load_bundle
+from jedi_deploy.errors import InputError
+from jedi_deploy.meta import METADATA_KEY, sha256_file
+from serve.bench import Runtime
+
+from .fuse import ExpertGraph, FusedStudent
+from .graph import GraphWrapper
+from .students import resolve_experts
+
+
+def onnx_metadata(path: str | Path) -> dict:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in props:
+        raise InputError(f"{path}: no '{METADATA_KEY}' metadata; export it with `jedi export`")
+    return json.loads(props[METADATA_KEY])
+
+
+def torch_runtimes(bundle_path: str | Path, devices: list[str] | None = None, threads: int | None = 1,
+                   expert_paths: dict[str, str] | None = None) -> list[Runtime]:
+    """``torch-cpu`` (and ``torch-cuda`` when a GPU is visible, or as ``devices`` say)."""
+    if devices is None:
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "cuda" in devices and not torch.cuda.is_available():
+        raise InputError("runtime 'torch-cuda' needs a CUDA GPU and a CUDA build of torch; none is visible here")
+    if threads:
+        torch.set_num_threads(threads)
+    model, meta = load_bundle(bundle_path)
+    experts = resolve_experts(meta, expert_paths)
+    bundle_sha = sha256_file(bundle_path)
+    index = {ex.name: (j, ex) for j, ex in enumerate(experts)}
+
+    def graph(onnx_path: Path) -> torch.nn.Module:
+        m = onnx_metadata(onnx_path)
+        name, kind = m.get("name"), m.get("kind")
+        if name not in index:
+            raise InputError(f"{onnx_path}: model {name!r} is not in bundle {bundle_path} (it has {sorted(index)})")
+        if kind == "student" and m.get("bundle_sha256") not in (None, bundle_sha):
+            raise InputError(f"{onnx_path} was exported from another bundle than {bundle_path} (sha256 differs)")
+        j, ex = index[name]
+        if m.get("expert_sha256") not in (None, ex.sha256):
+            raise InputError(f"{onnx_path} was exported from another checkpoint of expert {name!r}")
+        core = (FusedStudent(ex.encoder, model.adjust[j], model.students[j]) if kind == "student"
+                else ExpertGraph(ex.encoder, ex.head))
+        wrapped = GraphWrapper(core, ex.preprocess, uint8_input=bool(m.get("uint8_input", False)),
+                               views=int(m.get("views", 1)), average=m.get("average", ex.preprocess.average))
+        return copy.deepcopy(wrapped).eval()  # every load its own weights (the A/A copy too)
+
+    def loader(device: str):
+        def load(onnx_path: Path):
+            module = graph(onnx_path).to(device)
+
+            def run(x: np.ndarray):
+                with torch.inference_mode():
+                    return module(torch.from_numpy(x).to(device)).cpu()  # .cpu() waits for the GPU
+
+            return run
+
+        return load
+
+    info = {"torch": torch.__version__, "intra_op_threads": torch.get_num_threads()}
+    return [Runtime(f"torch-{d}", loader(d), {**info, "device": torch.cuda.get_device_name() if d == "cuda" else "cpu"})
+            for d in devices]
