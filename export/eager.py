@@ -13,7 +13,7 @@ import torch
 from jedi_deploy.bundle import load_bundle
 from jedi_deploy.errors import InputError
 from jedi_deploy.meta import METADATA_KEY, sha256_file
-from serve.bench import Runtime
+from jedi_deploy.runtimes import Runtime
 
 from .fuse import ExpertGraph, FusedStudent
 from .graph import GraphWrapper

@@ -132,13 +132,14 @@ def run_engine(plan_path: str | Path, inputs: dict[str, np.ndarray]) -> dict[str
 
 def trt_runtime():  # pragma: no cover - needs TensorRT and a GPU
     """``jedi bench``'s ``tensorrt`` runtime: the ``<model>.plan`` beside each ONNX file."""
-    from serve.bench import Runtime
-    from serve.runtime import OnnxModel
+    import onnx
+
+    from jedi_deploy.runtimes import Runtime
 
     trt = require_tensorrt()
 
     def load(onnx_path: Path):
-        input_name = OnnxModel(onnx_path).input_name
+        input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
         engine = TrtEngine(Path(onnx_path).with_suffix(".plan"))
         return lambda x: engine.run({input_name: x})
 

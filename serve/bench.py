@@ -11,7 +11,8 @@ ONNX Runtime threads do not spin between runs (``session.intra_op.allow_spinning
 thread settings are reported: on small machines leftover spinning threads of one model steal
 the cores from the next and fake differences between identical models.
 
-This module is torch-free; torch runtimes are passed in as factories (``export.eager``).
+This module is torch-free; torch eager and TensorRT-engine runtimes come from ``export.eager`` /
+``export.trt`` as :class:`jedi_deploy.runtimes.Runtime` objects.
 """
 from __future__ import annotations
 
@@ -19,28 +20,18 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from jedi_deploy.errors import InputError
+from jedi_deploy.runtimes import Runtime
 
 from .runtime import PROVIDER_ALIASES, OnnxModel
 
 ROLES = ("student", "expert", "expert_copy")
 ORT_RUNTIMES = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
                 "ort-tensorrt": "TensorrtExecutionProvider"}
-
-
-@dataclass
-class Runtime:
-    """A way to run a model: ``load(onnx_path)`` returns ``run(x: np.ndarray)`` (blocking until
-    the result is on the host). ``info`` is reported (versions, device, threads)."""
-
-    name: str
-    load: Callable[[Path], Callable[[np.ndarray], object]]
-    info: dict = field(default_factory=dict)
 
 
 def ort_runtimes(threads: int | None = 1, wanted: list[str] | None = None) -> list[Runtime]:

@@ -149,7 +149,7 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
                   "train": len(s.classes) * s.train_per_class, "test": len(s.classes) * s.test_per_class,
                   "background": s.background, "noise": s.noise, "shared": shared[s.name]} for s in specs]
     machine = {"platform": platform.platform(), "python": platform.python_version(),
-               "torch": torch.__version__, "onnxruntime": bench["machine"]["onnxruntime"],
+               "torch": torch.__version__, "onnxruntime": bench["machine"]["runtimes"]["ort-cpu"]["onnxruntime"],
                "torch threads": torch.get_num_threads()}
     report = write_report(out / "report.md", command=f"jedi demo{' --quick' if settings.quick else ''} "
                           f"--seed {settings.seed}", machine=machine, timings=timings, data_rows=data_rows,

@@ -76,7 +76,7 @@ def write_report(path: str | Path, *, command: str, machine: dict, timings: dict
         f"{', '.join(f'{x:+.1f}' for x in extra_us)} microseconds here. Against these tiny encoders "
         "(well under a millisecond) that fixed cost shows as a few percent; against a real encoder of "
         "tens of GFLOPs it is far below the noise floor. "
-        f"(ONNX Runtime, {bench['results'][0]['threads']} intra-op thread, no spinning, "
+        f"(ONNX Runtime, {bench['machine']['runtimes']['ort-cpu']['intra_op_threads']} intra-op thread, no spinning, "
         f"{bench['results'][0]['runs']} interleaved runs after {bench['results'][0]['warmup']} warm-up.)", "",
         "## Inference with `serve` (no torch)", "",
         "```", infer_text.rstrip(), "```", "",
