@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -107,19 +108,20 @@ def closed_loop(host: str, port: int, body: bytes, concurrency: int, seconds: fl
             "wall_s": wall, "throughput_rps": round(ms.size / wall, 2), "lat_ms": ms.tolist()}
 
 
-def batch_sizes(host: str, port: int) -> dict:
-    """Mean videos per model call, from the service's own /metrics."""
+def server_counters(host: str, port: int) -> dict:
+    """Model calls, videos run, and the time spent decoding / in model calls, from /metrics."""
     conn = http.client.HTTPConnection(host, port, timeout=30)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
-    vals = {}
+    keys = {"jedi_batch_size_count": "calls", "jedi_batch_size_sum": "videos",
+            "jedi_decode_seconds_sum": "decode_s", "jedi_inference_seconds_sum": "infer_s"}
+    vals = dict.fromkeys(keys.values(), 0.0)
     for line in text.splitlines():
-        for key in ("jedi_batch_size_sum", "jedi_batch_size_count"):
-            if line.startswith(key):
-                vals[key] = vals.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
-    n = vals.get("jedi_batch_size_count", 0)
-    return {"model_calls": int(n), "mean_batch": round(vals.get("jedi_batch_size_sum", 0) / n, 2) if n else None}
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in keys:
+            vals[keys[name]] += float(line.rsplit(" ", 1)[1])
+    return vals
 
 
 def demo_model() -> tuple[Path, Path]:
@@ -152,8 +154,8 @@ def main() -> int:
     body = video.read_bytes()
     settings = {"batch1": (1, 0.0), "microbatch": (args.batch_size, args.max_delay_ms)}
     servers, total_errors = {}, 0
-    rows = {(k, c): {"requests": 0, "errors": 0, "wall_s": 0.0, "lat": [], "calls": 0} for k in settings
-            for c in args.concurrency}
+    rows = {(k, c): {"requests": 0, "errors": 0, "wall_s": 0.0, "lat": [], "calls": 0.0, "videos": 0.0,
+                     "decode_s": 0.0, "infer_s": 0.0} for k in settings for c in args.concurrency}
     try:
         for setting, (mb, delay) in settings.items():
             servers[setting] = start_server(model, mb, delay, args.threads, args.server_arg)
@@ -162,18 +164,20 @@ def main() -> int:
             for r in range(args.rounds):  # both settings take turns (ABBA...), so drift hits both alike
                 for setting in (list(settings) if r % 2 == 0 else list(settings)[::-1]):
                     _, host, port = servers[setting]
-                    before = batch_sizes(host, port)["model_calls"]
+                    before = server_counters(host, port)
                     res = closed_loop(host, port, body, c, args.seconds / args.rounds)
                     row = rows[(setting, c)]
-                    row["calls"] += batch_sizes(host, port)["model_calls"] - before
+                    after = server_counters(host, port)
+                    for k in before:
+                        row[k] += after[k] - before[k]
                     for k in ("requests", "errors", "wall_s"):
                         row[k] += res[k]
                     row["lat"] += res.pop("lat_ms")
                     print(f"{setting:>10} c={c:<3} round {r}: {res}", file=sys.stderr, flush=True)
     finally:
         for setting, (proc, _, _) in servers.items():
-            rc = stop_server(proc)
-            if rc != 0:
+            rc = stop_server(proc)  # uvicorn re-raises SIGTERM after its graceful shutdown
+            if rc not in (0, -signal.SIGTERM):
                 print(f"warning: {setting} server exited with {rc}: {proc.stderr.read()[-2000:]}", file=sys.stderr)
                 total_errors += 1
     for row in rows.values():
@@ -181,15 +185,18 @@ def main() -> int:
         row["throughput_rps"] = round(row["requests"] / row["wall_s"], 2) if row["wall_s"] else 0.0
         row["p50_ms"] = round(float(np.percentile(ms, 50)), 2) if ms.size else None
         row["p99_ms"] = round(float(np.percentile(ms, 99)), 2) if ms.size else None
-        row["mean_batch"] = round(row["requests"] / row["calls"], 2) if row["calls"] else None
+        row["mean_batch"] = round(row["videos"] / row["calls"], 2) if row["calls"] else None
+        row["decode_ms_per_video"] = round(1e3 * row["decode_s"] / row["videos"], 3) if row["videos"] else None
+        row["inference_ms_per_video"] = round(1e3 * row["infer_s"] / row["videos"], 3) if row["videos"] else None
         total_errors += row["errors"]
     print(f"\nmodel {model.name}, video {video.name} ({len(body) / 1024:.1f} KiB), {args.seconds:g} s per level, "
           f"micro-batching: max batch {args.batch_size}, max delay {args.max_delay_ms} ms\n")
-    print("| serving | concurrency | requests | throughput req/s | p50 ms | p99 ms | mean batch | errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| serving | concurrency | requests | throughput req/s | p50 ms | p99 ms | mean batch "
+          "| decode ms/video | model ms/video | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (setting, c), r in rows.items():
         print(f"| {setting} | {c} | {r['requests']} | {r['throughput_rps']:.1f} | {r['p50_ms']} | {r['p99_ms']} "
-              f"| {r['mean_batch']} | {r['errors']} |")
+              f"| {r['mean_batch']} | {r['decode_ms_per_video']} | {r['inference_ms_per_video']} | {r['errors']} |")
     summary = {"model": model.name, "seconds": args.seconds, "cpu_count": os.cpu_count(),
                "machine": platform.platform(), "errors": total_errors}
     for c in args.concurrency:
@@ -198,6 +205,11 @@ def main() -> int:
             if b1["throughput_rps"] else None
         summary[f"p99_ms_c{c}"] = mb["p99_ms"]
         summary[f"p99_ms_batch1_c{c}"] = b1["p99_ms"]
+        summary[f"mean_batch_c{c}"] = mb["mean_batch"]
+    c8 = rows.get(("microbatch", 8)) or rows[("microbatch", args.concurrency[-1])]
+    summary["decode_ms_per_video"] = c8["decode_ms_per_video"]
+    summary["inference_ms_per_video_batch1"] = rows[("batch1", args.concurrency[0])]["inference_ms_per_video"]
+    summary["inference_ms_per_video_microbatch"] = c8["inference_ms_per_video"]
     summary["target_met"] = bool(summary.get("batching_speedup_c8") and summary["batching_speedup_c8"] >= 1.5
                                  and total_errors == 0)
     print(json.dumps(summary))

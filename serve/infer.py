@@ -6,7 +6,8 @@ An INPUT is a video file, a folder (searched recursively for video files) or a m
 MMAction2-style ``.txt`` list (``path [label]`` per line) or a ``.csv`` with a ``path`` column
 (and optionally ``label``), paths relative to the manifest's folder. Videos are decoded in
 worker threads and run ``--batch-size`` at a time; a video that cannot be read gets an
-``error`` record (or stops the run with ``--strict``). With labels, accuracy is reported.
+``error`` record and the exit status is 1 once all others are done (``--strict``: stop at the
+first). With labels, accuracy is reported.
 """
 from __future__ import annotations
 
@@ -146,7 +147,10 @@ def classify_items(model: OnnxModel, items: list[Item], *, topk: int = 5, batch_
 def summarize(records: list[dict]) -> dict:
     """Counts, and acc@1/acc@5 over the videos that have a label and were read."""
     ranked = [r["rank"] for r in records if "rank" in r]
-    out = {"videos": len(records), "failed": sum("error" in r for r in records)}
+    errors = [r["error"] for r in records if "error" in r]
+    out = {"videos": len(records), "failed": len(errors)}
+    if errors:
+        out["first_error"] = errors[0]
     if ranked:
         ranks = np.asarray(ranked)
         out.update(labeled=len(ranked), acc1=float((ranks <= 1).mean()), acc5=float((ranks <= 5).mean()))
@@ -254,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sys.stdout.write(text)
     print(format_summary(summary), file=sys.stderr)
+    if summary["failed"]:
+        print(f"error: {summary['failed']} video(s) could not be read; first: {summary['first_error']}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -381,7 +381,8 @@ def export(bundle, out, students, expert_paths, no_experts, teachers, clip, uint
 @click.option("--topk", default=5, show_default=True, help="Labels per video.")
 @click.option("--batch-size", default=8, show_default=True, help="Videos per model call.")
 @click.option("--workers", default=2, show_default=True, help="Decoding threads.")
-@click.option("--strict", is_flag=True, help="Stop at the first unreadable video (default: record an error, go on).")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable video (default: record an error, go on, "
+              "exit 1 at the end).")
 @click.option("--providers", help="ONNX Runtime providers: cpu, cuda, tensorrt or a comma list "
               "(default: the best available, TensorRT > CUDA > CPU).")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core).")
@@ -400,6 +401,9 @@ def infer(model, inputs, out, fmt, as_json, topk, batch_size, workers, strict, p
     if text:
         click.echo(text, nl=False)
     click.echo(format_summary(summary) + (f" -> {out}" if out else ""), err=True)
+    if summary["failed"]:  # like cp/rsync: everything readable is done, the status says not all was
+        click.echo(f"error: {summary['failed']} video(s) could not be read; first: {summary['first_error']}", err=True)
+        sys.exit(1)
 
 
 @cli.command()

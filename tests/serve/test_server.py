@@ -282,3 +282,19 @@ def test_start_up_errors_are_one_line(tmp_path, onnx_dir):
                              text=True, timeout=120)
         assert out.returncode == 1 and out.stderr.startswith("error:") and text in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_load_benchmark_runs_and_reports(onnx_dir, test_video):
+    """benchmarks/serve_load.py end to end, briefly: both services, two levels, its JSON line."""
+    import json
+
+    out = subprocess.run([sys.executable, "benchmarks/serve_load.py", str(onnx_dir / "hmdb-mini.student.onnx"),
+                          "--video", str(test_video), "--seconds", "2", "--warmup-seconds", "0.5",
+                          "--concurrency", "1", "4", "--rounds", "2"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["errors"] == 0
+    assert summary["batching_speedup_c4"] > 0 and summary["p99_ms_c4"] > 0 and summary["mean_batch_c4"] >= 1
+    assert summary["decode_ms_per_video"] > 0 and summary["inference_ms_per_video_batch1"] > 0
+    assert "| microbatch | 4 |" in out.stdout
