@@ -299,11 +299,15 @@ class Service:
 
     # lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
+        import av.video.reformatter  # noqa: F401 - imported now, not on the first upload (~0.1 s)
+
         from jedi_deploy import video
 
         video.DECODE_THREADS = 1  # concurrency comes from decoding several uploads at once
         self.tmp = tempfile.TemporaryDirectory(prefix="jedi-serve-")
         self.decode_pool = ThreadPoolExecutor(self.cfg.decode_workers, thread_name_prefix="decode")
+        for m in self.models.values():
+            m.run(m.sample_input(1))  # ORT's first run allocates and plans; not on a user's request
         for name, m in self.models.items():
             self.batchers[name] = MicroBatcher(m, name, self.cfg.max_batch_size, self.cfg.max_delay_ms / 1e3,
                                                self.metrics)
@@ -516,7 +520,10 @@ def serve(cfg: ServeConfig, echo=print) -> None:
     sys.stdout.flush()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=cfg.graceful_timeout_s,
                                            access_log=False))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown; that is a normal stop
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
