@@ -173,3 +173,21 @@ def test_multi_view_models_average_their_views(experts, test_video, tmp_path, av
     assert logits.shape[0] == 6
     want = softmax(logits).mean(0) if average == "prob" else softmax(logits.mean(0))
     np.testing.assert_allclose(probs, want, atol=1e-5)
+
+
+def test_provider_preference_and_overrides(monkeypatch):
+    import onnxruntime
+
+    from serve.runtime import select_providers
+
+    have = ["CPUExecutionProvider", "CUDAExecutionProvider", "AzureExecutionProvider", "TensorrtExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: have)
+    assert select_providers() == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers("cpu") == ["CPUExecutionProvider"]
+    assert select_providers("tensorrt,cuda") == ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                 "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: have[:1])
+    assert select_providers() == ["CPUExecutionProvider"]
+    with pytest.raises(InputError, match="'cuda' is not available here; available: cpu"):
+        select_providers("cuda")
