@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = ["archs", "synth", "pretrain", "cache", "train", "eval", "export", "infer", "bench", "demo"]
+COMMANDS = ["archs", "synth", "pretrain", "cache", "train", "eval", "export", "infer", "serve", "bench", "demo"]
 
 
 def jedi(*args, timeout=300):
@@ -99,3 +99,12 @@ def test_train_does_not_replace_an_existing_bundle(cache_dir, tmp_path):
     assert (run / "jedi.safetensors").read_bytes() == before
     assert jedi(*args, "--lr", 1e-2, "--force").returncode == 0
     assert (run / "jedi.safetensors").read_bytes() != before
+
+
+def test_serve_start_up_errors(tmp_path, onnx_dir):
+    assert_clean_error(jedi("serve", tmp_path / "none.onnx"), "does not exist")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    assert_clean_error(jedi("serve", junk), "error:", "cannot load")
+    assert_clean_error(jedi("serve", onnx_dir / "hmdb-mini.student.onnx", "--max-upload-mb", "0"), "error:",
+                       "max_upload_mb")
