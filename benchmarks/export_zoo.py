@@ -38,6 +38,7 @@ from export.fuse import ExpertGraph, StudentReference  # noqa: E402
 from export.onnx import OnnxExportConfig  # noqa: E402
 from export.students import export_student_and_expert  # noqa: E402
 from jedi_deploy.errors import JediError  # noqa: E402
+from serve.bench import time_block  # noqa: E402
 from jedi_deploy.jedi_model import AdjustmentModule  # noqa: E402
 from jedi_deploy.registry import ARCHS, Expert, build_expert  # noqa: E402
 from jedi_deploy.zoo import TV_VIDEO  # noqa: E402
@@ -57,18 +58,10 @@ def make_student(arch: str, classes: int = 400):
 
 
 def time_interleaved(fns: dict, runs: int, warmup: int = 2) -> dict:
-    """Median / min / max seconds per call; the callables take turns, who goes first rotates."""
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times = {k: [] for k in fns}
-    order = list(fns.items())
-    for r in range(runs):
-        k = r % len(order)
-        for key, f in order[k:] + order[:k]:
-            t0 = time.perf_counter()
-            f()
-            times[key].append(time.perf_counter() - t0)
+    """Median / min / max ms per call of argument-free callables, timed like ``jedi bench``
+    (serve.bench.time_block: untimed first call, warm-up, interleaved rounds, rotating order)."""
+    runners = {k: (lambda _x, f=f: f()) for k, f in fns.items()}
+    times = time_block(runners, None, warmup=max(0, warmup - 1), runs=runs)
     return {k: {"median_ms": 1e3 * statistics.median(v), "min_ms": 1e3 * min(v), "max_ms": 1e3 * max(v)}
             for k, v in times.items()}
 

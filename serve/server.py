@@ -367,6 +367,7 @@ class Service:
 
     async def predict(self, request) -> dict:
         from starlette.datastructures import UploadFile
+        from starlette.requests import ClientDisconnect
 
         params = dict(request.query_params)
         ctype = request.headers.get("content-type", "")
@@ -375,11 +376,9 @@ class Service:
             if ctype.startswith("multipart/form-data"):
                 try:
                     form = await request.form(max_files=1, max_fields=8)
-                except ApiError:
-                    raise
-                except Exception as e:  # malformed multipart body
-                    if type(e).__name__ == "ClientDisconnect":
-                        raise
+                except (ApiError, ClientDisconnect):
+                    raise  # over the size limit / the client went away: answered by the guard
+                except Exception as e:  # whatever the multipart parser makes of a malformed body
                     raise ApiError(400, "malformed_request", f"cannot parse the multipart body ({e})") from None
                 for k in ("model", "topk"):
                     if k in form and not isinstance(form[k], UploadFile):
