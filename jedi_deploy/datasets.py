@@ -43,7 +43,7 @@ class VideoDataset:
     def samples(self, split: str) -> list[Sample]:
         csv_path = self.root / f"{split}.csv"
         if csv_path.is_file() and not (self.root / f"{split}.txt").is_file():
-            return read_csv_annotations(csv_path, self.root, self.num_classes)
+            return read_annotations(csv_path, self.root, self.num_classes)
         return read_annotations(self.root / f"{split}.txt", self.root, self.num_classes)
 
 
@@ -69,43 +69,49 @@ def _label(text: str, where: str, num_classes: int) -> int:
     return label
 
 
-def read_annotations(path: Path, root: Path, num_classes: int) -> list[Sample]:
-    """Parse an MMAction2 list file; every error names the file and line."""
-    if not path.is_file():
-        raise AnnotationError(f"annotation list not found: {path}")
-    samples = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2:
-            raise AnnotationError(f"{path}:{lineno}: expected 'relative/path.mp4 label', got {line!r}")
-        rel, lab = parts
-        samples.append(Sample(root / rel, _label(lab, f"{path}:{lineno}", num_classes)))
-    if not samples:
-        raise AnnotationError(f"{path}: annotation list has no samples")
-    return samples
-
-
-def read_csv_annotations(path: Path, root: Path, num_classes: int) -> list[Sample]:
-    """Parse a CSV manifest (header with ``path`` and optionally ``label``); errors name file and line."""
+def manifest_rows(path: Path, label_required: bool = True) -> list[tuple[str, str, str]]:
+    """``(where, relative path, label text)`` per entry of a video list; ``where`` is
+    ``file:line`` for error messages. ``.csv``: a header naming ``path`` and optionally ``label``.
+    Otherwise an MMAction2 list, ``path label`` per line (``#`` comments and blank lines skipped);
+    with ``label_required`` False a line whose last word is not an integer is all path."""
     import csv
 
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "path" not in reader.fieldnames:
-            raise AnnotationError(f"{path}: CSV header must name a 'path' column (and optionally 'label'), "
-                                  f"got {reader.fieldnames}")
-        samples = []
-        for row in reader:
-            lineno = reader.line_num
-            rel, lab = (row.get("path") or "").strip(), (row.get("label") or "").strip()
-            if not rel:
-                raise AnnotationError(f"{path}:{lineno}: empty path")
-            samples.append(Sample(root / rel, _label(lab or "-1", f"{path}:{lineno}", num_classes)))
-    if not samples:
-        raise AnnotationError(f"{path}: manifest has no samples")
-    return samples
+    if not path.is_file():
+        raise AnnotationError(f"annotation list not found: {path}")
+    rows = []
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "path" not in reader.fieldnames:
+                raise AnnotationError(f"{path}: CSV header must name a 'path' column (and optionally 'label'), "
+                                      f"got {reader.fieldnames}")
+            for row in reader:
+                rows.append((f"{path}:{reader.line_num}", (row.get("path") or "").strip(),
+                             (row.get("label") or "").strip()))
+    else:
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) == 2 and (label_required or parts[1].lstrip("-").isdigit()):
+                rows.append((f"{path}:{lineno}", *parts))
+            elif label_required:
+                raise AnnotationError(f"{path}:{lineno}: expected 'relative/path.mp4 label', got {line!r}")
+            else:
+                rows.append((f"{path}:{lineno}", line.strip(), ""))
+    for where, rel, _ in rows:
+        if not rel:
+            raise AnnotationError(f"{where}: empty path")
+    if not rows:
+        raise AnnotationError(f"{path}: annotation list has no samples")
+    return rows
+
+
+def read_annotations(path: Path, root: Path, num_classes: int) -> list[Sample]:
+    """Parse an MMAction2 list file or a CSV manifest (a ``label`` column is optional there:
+    missing labels are -1, unlabeled); every error names the file and line."""
+    return [Sample(root / rel, _label(lab or "-1", where, num_classes))
+            for where, rel, lab in manifest_rows(path, label_required=path.suffix.lower() != ".csv")]
 
 
 def load_dataset(root: str | Path, name: str | None = None) -> VideoDataset:

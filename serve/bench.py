@@ -163,7 +163,7 @@ def bench_pair(student: str | Path, expert: str | Path, *, batch_size: int = 1, 
                threads: int = 1, seed: int = 0) -> dict:
     """ONNX Runtime CPU timing of one pair (a row of :func:`bench_models`)."""
     s = Path(student)
-    report = bench_models([(s.name.split(".")[0], s, Path(expert))], ort_runtimes(threads, ["ort-cpu"]),
+    report = bench_models([(s.name.removesuffix(".student.onnx"), s, Path(expert))], ort_runtimes(threads, ["ort-cpu"]),
                           batch_sizes=(batch_size,), runs=runs, warmup=warmup, seed=seed)
     return report["results"][0]
 

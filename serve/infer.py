@@ -40,32 +40,16 @@ class Item:
 
 
 def _manifest(path: Path) -> list[Item]:
+    """A manifest's videos (paths relative to it) and their labels where given (-1: none)."""
+    from jedi_deploy.datasets import manifest_rows
+
     items = []
-    if path.suffix == ".csv":
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "path" not in reader.fieldnames:
-                raise AnnotationError(f"{path}: CSV header must name a 'path' column (and optionally 'label'), "
-                                      f"got {reader.fieldnames}")
-            rows = [(reader.line_num, (r.get("path") or "").strip(), (r.get("label") or "").strip()) for r in reader]
-    else:
-        rows = []
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            parts = line.rsplit(maxsplit=1)
-            rows.append((lineno, *parts) if len(parts) == 2 and parts[1].lstrip("-").isdigit() else
-                        (lineno, line.strip(), ""))
-    for lineno, rel, label in rows:
-        if not rel:
-            raise AnnotationError(f"{path}:{lineno}: empty path")
+    for where, rel, label in manifest_rows(path, label_required=False):
         try:
-            lab = int(label) if label else None
+            lab = int(label) if label else -1
         except ValueError:
-            raise AnnotationError(f"{path}:{lineno}: label {label!r} is not an integer") from None
-        items.append(Item(path.parent / rel, None if lab is None or lab < 0 else lab))
-    if not items:
-        raise AnnotationError(f"{path}: manifest lists no videos")
+            raise AnnotationError(f"{where}: label {label!r} is not an integer") from None
+        items.append(Item(path.parent / rel, lab if lab >= 0 else None))
     return items
 
 
@@ -80,8 +64,6 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Item]:
                 raise InputError(f"{p}: folder holds no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
             items += [Item(f) for f in found]
         elif p.suffix.lower() in MANIFEST_EXTENSIONS:
-            if not p.is_file():
-                raise InputError(f"manifest not found: {p}")
             items += _manifest(p)
         elif p.exists():
             items.append(Item(p))
