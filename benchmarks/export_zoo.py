@@ -10,7 +10,8 @@ student graph runs faster in ORT is the architecture's pick.
 Last line: one JSON object with ``archs`` (per-arch figures), ``max_student_expert_ratio`` (over
 archs, of the median ORT student/expert latency ratio with the picked exporter),
 ``min_ort_vs_torch`` (over archs: torch eager latency / ORT latency of the student; > 1 means
-ORT is faster) and ``all_parity_ok``.
+ORT is faster) and ``all_parity_ok``. Both ratios are medians of per-round ratios (the two
+graphs timed in the same interleaved round), which cancels the drift of a shared machine.
 Usage: python benchmarks/export_zoo.py [--archs r3d_18,s3d] [--runs 7] [--exporters torchscript,dynamo]
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ from export.onnx import OnnxExportConfig  # noqa: E402
 from export.students import export_student_and_expert  # noqa: E402
 from jedi_deploy.errors import JediError  # noqa: E402
 from serve.bench import time_block  # noqa: E402
+from serve.runtime import SESSION_CONFIG, session_options  # noqa: E402
 from jedi_deploy.jedi_model import AdjustmentModule  # noqa: E402
 from jedi_deploy.registry import ARCHS, Expert, build_expert  # noqa: E402
 from jedi_deploy.zoo import TV_VIDEO  # noqa: E402
@@ -57,23 +59,28 @@ def make_student(arch: str, classes: int = 400):
     return ex, adjust, head
 
 
-def time_interleaved(fns: dict, runs: int, warmup: int = 2) -> dict:
-    """Median / min / max ms per call of argument-free callables, timed like ``jedi bench``
+def time_interleaved(fns: dict, runs: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per round of argument-free callables, timed like ``jedi bench``
     (serve.bench.time_block: untimed first call, warm-up, interleaved rounds, rotating order)."""
     runners = {k: (lambda _x, f=f: f()) for k, f in fns.items()}
-    times = time_block(runners, None, warmup=max(0, warmup - 1), runs=runs)
-    return {k: {"median_ms": 1e3 * statistics.median(v), "min_ms": 1e3 * min(v), "max_ms": 1e3 * max(v)}
-            for k, v in times.items()}
+    return time_block(runners, None, warmup=max(0, warmup - 1), runs=runs)
+
+
+def summary_ms(times: list[float]) -> dict:
+    return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times)}
+
+
+def paired_ratio(num: list[float], den: list[float]) -> float:
+    """Median over rounds of num/den timed in the same round: drift of a shared machine (other
+    tenants' load) hits both sides of each pair alike."""
+    return statistics.median(a / b for a, b in zip(num, den))
 
 
 def ort_session(path: Path, threads: int):
+    """The session ``jedi serve`` / ``jedi bench`` open (serve.runtime.session_options), on CPU."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def bench_arch(arch: str, exporters: list[str], runs: int, work: Path, threads: int) -> dict:
@@ -110,18 +117,19 @@ def bench_arch(arch: str, exporters: list[str], runs: int, work: Path, threads: 
 
     fns["torch/student"] = lambda: eager(student_t)
     fns["torch/expert"] = lambda: eager(expert_t)
-    t = time_interleaved(fns, runs)
+    times = time_interleaved(fns, runs)
+    t = {k: summary_ms(v) for k, v in times.items()}
     for n in sessions:
         row = out["exporters"][n]
         row["ort_student_ms"] = round(t[f"{n}/student"]["median_ms"], 2)
         row["ort_expert_ms"] = round(t[f"{n}/expert"]["median_ms"], 2)
-        row["student_expert_ratio"] = round(row["ort_student_ms"] / row["ort_expert_ms"], 3)
+        row["student_expert_ratio"] = round(paired_ratio(times[f"{n}/student"], times[f"{n}/expert"]), 3)
         row["spread_ms"] = [round(t[f"{n}/student"]["min_ms"], 2), round(t[f"{n}/student"]["max_ms"], 2)]
     pick = min(sessions, key=lambda n: out["exporters"][n]["ort_student_ms"])
     out["picked_exporter"] = pick
     out["torch_student_ms"] = round(t["torch/student"]["median_ms"], 2)
     out["torch_expert_ms"] = round(t["torch/expert"]["median_ms"], 2)
-    out["ort_vs_torch"] = round(out["torch_student_ms"] / out["exporters"][pick]["ort_student_ms"], 3)
+    out["ort_vs_torch"] = round(paired_ratio(times["torch/student"], times[f"{pick}/student"]), 3)
     out["student_expert_ratio"] = out["exporters"][pick]["student_expert_ratio"]
     out["parity_ok"] = all(v[k]["parity_ok"] for v in out["exporters"].values() if "error" not in v
                            for k in ("student", "expert"))
@@ -152,6 +160,7 @@ def main(argv=None) -> dict:
            "min_ort_vs_torch": min((a["ort_vs_torch"] for a in ok), default=None),
            "all_parity_ok": bool(ok) and len(ok) == len(archs) and all(a["parity_ok"] for a in ok),
            "batch": 1, "runs": args.runs, "threads": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "ort_session_config": SESSION_CONFIG,
            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
     import onnxruntime
 

@@ -27,7 +27,7 @@ import numpy as np
 from jedi_deploy.errors import InputError
 from jedi_deploy.runtimes import Runtime
 
-from .runtime import PROVIDER_ALIASES, OnnxModel
+from .runtime import PROVIDER_ALIASES, SESSION_CONFIG, OnnxModel
 
 ROLES = ("student", "expert", "expert_copy")
 ORT_RUNTIMES = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
@@ -49,7 +49,7 @@ def ort_runtimes(threads: int | None = 1, wanted: list[str] | None = None) -> li
             short = next(k for k, v in PROVIDER_ALIASES.items() if v == provider)
             out.append(Runtime(name, lambda p, s=short: OnnxModel(p, providers=s, threads=threads).run,
                                {"onnxruntime": ort.__version__, "provider": provider, "intra_op_threads": threads,
-                                "allow_spinning": 0}))
+                                **SESSION_CONFIG}))
     return out
 
 

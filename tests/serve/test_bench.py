@@ -22,7 +22,7 @@ def test_bench_reports_every_pair_with_an_aa_control(onnx_dir):
         assert r["aa_ratio"] == pytest.approx(r["expert_copy"]["median_ms"] / r["expert"]["median_ms"])
     assert format_bench(report).count("\n") == len(names) + 1
     m = report["machine"]
-    assert m["runtimes"]["ort-cpu"]["allow_spinning"] == 0 and m["runtimes"]["ort-cpu"]["onnxruntime"]
+    assert m["runtimes"]["ort-cpu"]["session.intra_op.allow_spinning"] == "0" and m["runtimes"]["ort-cpu"]["onnxruntime"]
 
 
 def test_blocks_interleave_and_rotate():
