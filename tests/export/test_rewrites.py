@@ -147,3 +147,15 @@ def test_swin_mask_is_a_constant_of_the_exported_graph(tmp_path):
                           dynamic_axes={"x": {0: "b"}})
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "Where" not in ops and "ScatterND" not in ops
+
+
+def test_frames_under_tap_zero_fills_outside_the_clip():
+    from export.rewrites import _frames_under_tap
+
+    x = torch.randn(2, 7, 3)
+    for first in range(-4, 9):
+        for step in (1, 2, 3):
+            for count in range(1, 6):
+                want = torch.stack([x[:, first + o * step] if 0 <= first + o * step < 7 else torch.zeros(2, 3)
+                                    for o in range(count)], 1)
+                assert torch.equal(_frames_under_tap(x, first, step, count), want), (first, step, count)
