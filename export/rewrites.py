@@ -28,8 +28,9 @@ Conv3d as a Conv2d over temporally stacked frames. ONNX Runtime's CPU Conv3d is 
 GEMM (r3d_18 and mc3_18 ran 0.92x torch eager's speed); its Conv2d is a blocked direct
 convolution with BatchNorm and ReLU fused in.
 
-torchvision Video Swin: the shifted-window attention mask becomes a graph constant
-(:func:`swin_attention_mask`).
+Not rewritten: Video Swin's shifted-window mask, rebuilt on every call from shapes, would be
+a constant - but a [windows, N, N] float one per shifted block (+130 MB on swin3d_b's 526 MB
+file) for ~2% of its ORT time.
 
 Every rewrite is used only for the shapes it was traced with; the graphs these models export
 have a fixed T x H x W anyway (only the batch axis is dynamic), as the validation's batch
@@ -280,16 +281,6 @@ def video_resnet_frames(self, x: torch.Tensor) -> torch.Tensor:
     return self.fc(pooled)
 
 
-def swin_attention_mask(x: torch.Tensor, size_dhw, window_size, shift_size) -> torch.Tensor:
-    """Video Swin's shifted-window mask as a graph constant: upstream builds it on every call
-    from the padded input's shape (27 slice assignments, a subtraction and two masked_fills
-    over [windows, N, N] per shifted block - ~8% of swin3d_t's ONNX Runtime time), though it
-    depends only on sizes, which are fixed for a given input size."""
-    with _untraced():
-        return _ORIGINAL["_compute_attention_mask_3d"](torch.zeros((), dtype=x.dtype), _static(size_dhw),
-                                                       _static(window_size), _static(shift_size))
-
-
 _ORIGINAL: dict = {}  # what export_friendly swapped out, for rewrites that fall back to it
 
 
@@ -303,9 +294,6 @@ def export_friendly():
     resnet = sys.modules.get("torchvision.models.video.resnet")
     if resnet is not None:
         swaps.append((resnet.VideoResNet, "forward", video_resnet_frames))
-    swin = sys.modules.get("torchvision.models.video.swin_transformer")
-    if swin is not None:
-        swaps.append((swin, "_compute_attention_mask_3d", swin_attention_mask))
     saved = []
     for owner, name, rewrite in swaps:
         original = owner.__dict__[name]

@@ -92,21 +92,28 @@ def stats(times: list[float], batch: int) -> dict:
             "throughput_per_s": batch / med * 1e3}
 
 
-def time_block(runners: dict[str, Callable], x: np.ndarray, *, warmup: int, runs: int) -> dict[str, list[float]]:
-    """One untimed call each, ``warmup`` more, then ``runs`` interleaved rounds (order rotating)."""
+def time_block(runners: dict[str, Callable], x: np.ndarray, *, warmup: int, runs: int,
+               cpu_times: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """One untimed call each, ``warmup`` more, then ``runs`` interleaved rounds (order rotating).
+    Returns wall seconds per call; ``cpu_times``, if given, also receives the process CPU
+    seconds of each call (all threads; on a VM this excludes time stolen by other tenants)."""
     for run in runners.values():
         run(x)
     for _ in range(warmup):
         for run in runners.values():
             run(x)
     times = {k: [] for k in runners}
+    if cpu_times is not None:
+        cpu_times.update({k: [] for k in runners})
     order = list(runners.items())
     for r in range(runs):
         k = r % len(order)
         for key, run in order[k:] + order[:k]:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             run(x)
             times[key].append(time.perf_counter() - t0)
+            if cpu_times is not None:
+                cpu_times[key].append(time.process_time() - c0)
     return times
 
 

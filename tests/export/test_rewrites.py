@@ -129,26 +129,6 @@ def test_video_resnet_with_unknown_parts_keeps_the_upstream_forward():
     torch.testing.assert_close(got, want)
 
 
-def test_swin_mask_is_a_constant_of_the_exported_graph(tmp_path):
-    import onnx
-    import torchvision.models.video as video
-
-    torch.manual_seed(0)
-    model = video.swin3d_t(num_classes=5).eval()
-    x = torch.randn(1, 3, 8, 64, 64)  # windows shift along H and W at this size
-    with torch.no_grad():
-        want = model(x)
-        with export_friendly():
-            got = model(x)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    path = tmp_path / "swin.onnx"
-    with torch.no_grad(), export_friendly():
-        torch.onnx.export(model, (x,), str(path), opset_version=17, dynamo=False, input_names=["x"],
-                          dynamic_axes={"x": {0: "b"}})
-    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
-    assert "Where" not in ops and "ScatterND" not in ops
-
-
 def test_frames_under_tap_zero_fills_outside_the_clip():
     from export.rewrites import _frames_under_tap
 
