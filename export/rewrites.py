@@ -158,9 +158,14 @@ def _untraced():
         torch._C._set_tracing_state(state)
 
 
+def _plain_conv3d(m) -> bool:
+    """A Conv3d the rewrites can restate: no dilation, explicit zero padding."""
+    return (isinstance(m, torch.nn.Conv3d) and m.dilation == (1, 1, 1) and m.padding_mode == "zeros"
+            and not isinstance(m.padding, str))
+
+
 def _is_depthwise3d(m) -> bool:
-    return (isinstance(m, torch.nn.Conv3d) and m.groups == m.in_channels == m.out_channels
-            and m.dilation == (1, 1, 1) and m.padding_mode == "zeros" and not isinstance(m.padding, str))
+    return _plain_conv3d(m) and m.groups == m.in_channels == m.out_channels
 
 
 def depthwise_conv3d_as_2d(conv, x: torch.Tensor) -> torch.Tensor:
@@ -190,10 +195,10 @@ def depthwise_conv3d_as_2d(conv, x: torch.Tensor) -> torch.Tensor:
 def _frames_under_tap(x5: torch.Tensor, first: int, step: int, count: int) -> torch.Tensor:
     """Frames ``first + o*step`` for o < count of x5 [B, T, ...], zero frames outside [0, T)
     (a slice plus zero frames: ~6% faster in ONNX Runtime than Pad + Slice on r3d_18)."""
-    t = x5.shape[1]
-    before = min(count, max(0, -(first // step)) if first < 0 else 0)
+    t = int(x5.shape[1])
+    before = min(count, -(first // step)) if first < 0 else 0
     last = first + (count - 1) * step
-    after = min(count - before, max(0, -((t - 1 - last) // step)) if last >= t else 0)
+    after = min(count - before, -((t - 1 - last) // step)) if last >= t else 0
     start = first + before * step
     parts = []
     if before:
@@ -255,8 +260,7 @@ def _frames_supported(module) -> bool:
 
     leaves = (torch.nn.Conv3d, torch.nn.BatchNorm3d, torch.nn.ReLU)
     for m in module.modules():
-        if isinstance(m, torch.nn.Conv3d) and (m.groups != 1 or m.dilation != (1, 1, 1) or isinstance(m.padding, str)
-                                               or m.padding_mode != "zeros"):
+        if isinstance(m, torch.nn.Conv3d) and not (_plain_conv3d(m) and m.groups == 1):
             return False
         if isinstance(m, torch.nn.BatchNorm3d) and (m.training or m.running_mean is None):
             return False
@@ -298,7 +302,7 @@ def export_friendly():
     for owner, name, rewrite in swaps:
         original = owner.__dict__[name]
         saved.append((owner, name, original))
-        _ORIGINAL[f"{getattr(owner, '__name__', '')}.{name}" if isinstance(owner, type) else name] = original
+        _ORIGINAL[f"{owner.__name__}.{name}"] = original
         setattr(owner, name, rewrite)
     try:
         yield
