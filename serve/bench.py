@@ -92,11 +92,23 @@ def stats(times: list[float], batch: int) -> dict:
             "throughput_per_s": batch / med * 1e3}
 
 
+def round_order(keys: list, r: int) -> list:
+    """Order of round ``r``: the keys rotated by ``r``, reversed on every other cycle of
+    ``len(keys)`` rounds. Over each 2·len(keys) rounds every key holds every position twice and
+    runs before every other key as often as after it (with three keys: all six orders), so a
+    cost that depends on position in a round (cache state, the previous model) cancels."""
+    n = len(keys)
+    base = list(keys) if (r // n) % 2 == 0 else list(reversed(keys))
+    k = r % n
+    return base[k:] + base[:k]
+
+
 def time_block(runners: dict[str, Callable], x: np.ndarray, *, warmup: int, runs: int,
                cpu_times: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
-    """One untimed call each, ``warmup`` more, then ``runs`` interleaved rounds (order rotating).
-    Returns wall seconds per call; ``cpu_times``, if given, also receives the process CPU
-    seconds of each call (all threads; on a VM this excludes time stolen by other tenants)."""
+    """One untimed call each, ``warmup`` more, then ``runs`` interleaved rounds (order from
+    :func:`round_order`). Returns wall seconds per call; ``cpu_times``, if given, also receives
+    the process CPU seconds of each call (all threads; on a VM this excludes time stolen by other
+    tenants)."""
     for run in runners.values():
         run(x)
     for _ in range(warmup):
@@ -105,16 +117,66 @@ def time_block(runners: dict[str, Callable], x: np.ndarray, *, warmup: int, runs
     times = {k: [] for k in runners}
     if cpu_times is not None:
         cpu_times.update({k: [] for k in runners})
-    order = list(runners.items())
     for r in range(runs):
-        k = r % len(order)
-        for key, run in order[k:] + order[:k]:
+        for key in round_order(list(runners), r):
             c0, t0 = time.process_time(), time.perf_counter()
-            run(x)
+            runners[key](x)
             times[key].append(time.perf_counter() - t0)
             if cpu_times is not None:
                 cpu_times[key].append(time.process_time() - c0)
     return times
+
+
+def profiled_runs(path: str | Path, x: np.ndarray, *, runs: int = 3, threads: int | None = 1) -> list[dict]:
+    """ONNX Runtime CPU profiler over ``runs`` calls (after one untimed call): per call, the
+    whole run and each node's kernel time, in ms (``{"run_ms": .., "nodes": {name: ms}}``)."""
+    import json
+    import tempfile
+
+    from jedi_deploy.deps import require
+
+    from .runtime import session_options
+
+    ort = require("onnxruntime")
+    so = session_options(threads)
+    with tempfile.TemporaryDirectory(prefix="jedi-profile-") as tmp:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+        for _ in range(runs + 1):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    calls = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
+    out = [{"run_ms": (b - a) / 1e3, "nodes": {}} for a, b in calls]
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            i = next(i for i, (a, b) in enumerate(calls) if a <= e["ts"] <= b)
+            name = e["name"].removesuffix("_kernel_time")
+            out[i]["nodes"][name] = out[i]["nodes"].get(name, 0.0) + e["dur"] / 1e3
+    return out[1:]
+
+
+def extra_node_cost(model: str | Path, baseline: str | Path, x: np.ndarray, *, runs: int = 3,
+                    threads: int | None = 1) -> dict:
+    """What ``model`` spends, in its own profiled runs, in the nodes ``baseline`` does not have
+    (for a student against its expert: the adjustment fold). ``ratio`` = run / (run - extra),
+    median over runs: the model's latency over the latency of the part it shares with the
+    baseline. Unlike timing the two graphs against each other this does not depend on how
+    steady the machine is, only on the shared nodes costing the same in both graphs, so
+    ``missing_nodes`` (baseline nodes the model lacks, after ORT's own optimisations) is
+    reported and should be empty."""
+    mine, theirs = profiled_runs(model, x, runs=runs, threads=threads), profiled_runs(baseline, x, runs=1, threads=threads)
+    names, base_names = set().union(*(r["nodes"] for r in mine)), set(theirs[0]["nodes"])
+    extra = sorted(names - base_names)
+    ratios, extra_ms = [], []
+    for r in mine:
+        e = sum(r["nodes"].get(n, 0.0) for n in extra)
+        extra_ms.append(e)
+        ratios.append(r["run_ms"] / (r["run_ms"] - e))
+    return {"extra_nodes": extra, "missing_nodes": sorted(base_names - names), "runs": runs,
+            "extra_ms": float(np.median(extra_ms)), "run_ms": float(np.median([r["run_ms"] for r in mine])),
+            "ratio": float(np.median(ratios))}
 
 
 def bench_models(pairs: list[tuple[str, Path, Path]], runtimes: list[Runtime], *, batch_sizes=(1,), runs: int = 100,

@@ -1,10 +1,12 @@
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 from jedi_deploy.errors import InputError
-from serve.bench import bench_dir, bench_models, bench_pair, discover_pairs, format_bench, ort_runtimes, time_block
+from serve.bench import (bench_dir, bench_models, bench_pair, check_pair, discover_pairs, extra_node_cost, format_bench,
+                         ort_runtimes, round_order, time_block)
 
 
 def test_bench_reports_every_pair_with_an_aa_control(onnx_dir):
@@ -25,13 +27,46 @@ def test_bench_reports_every_pair_with_an_aa_control(onnx_dir):
     assert m["runtimes"]["ort-cpu"]["session.intra_op.allow_spinning"] == "0" and m["runtimes"]["ort-cpu"]["onnxruntime"]
 
 
-def test_blocks_interleave_and_rotate():
+def test_blocks_interleave_in_balanced_orders():
     calls = []
     runners = {k: (lambda x, k=k: calls.append(k)) for k in ("a", "b", "c")}
-    times = time_block(runners, np.zeros(1), warmup=1, runs=3)
+    times = time_block(runners, np.zeros(1), warmup=1, runs=6)
     assert calls[:6] == ["a", "b", "c", "a", "b", "c"]  # the untimed call, then the warm-up
-    assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # who goes first rotates
-    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    rounds = ["".join(calls[i:i + 3]) for i in range(6, len(calls), 3)]
+    assert rounds == ["abc", "bca", "cab", "cba", "bac", "acb"]  # rotations, then reversed rotations
+    assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6, "c": 6}
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_round_orders_balance_positions_and_precedence(n):
+    keys = list(range(n))
+    orders = [round_order(keys, r) for r in range(2 * n)]
+    assert all(sorted(o) == keys for o in orders)
+    for k in keys:
+        assert [o.index(k) for o in orders].count(0) == 2 and len({o.index(k) for o in orders}) == n
+        for j in keys:
+            if j != k:
+                before = sum(o.index(k) < o.index(j) for o in orders)
+                assert before == n  # k runs before j in half the rounds
+
+
+def test_extra_node_cost_finds_the_fold_in_the_students_own_runs(onnx_dir):
+    name, student, expert = discover_pairs(onnx_dir)[0]
+    x = check_pair(student, expert).sample_input(1, 0)
+    cost = extra_node_cost(student, expert, x, runs=2)
+    graph_nodes = {k: {n.name: n.op_type for n in onnx.load(p).graph.node} for k, p in (("s", student), ("e", expert))}
+    fold = {n: op for n, op in graph_nodes["s"].items() if n not in graph_nodes["e"]}
+    assert sorted(fold.values()) == ["Add", "Gemm", "MatMul", "Mul", "Sigmoid"]
+    # ORT may fuse the fold's SiLU (Sigmoid + Mul) into one node named after the Mul
+    assert all(any(n.startswith(f) for f in fold) for n in cost["extra_nodes"])
+    assert {fold[n] for n in cost["extra_nodes"] if n in fold} >= {"Gemm", "MatMul", "Add"}
+    assert cost["missing_nodes"] == [] and cost["runs"] == 2
+    assert 0 < cost["extra_ms"] < cost["run_ms"] and cost["ratio"] == pytest.approx(
+        cost["run_ms"] / (cost["run_ms"] - cost["extra_ms"]), rel=0.5)
+    same = extra_node_cost(expert, expert, x, runs=1)
+    assert same["extra_nodes"] == [] == same["missing_nodes"] and same["ratio"] == 1.0
+    back = extra_node_cost(expert, student, x, runs=1)  # the expert lacks the fold
+    assert back["extra_nodes"] == [] and back["missing_nodes"] == cost["extra_nodes"]
 
 
 def test_blocks_can_also_record_cpu_time():
