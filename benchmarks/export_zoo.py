@@ -44,7 +44,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.fuse import ExpertGraph, StudentReference  # noqa: E402
+from export.fuse import StudentReference  # noqa: E402
 from export.onnx import OnnxExportConfig  # noqa: E402
 from export.students import export_student_and_expert  # noqa: E402
 from jedi_deploy.errors import JediError  # noqa: E402

@@ -4,7 +4,8 @@ For each ``<name>.student.onnx`` / ``<name>.expert.onnx`` pair, each runtime (ON
 CPU / CUDA / TensorRT EP; torch eager and TensorRT engines when the caller supplies them) and
 each batch size, the student, the expert and a second, independent copy of the expert are
 timed on the same input in one block: one untimed call each, a warm-up, then ``runs`` rounds
-in which all three run once, the order rotating every round so drift hits all alike. Per
+in which all three run once, in balanced orders (:func:`round_order`) so drift and position in
+a round hit all alike. Per
 model: median / p90 / p99 / min / max latency and throughput; per pair: the student/expert
 ratio of medians and the **A/A ratio** (expert copy / expert) - the noise floor of the ratio.
 ONNX Runtime threads do not spin between runs (``session.intra_op.allow_spinning=0``) and the
