@@ -5,10 +5,9 @@ CPU / CUDA / TensorRT EP; torch eager and TensorRT engines when the caller suppl
 each batch size, the student, the expert and a second, independent copy of the expert are
 timed on the same input in one block: one untimed call each, a warm-up, then ``runs`` rounds
 in which all three run once, in balanced orders (:func:`round_order`) so drift and position in
-a round hit all alike. Per
-model: median / p90 / p99 / min / max latency and throughput; per pair: the student/expert
-ratio of medians and the **A/A ratio** (expert copy / expert) - the noise floor of the ratio.
-ONNX Runtime threads do not spin between runs (``session.intra_op.allow_spinning=0``) and the
+a round hit all alike. Per model: median / p90 / p99 / min / max latency and throughput; per
+pair: the student/expert ratio of medians and the **A/A ratio** (expert copy / expert) - the
+noise floor of the ratio. ONNX Runtime threads do not spin between runs (``session.intra_op.allow_spinning=0``) and the
 thread settings are reported: on small machines leftover spinning threads of one model steal
 the cores from the next and fake differences between identical models.
 
@@ -104,27 +103,20 @@ def round_order(keys: list, r: int) -> list:
     return base[k:] + base[:k]
 
 
-def time_block(runners: dict[str, Callable], x: np.ndarray, *, warmup: int, runs: int,
-               cpu_times: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+def time_block(runners: dict[str, Callable], x: np.ndarray, *, warmup: int, runs: int) -> dict[str, list[float]]:
     """One untimed call each, ``warmup`` more, then ``runs`` interleaved rounds (order from
-    :func:`round_order`). Returns wall seconds per call; ``cpu_times``, if given, also receives
-    the process CPU seconds of each call (all threads; on a VM this excludes time stolen by other
-    tenants)."""
+    :func:`round_order`). Returns wall seconds per call."""
     for run in runners.values():
         run(x)
     for _ in range(warmup):
         for run in runners.values():
             run(x)
     times = {k: [] for k in runners}
-    if cpu_times is not None:
-        cpu_times.update({k: [] for k in runners})
     for r in range(runs):
         for key in round_order(list(runners), r):
-            c0, t0 = time.process_time(), time.perf_counter()
+            t0 = time.perf_counter()
             runners[key](x)
             times[key].append(time.perf_counter() - t0)
-            if cpu_times is not None:
-                cpu_times[key].append(time.process_time() - c0)
     return times
 
 
