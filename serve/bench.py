@@ -7,7 +7,9 @@ timed on the same input in one block: one untimed call each, a warm-up, then ``r
 in which all three run once, in balanced orders (:func:`round_order`) so drift and position in
 a round hit all alike. Per model: median / p90 / p99 / min / max latency and throughput; per
 pair: the student/expert ratio of medians and the **A/A ratio** (expert copy / expert) - the
-noise floor of the ratio. ONNX Runtime threads do not spin between runs (``session.intra_op.allow_spinning=0``) and the
+noise floor of the ratio - and, on ONNX Runtime CPU, the **profiled ratio**: the student's run
+time over its run time less the fold's nodes, from ORT's profiler (:func:`extra_node_cost`),
+which does not move with the machine's noise. ONNX Runtime threads do not spin between runs (``session.intra_op.allow_spinning=0``) and the
 thread settings are reported: on small machines leftover spinning threads of one model steal
 the cores from the next and fake differences between identical models.
 
@@ -189,9 +191,13 @@ def bench_models(pairs: list[tuple[str, Path, Path]], runtimes: list[Runtime], *
             runners = {"student": rt.load(student), "expert": rt.load(expert), "expert_copy": rt.load(expert)}
             for b in batch_sizes:
                 st = {k: stats(v, b) for k, v in time_block(runners, x_all[:b], warmup=warmup, runs=runs).items()}
-                results.append({"name": name, "runtime": rt.name, "batch_size": b, "runs": runs, "warmup": warmup,
-                                **st, "ratio": st["student"]["median_ms"] / st["expert"]["median_ms"],
-                                "aa_ratio": st["expert_copy"]["median_ms"] / st["expert"]["median_ms"]})
+                row = {"name": name, "runtime": rt.name, "batch_size": b, "runs": runs, "warmup": warmup,
+                       **st, "ratio": st["student"]["median_ms"] / st["expert"]["median_ms"],
+                       "aa_ratio": st["expert_copy"]["median_ms"] / st["expert"]["median_ms"]}
+                if rt.name == "ort-cpu":  # the fold's own cost, which timing alone cannot resolve on a noisy machine
+                    cost = extra_node_cost(student, expert, x_all[:b], runs=3, threads=rt.info.get("intra_op_threads"))
+                    row.update(profiled_ratio=cost["ratio"], fold_ms=cost["extra_ms"])
+                results.append(row)
                 bar.update()
             del runners
     bar.close()
@@ -240,14 +246,15 @@ def bench_dir(model_dir: str | Path, *, batch_size: int = 1, warmup: int = 10, r
 def format_bench(report: dict) -> str:
     """Markdown: one row per model x runtime x batch size, then the ORT vs torch speedups."""
     lines = ["| model | runtime | batch | expert median ms | p90 | p99 | student median ms | p90 | p99 "
-             "| student/s | student/expert | A/A (expert/expert) | spread (max-min)/median |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| student/s | student/expert | A/A (expert/expert) | spread (max-min)/median | profiled student/expert |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
         e, s = r["expert"], r["student"]
         lines.append(f"| {r['name']} | {r['runtime']} | {r['batch_size']} | {e['median_ms']:.3f} | {e['p90_ms']:.3f} "
                      f"| {e['p99_ms']:.3f} | {s['median_ms']:.3f} | {s['p90_ms']:.3f} | {s['p99_ms']:.3f} "
                      f"| {s['throughput_per_s']:.1f} | {r['ratio']:.3f} | {r['aa_ratio']:.3f} "
-                     f"| {max(s['spread'], e['spread'], r['expert_copy']['spread']):.2f} |")
+                     f"| {max(s['spread'], e['spread'], r['expert_copy']['spread']):.2f} "
+                     f"| {format(r['profiled_ratio'], '.4f') if 'profiled_ratio' in r else '-'} |")
     if report.get("speedups"):
         lines += ["", "| model | ONNX Runtime | vs | batch | student speedup | expert speedup |",
                   "|---|---|---|---:|---:|---:|"]

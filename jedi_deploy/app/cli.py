@@ -463,7 +463,7 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
                    "torch-cpu/cuda with --bundle.")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Comma list of batch sizes.")
 @click.option("--runs", default=200, show_default=True, help="Timed rounds per block (student, expert and the A/A "
-              "copy each run once per round, order rotating).")
+              "copy each run once per round, in balanced orders).")
 @click.option("--warmup", default=20, show_default=True, help="Untimed rounds before each block.")
 @click.option("--threads", default=1, show_default=True, help="Intra-op threads of every runtime.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write bench.json, bench.md and bench.png here.")
@@ -473,8 +473,9 @@ def bench(model_dir, bundle, experts, runtimes, batch_sizes, runs, warmup, threa
 
     Median/p90/p99 latency, throughput, the student/expert ratio and an A/A control (the
     expert against a second copy of itself: the noise floor of the ratio), on every runtime
-    and batch size; runtime threads do not spin between runs (OMP_WAIT_POLICY=PASSIVE, ORT
-    allow_spinning=0).
+    and batch size; on ONNX Runtime CPU also the profiled ratio (the student's time in the
+    fold's nodes, from ORT's profiler, which machine noise does not move). Runtime threads do
+    not spin between runs (OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0).
     """
     import os
 

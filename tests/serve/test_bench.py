@@ -22,6 +22,7 @@ def test_bench_reports_every_pair_with_an_aa_control(onnx_dir):
             assert s["spread"] == pytest.approx((s["max_ms"] - s["min_ms"]) / s["median_ms"])
         assert r["ratio"] == pytest.approx(r["student"]["median_ms"] / r["expert"]["median_ms"])
         assert r["aa_ratio"] == pytest.approx(r["expert_copy"]["median_ms"] / r["expert"]["median_ms"])
+        assert 1 < r["profiled_ratio"] < 1.5 and 0 < r["fold_ms"] < r["student"]["max_ms"]
     assert format_bench(report).count("\n") == len(names) + 1
     m = report["machine"]
     assert m["runtimes"]["ort-cpu"]["session.intra_op.allow_spinning"] == "0" and m["runtimes"]["ort-cpu"]["onnxruntime"]
