@@ -15,7 +15,8 @@ export time, file size and parity of the student and expert graphs for each expo
 
 Beside the timed ratio, ``profiled_student_expert_ratio`` reads ORT's profiler inside the
 student's own runs: run time / (run time - time in the nodes the expert graph lacks, i.e. the
-adjustment fold). It does not depend on how quiet the machine is (serve.bench.extra_node_cost).
+adjustment fold). Both parts come from the same runs, so it is far less sensitive to machine
+noise than the timed ratio (serve.bench.extra_node_cost).
 
 Last line: one JSON object with ``archs`` (per-arch figures), ``max_student_expert_ratio``,
 ``min_ort_vs_torch``, ``all_parity_ok``, the largest A/A deviation (``max_aa_deviation``), the
@@ -136,7 +137,7 @@ def bench_arch(arch: str, exporters: list[str], runs: int, ratio_runs: int, work
     out["picked_exporter"] = pick
     for key in ("student_expert_ratio", "student_expert_ci95", "aa_ratio"):
         out[key] = out["exporters"][pick][key]
-    # the fold's own cost, from ORT's profiler inside the student's runs (independent of machine noise)
+    # the fold's own cost, from ORT's profiler inside the student's runs (both parts from the same runs)
     d = work / f"{arch}-{pick}"
     cost = extra_node_cost(d / f"{arch}.student.onnx", d / f"{arch}.expert.onnx", xn, runs=3, threads=threads)
     out["profiled_student_expert_ratio"] = round(cost["ratio"], 5)

@@ -8,8 +8,9 @@ in which all three run once, in balanced orders (:func:`round_order`) so drift a
 a round hit all alike. Per model: median / p90 / p99 / min / max latency and throughput; per
 pair: the student/expert ratio of medians and the **A/A ratio** (expert copy / expert) - the
 noise floor of the ratio - and, on ONNX Runtime CPU, the **profiled ratio**: the student's run
-time over its run time less the fold's nodes, from ORT's profiler (:func:`extra_node_cost`),
-which does not move with the machine's noise. ONNX Runtime threads do not spin between runs (``session.intra_op.allow_spinning=0``) and the
+time over its run time less the fold's nodes, from ORT's profiler (:func:`extra_node_cost`);
+both parts come from the same runs, so a slow-down of the whole machine scales them alike.
+ONNX Runtime threads do not spin between runs (``session.intra_op.allow_spinning=0``) and the
 thread settings are reported: on small machines leftover spinning threads of one model steal
 the cores from the next and fake differences between identical models.
 
@@ -157,8 +158,9 @@ def extra_node_cost(model: str | Path, baseline: str | Path, x: np.ndarray, *, r
     """What ``model`` spends, in its own profiled runs, in the nodes ``baseline`` does not have
     (for a student against its expert: the adjustment fold). ``ratio`` = run / (run - extra),
     median over runs: the model's latency over the latency of the part it shares with the
-    baseline. Unlike timing the two graphs against each other this does not depend on how
-    steady the machine is, only on the shared nodes costing the same in both graphs, so
+    baseline. Unlike timing the two graphs against each other, both parts come from the same
+    runs, so a slow-down of the whole machine scales them alike; it does assume that the shared
+    nodes cost the same in both graphs, so
     ``missing_nodes`` (baseline nodes the model lacks, after ORT's own optimisations) is
     reported and should be empty."""
     mine, theirs = profiled_runs(model, x, runs=runs, threads=threads), profiled_runs(baseline, x, runs=1, threads=threads)

@@ -474,7 +474,7 @@ def bench(model_dir, bundle, experts, runtimes, batch_sizes, runs, warmup, threa
     Median/p90/p99 latency, throughput, the student/expert ratio and an A/A control (the
     expert against a second copy of itself: the noise floor of the ratio), on every runtime
     and batch size; on ONNX Runtime CPU also the profiled ratio (the student's time in the
-    fold's nodes, from ORT's profiler, which machine noise does not move). Runtime threads do
+    fold's nodes, from ORT's profiler, far less sensitive to machine noise). Runtime threads do
     not spin between runs (OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0).
     """
     import os
