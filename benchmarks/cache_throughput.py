@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jedi_deploy.datasets import load_dataset  # noqa: E402
 from jedi_deploy.registry import load_expert  # noqa: E402
 from jedi_deploy.video import load_views  # noqa: E402
-from jedi_deploy.zoo import TV_VIDEO, import_checkpoint, save_imported, torchvision_video_model  # noqa: E402
-from train.cache import build_cache, default_workers, encode_views  # noqa: E402
+from jedi_deploy.importer import import_checkpoint, save_imported  # noqa: E402
+from jedi_deploy.zoo import TV_VIDEO, torchvision_video_model  # noqa: E402
+from jedi_deploy.train.cache import build_cache, default_workers, encode_views  # noqa: E402
 
 
 def write_video(path: Path, frames: int, seed: int) -> None:

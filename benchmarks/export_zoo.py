@@ -43,14 +43,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.fuse import StudentReference  # noqa: E402
-from export.onnx import OnnxExportConfig  # noqa: E402
-from export.students import export_student_and_expert  # noqa: E402
+from jedi_deploy.export.fuse import StudentReference  # noqa: E402
+from jedi_deploy.export.onnx import OnnxExportConfig  # noqa: E402
+from jedi_deploy.export.students import export_student_and_expert  # noqa: E402
 from jedi_deploy.errors import JediError  # noqa: E402
-from serve.bench import extra_node_cost, time_block  # noqa: E402
-from serve.runtime import SESSION_CONFIG, session_options  # noqa: E402
+from jedi_deploy.serve.bench import extra_node_cost, time_block  # noqa: E402
+from jedi_deploy.serve.runtime import SESSION_CONFIG, session_options  # noqa: E402
 from jedi_deploy.jedi_model import AdjustmentModule  # noqa: E402
 from jedi_deploy.registry import ARCHS, Expert, build_expert  # noqa: E402
 from jedi_deploy.zoo import TV_VIDEO  # noqa: E402

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_server(model: Path, max_batch: int, max_delay_ms: float, threads: int | None, extra: list[str]):
-    cmd = [sys.executable, "-m", "serve.server", str(model), "--port", "0", "--max-batch-size", str(max_batch),
+    cmd = [sys.executable, "-m", "jedi_deploy.serve.server", str(model), "--port", "0", "--max-batch-size", str(max_batch),
            "--max-delay-ms", str(max_delay_ms), *extra]
     if threads:
         cmd += ["--threads", str(threads)]
@@ -143,7 +143,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8, help="max batch size of the micro-batching setting")
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads of the service")
-    ap.add_argument("--server-arg", action="append", default=[], help="extra `python -m serve.server` argument")
+    ap.add_argument("--server-arg", action="append", default=[], help="extra `python -m jedi_deploy.serve.server` argument")
     args = ap.parse_args()
     model, video = args.model, args.video
     if model is None:

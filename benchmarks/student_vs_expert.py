@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serve.bench import bench_dir, format_bench  # noqa: E402
+from jedi_deploy.serve.bench import bench_dir, format_bench  # noqa: E402
 
 
 def main() -> int:

@@ -24,17 +24,15 @@ import json
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jedi_deploy.config import JEDIConfig  # noqa: E402
 from jedi_deploy.jedi_model import JEDIModel  # noqa: E402
-from train.engine import Rng, tune_allocator  # noqa: E402
-from train.jedi import build_optimizer, train_step  # noqa: E402
-from train.losses import distillation_weights, jedi_loss  # noqa: E402
+from jedi_deploy.train.engine import Rng, tune_allocator  # noqa: E402
+from jedi_deploy.train.jedi import build_optimizer, train_step  # noqa: E402
+from jedi_deploy.train.losses import distillation_weights, jedi_loss  # noqa: E402
 
 DIMS = [2048, 2048, 1024, 2048]
 CLASSES = [200, 51, 400, 101]

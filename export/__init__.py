@@ -1,1 +1,3 @@
-"""Export stage: fused students (and initial experts) to ONNX, validated against PyTorch."""
+"""Export stage (``jedi_deploy.export``): fused students, initial experts and teacher ensembles to
+ONNX, validated against PyTorch (``pipeline.export_all`` is the whole ``jedi export`` job);
+TensorRT engines and Triton repositories."""

@@ -4,7 +4,6 @@ from the bundle and the expert checkpoints, run eagerly on CPU or CUDA."""
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,22 +11,13 @@ import torch
 
 from jedi_deploy.bundle import load_bundle
 from jedi_deploy.errors import InputError
-from jedi_deploy.meta import METADATA_KEY, sha256_file
+from jedi_deploy.meta import sha256_file
+from jedi_deploy.model_card import read_card
 from jedi_deploy.runtimes import Runtime
 
 from .fuse import ExpertGraph, FusedStudent
 from .graph import GraphWrapper
 from .students import resolve_experts
-
-
-def onnx_metadata(path: str | Path) -> dict:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise InputError(f"{path}: no '{METADATA_KEY}' metadata; export it with `jedi export`")
-    return json.loads(props[METADATA_KEY])
 
 
 def torch_runtimes(bundle_path: str | Path, devices: list[str] | None = None, threads: int | None = 1,
@@ -45,19 +35,21 @@ def torch_runtimes(bundle_path: str | Path, devices: list[str] | None = None, th
     index = {ex.name: (j, ex) for j, ex in enumerate(experts)}
 
     def graph(onnx_path: Path) -> torch.nn.Module:
-        m = onnx_metadata(onnx_path)
-        name, kind = m.get("name"), m.get("kind")
+        card = read_card(onnx_path)
+        name, kind = card.name, card.kind
+        if kind == "teacher":
+            raise InputError(f"{onnx_path}: the torch runtimes rebuild students and experts, not teacher ensembles")
         if name not in index:
             raise InputError(f"{onnx_path}: model {name!r} is not in bundle {bundle_path} (it has {sorted(index)})")
-        if kind == "student" and m.get("bundle_sha256") not in (None, bundle_sha):
+        if kind == "student" and card.bundle_sha256 not in (None, bundle_sha):
             raise InputError(f"{onnx_path} was exported from another bundle than {bundle_path} (sha256 differs)")
         j, ex = index[name]
-        if m.get("expert_sha256") not in (None, ex.sha256):
+        if card.expert_sha256 not in (None, ex.sha256):
             raise InputError(f"{onnx_path} was exported from another checkpoint of expert {name!r}")
         core = (FusedStudent(ex.encoder, model.adjust[j], model.students[j]) if kind == "student"
                 else ExpertGraph(ex.encoder, ex.head))
-        wrapped = GraphWrapper(core, ex.preprocess, uint8_input=bool(m.get("uint8_input", False)),
-                               views=int(m.get("views", 1)), average=m.get("average", ex.preprocess.average))
+        wrapped = GraphWrapper(core, ex.preprocess, uint8_input=card.input.uint8, views=card.input.views,
+                               average=card.average)
         return copy.deepcopy(wrapped).eval()  # every load its own weights (the A/A copy too)
 
     def loader(device: str):

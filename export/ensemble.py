@@ -3,8 +3,12 @@ module (and student head where the teacher reads predictions) and the teacher of
 dataset - the teacher's accuracy at the cost of all n experts.
 
 The graph has one input per expert, ``video_<j>`` (experts take different clips: frames, crop,
-normalisation), each ``float32[batch, T_j, 3, S_j, S_j]`` as ``jedi_deploy.video`` prepares it,
-and one output ``logits`` ``[batch, C_dataset]``. It is validated like every other export:
+normalisation), each ``float32[batch, T_j, 3, S_j, S_j]`` as ``jedi_deploy.video`` prepares it -
+or ``[batch, V_j, T_j, 3, S_j, S_j]`` for an expert whose preprocessing has V_j > 1 test views
+(clips x crops): the graph encodes every view and averages the embeddings, exactly as
+``jedi cache`` made the embeddings the teacher was trained on - and one output ``logits``
+``[batch, C_dataset]``. Its model card lists every input with its expert's preprocessing, so
+``jedi infer`` / ``jedi serve`` decode a video once and feed every input from that decode. It is validated like every other export:
 ONNX checker with full shape inference, then ONNX Runtime vs PyTorch (the plain
 ``JEDIModel.forward`` in eval mode) on random inputs at several batch sizes, before the file is
 renamed into place.
@@ -20,27 +24,49 @@ from torch import nn
 from jedi_deploy.bundle import load_bundle
 from jedi_deploy.deps import require
 from jedi_deploy.errors import ExportValidationError, InputError
-from jedi_deploy.meta import FORMAT_VERSION, atomic_path, sha256_file, write_json, require_writable_dir
+from jedi_deploy.meta import atomic_path, sha256_file, write_json, require_writable_dir
+from jedi_deploy.model_card import InputSpec, ModelCard, input_layout
 
 from .onnx import OnnxExportConfig, compare_outputs, save_checked
 from .students import resolve_experts
 
 
 class TeacherEnsemble(nn.Module):
-    def __init__(self, encoders: list[nn.Module], model, teacher: int):
+    def __init__(self, encoders: list[nn.Module], model, teacher: int, views: list[int] | None = None):
         super().__init__()
         self.encoders = nn.ModuleList(encoders)
         self.model, self.teacher = model.eval(), teacher
+        self.views = list(views or [1] * len(encoders))
 
     def forward(self, *videos: torch.Tensor) -> torch.Tensor:
-        embs = [enc(v) for enc, v in zip(self.encoders, videos)]
+        embs = []
+        for enc, v, x in zip(self.encoders, self.views, videos):
+            if v > 1:  # [B, V, ...] -> mean embedding over the V views (as the cache averages them)
+                b = x.shape[0]
+                embs.append(enc(x.flatten(0, 1)).view(b, v, -1).mean(dim=1))
+            else:
+                embs.append(enc(x))
         _, teachers = self.model(embs)
         return teachers[self.teacher]
 
 
+def teacher_card(dataset: str, header, experts, output: str, opset: int, bundle_sha256: str) -> ModelCard:
+    """The teacher's card: one input per expert, with that expert's preprocessing and views."""
+    i = header.datasets.index(dataset)
+    inputs = []
+    for j, e in enumerate(experts):
+        v = e.preprocess.views
+        shape = (v, *e.preprocess.input_shape()) if v > 1 else e.preprocess.input_shape()
+        inputs.append(InputSpec(f"video_{j}", "float32", ("batch", *shape), input_layout(False, v), e.preprocess,
+                                views=v, expert=e.name, expert_sha256=e.sha256))
+    return ModelCard(kind="teacher", name=dataset, dataset=dataset, arch="ensemble",
+                     categories=tuple(header.experts[i]["categories"]), inputs=tuple(inputs), output=output,
+                     opset=opset, bundle_sha256=bundle_sha256)
+
+
 def check_options(cfg: OnnxExportConfig) -> None:
     if cfg.uint8_input or cfg.views > 1 or cfg.fp16:
-        raise InputError("the teacher ensemble is exported with float32 inputs, one view per expert "
+        raise InputError("the teacher ensemble is exported with float32 inputs and each expert's own test views "
                          "(--uint8-input, --views and --fp16 apply to students and experts)")
 
 
@@ -51,13 +77,14 @@ def export_teacher(bundle_path: str | Path, out_dir: str | Path, dataset: str, *
 
     check_options(cfg)
     model, meta = load_bundle(bundle_path)
-    if dataset not in meta["datasets"]:
-        raise InputError(f"no teacher for dataset {dataset!r}; this bundle has {meta['datasets']}")
-    i = meta["datasets"].index(dataset)
+    if dataset not in meta.datasets:
+        raise InputError(f"no teacher for dataset {dataset!r}; this bundle has {meta.datasets}")
+    i = meta.datasets.index(dataset)
     experts = resolve_experts(meta, expert_paths)
-    module = TeacherEnsemble([e.encoder for e in experts], model, i).eval()
-    names = [f"video_{j}" for j in range(len(experts))]
-    shapes = [e.preprocess.input_shape() for e in experts]
+    card = teacher_card(dataset, meta, experts, cfg.output_name, cfg.opset, sha256_file(bundle_path))
+    module = TeacherEnsemble([e.encoder for e in experts], model, i, [x.views for x in card.inputs]).eval()
+    names = [x.name for x in card.inputs]
+    shapes = [x.sample_shape() for x in card.inputs]
     path = require_writable_dir(out_dir) / f"{dataset}.teacher.onnx"
     gen = torch.Generator().manual_seed(cfg.seed)
     dummy = tuple(torch.randn((2, *s), generator=gen) for s in shapes)
@@ -72,14 +99,7 @@ def export_teacher(bundle_path: str | Path, out_dir: str | Path, dataset: str, *
             except Exception as e:
                 raise ExportValidationError(f"{path.name}: cannot export the teacher ensemble "
                                             f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
-        m = onnx.load(str(tmp))
-        info = {"format_version": FORMAT_VERSION, "kind": "teacher", "name": dataset, "dataset": dataset,
-                "categories": list(meta["experts"][i]["categories"]) if meta["experts"][i]["dataset"] == dataset
-                else [], "inputs": [{"name": n, "expert": e.name, "preprocess": e.preprocess.to_dict()}
-                                    for n, e in zip(names, experts)],
-                "output": cfg.output_name, "bundle_sha256": sha256_file(bundle_path),
-                "expert_sha256": [e.sha256 for e in experts]}
-        save_checked(m, tmp, info, path.name)
+        save_checked(onnx.load(str(tmp)), tmp, card, path.name)
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         failures, rows = [], []
         for b in cfg.batch_sizes:

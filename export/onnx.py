@@ -6,15 +6,15 @@ reference on seeded random inputs at several batch sizes. Only when every check 
 the file renamed into place; otherwise :class:`ExportValidationError` carries the figures
 and nothing is left on disk.
 
-Exporters: TorchScript-based ``torch.onnx.export(dynamo=False)`` (default) or the dynamo
-exporter (``exporter="dynamo"``); which one gives the faster ORT model per architecture is
-measured by ``benchmarks/export_zoo.py`` and recorded in the registry (``extra["exporter"]``).
+Exporters: TorchScript-based ``torch.onnx.export(dynamo=False)`` (default: it exports every
+registry entry) or the dynamo exporter (``exporter="dynamo"``, needs ``onnxscript``).
+``benchmarks/export_zoo.py`` times both; no architecture has shown a difference beyond that
+machine's noise (benchmarks/RESULTS.md), so there is no per-architecture pick.
 """
 from __future__ import annotations
 
-import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +23,11 @@ from torch import nn
 
 from jedi_deploy.deps import require
 from jedi_deploy.errors import ConfigError, ExportValidationError
-from jedi_deploy.meta import FORMAT_VERSION, METADATA_KEY, atomic_path
+from jedi_deploy.meta import atomic_path
+from jedi_deploy.model_card import ModelCard, embed_card
 
 
-EXPORTERS = ("auto", "torchscript", "dynamo")  # auto: the registry's pick for the architecture
+EXPORTERS = ("torchscript", "dynamo")
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class OnnxExportConfig:
     input_name: str = "video"
     output_name: str = "logits"
     opset: int = 17
-    exporter: str = "auto"
+    exporter: str = "torchscript"
     uint8_input: bool = False
     views: int = 1
     fp16: bool = False
@@ -135,13 +136,11 @@ def validate(onnx_path: Path, reference: nn.Module, sample_shape: tuple[int, ...
     return report
 
 
-def save_checked(model, path: Path, meta: dict, what: str) -> None:
-    """Embed the ``jedi`` metadata, run the ONNX checker with full shape inference, save."""
+def save_checked(model, path: Path, card: ModelCard, what: str) -> None:
+    """Embed the model card, run the ONNX checker with full shape inference, save."""
     import onnx
 
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(meta, sort_keys=True)
+    embed_card(model, card)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -155,7 +154,7 @@ def _torch_export(module, dummy, path: Path, cfg: OnnxExportConfig, what: str) -
     with warnings.catch_warnings(), export_friendly():
         warnings.simplefilter("ignore")
         try:
-            if cfg.exporter == "dynamo":  # "auto" without an architecture to look up: TorchScript
+            if cfg.exporter == "dynamo":
                 batch = torch.export.Dim("batch", min=1, max=1024)
                 torch.onnx.export(module, (dummy,), str(path), input_names=[cfg.input_name],
                                   output_names=[cfg.output_name], opset_version=cfg.opset, dynamo=True,
@@ -172,7 +171,7 @@ def _torch_export(module, dummy, path: Path, cfg: OnnxExportConfig, what: str) -
 
 
 def export_onnx(module: nn.Module, out_path: str | Path, sample_shape: tuple[int, ...],
-                metadata: dict, reference: nn.Module | None = None,
+                card: ModelCard, reference: nn.Module | None = None,
                 cfg: OnnxExportConfig = OnnxExportConfig(), input_dtype: str = "float32",
                 real_inputs: dict[str, np.ndarray] | None = None) -> dict:
     """Export ``module`` (input ``[batch, *sample_shape]`` of ``input_dtype``), optionally
@@ -200,12 +199,9 @@ def export_onnx(module: nn.Module, out_path: str | Path, sample_shape: tuple[int
             from onnxconverter_common import float16
 
             model = float16.convert_float_to_float16(model, keep_io_types=True)
-        meta = {"format_version": FORMAT_VERSION, "input": cfg.input_name, "output": cfg.output_name,
-                "input_dtype": input_dtype, "uint8_input": cfg.uint8_input, "views": cfg.views,
-                "precision": cfg.precision, "exporter": "dynamo" if cfg.exporter == "dynamo" else "torchscript",
-                "simplified": cfg.simplify, **metadata}
-        save_checked(model, tmp, meta, out_path.name)
+        card = replace(card, output=cfg.output_name, precision=cfg.precision, exporter=cfg.exporter,
+                       opset=cfg.opset, simplified=cfg.simplify)
+        save_checked(model, tmp, card, out_path.name)
         report = validate(tmp, reference, sample_shape, cfg, input_dtype, real_inputs)
-        report.update(exporter="dynamo" if cfg.exporter == "dynamo" else "torchscript", simplified=cfg.simplify, opset=cfg.opset,
-                      file_bytes=tmp.stat().st_size)
+        report.update(exporter=cfg.exporter, simplified=cfg.simplify, opset=cfg.opset, file_bytes=tmp.stat().st_size)
     return report

@@ -3,14 +3,18 @@
 The PyTorch reference a graph is validated against keeps the original code, so validation
 proves each rewrite exact (to fp32 rounding) on every export.
 
-torchvision MViT (``mvit_v2_s``; ORT profiles of the traced upstream code in the comments):
+Each rewrite exists because an ONNX Runtime profile of the traced upstream code showed the
+upstream form slow; the profiles and the gains are in benchmarks/RESULTS.md ("Profiles behind
+the export rewrites").
+
+torchvision MViT (``mvit_v2_s``):
 
 * ``MultiscaleAttention.forward`` -> :func:`mvit_attention`. Upstream computes
   ``attn = (scale*q) @ k^T`` and then ``_add_rel_pos`` adds the decomposed relative-position
   bias: three einsums, a broadcast sum into a [B, heads, Q, K] tensor and an in-place
   ``attn[:, :, 1:, 1:] += bias``. Traced, that slice assignment became a ScatterND over an
-  int64 index grid (~67% of the model's ORT time); a Pad + Add form of it still cost three extra
-  passes over every attention matrix plus ~10% in Einsum. Here the bias rides inside the one
+  int64 index grid (most of the model's ORT time); a Pad + Add form of it still cost three extra
+  passes over every attention matrix plus the Einsums. Here the bias rides inside the one
   attention product instead: ``bias[q, k] = a_t[q, t(k)] + a_h[q, h(k)] + a_w[q, w(k)]`` is
   ``A @ onehot^T`` with ``A = [a_t | a_h | a_w]`` (the per-axis products of the query with the
   position tables; a zero row for the class-token query) and ``onehot`` the constant
@@ -25,12 +29,12 @@ torchvision MViT (``mvit_v2_s``; ORT profiles of the traced upstream code in the
 torchvision VideoResNet (``r3d_18``, ``mc3_18``, ``r2plus1d_18``): ``VideoResNet.forward`` ->
 :func:`video_resnet_frames`, which keeps activations as frames [B*T, C, H, W] and runs each
 Conv3d as a Conv2d over temporally stacked frames. ONNX Runtime's CPU Conv3d is an im2col +
-GEMM (r3d_18 and mc3_18 ran 0.92x torch eager's speed); its Conv2d is a blocked direct
-convolution with BatchNorm and ReLU fused in.
+GEMM (slower than torch eager on these models); its Conv2d is a blocked direct convolution
+with BatchNorm and ReLU fused in.
 
 Not rewritten: Video Swin's shifted-window mask, rebuilt on every call from shapes, would be
-a constant - but a [windows, N, N] float one per shifted block (+130 MB on swin3d_b's 526 MB
-file) for ~2% of its ORT time.
+a constant - but a [windows, N, N] float one per shifted block, a large file growth for a
+small gain.
 
 Every rewrite is used only for the shapes it was traced with; the graphs these models export
 have a fixed T x H x W anyway (only the batch axis is dynamic), as the validation's batch
@@ -172,7 +176,7 @@ def depthwise_conv3d_as_2d(conv, x: torch.Tensor) -> torch.Tensor:
     """A depthwise Conv3d as one grouped Conv2d over [N, C*T, H, W] (a free reshape): group c
     maps channel c's T frames to its T_out frames with a banded [T_out, T] kernel whose band
     holds the 3D kernel's temporal taps. ONNX Runtime's CPU Conv3d handles depthwise groups
-    one channel at a time; its grouped Conv2d ran the same pooling 1.5-1.9x faster.
+    one channel at a time; its grouped Conv2d runs the same pooling faster.
     The banded weight (T_out/kt times the taps, all but those zero) is a graph constant."""
     n, c, t, h, w = x.shape
     t = int(t)
@@ -194,7 +198,7 @@ def depthwise_conv3d_as_2d(conv, x: torch.Tensor) -> torch.Tensor:
 
 def _frames_under_tap(x5: torch.Tensor, first: int, step: int, count: int) -> torch.Tensor:
     """Frames ``first + o*step`` for o < count of x5 [B, T, ...], zero frames outside [0, T)
-    (a slice plus zero frames: ~6% faster in ONNX Runtime than Pad + Slice on r3d_18)."""
+    (a slice plus zero frames: faster in ONNX Runtime than Pad + Slice)."""
     t = int(x5.shape[1])
     before = min(count, -(first // step)) if first < 0 else 0
     last = first + (count - 1) * step

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jedi_deploy.bundle import load_bundle
+from jedi_deploy.bundle import BundleHeader, load_bundle
 from jedi_deploy.errors import ExportValidationError, InputError
 from jedi_deploy.meta import sha256_file, write_json, require_writable_dir
+from jedi_deploy.model_card import InputSpec, ModelCard, input_layout
 from jedi_deploy.registry import Expert, load_expert
 
 from .fuse import ExpertGraph, FusedStudent, StudentReference
@@ -15,16 +16,16 @@ from .graph import GraphWrapper, input_spec
 from .onnx import OnnxExportConfig, export_onnx
 
 
-def resolve_experts(meta: dict, overrides: dict[str, str] | None = None) -> list[Expert]:
+def resolve_experts(meta: BundleHeader, overrides: dict[str, str] | None = None) -> list[Expert]:
     """Load the bundle's expert checkpoints (recorded paths, or ``overrides[name]``),
     refusing any whose sha256 differs from the one the bundle was trained on."""
     overrides = dict(overrides or {})
-    names = [e["name"] for e in meta["experts"]]
+    names = [e["name"] for e in meta.experts]
     unknown = set(overrides) - set(names)
     if unknown:
         raise InputError(f"--expert names {sorted(unknown)} are not in the bundle; it has {names}")
     experts = []
-    for e in meta["experts"]:
+    for e in meta.experts:
         path = overrides.get(e["name"]) or e.get("checkpoint")
         if not path:
             raise InputError(f"bundle records no checkpoint for expert {e['name']!r}; pass --expert {e['name']}=PATH")
@@ -35,8 +36,8 @@ def resolve_experts(meta: dict, overrides: dict[str, str] | None = None) -> list
     return experts
 
 
-def select_students(meta: dict, wanted: list[str] | None) -> list[int]:
-    names = [e["name"] for e in meta["experts"]]
+def select_students(meta: BundleHeader, wanted: list[str] | None) -> list[int]:
+    names = [e["name"] for e in meta.experts]
     if not wanted:
         return list(range(len(names)))
     missing = [w for w in wanted if w not in names]
@@ -45,10 +46,15 @@ def select_students(meta: dict, wanted: list[str] | None) -> list[int]:
     return [names.index(w) for w in wanted]
 
 
-def _model_meta(kind: str, expert: Expert, **extra) -> dict:
-    return {"kind": kind, "name": expert.name, "dataset": expert.dataset, "arch": expert.arch,
-            "categories": list(expert.categories), "preprocess": expert.preprocess.to_dict(),
-            "expert_sha256": expert.sha256, **extra}
+def model_card(kind: str, expert: Expert, cfg: OnnxExportConfig, bundle_sha256: str | None = None) -> ModelCard:
+    """The card of a student or expert graph: one input, fed as ``cfg`` exports it."""
+    pre = expert.preprocess
+    shape, dtype = input_spec(pre, uint8_input=cfg.uint8_input, views=cfg.views)
+    spec = InputSpec(cfg.input_name, dtype, ("batch", *shape), input_layout(cfg.uint8_input, cfg.views), pre,
+                     views=cfg.views, expert=expert.name, expert_sha256=expert.sha256)
+    return ModelCard(kind=kind, name=expert.name, dataset=expert.dataset, arch=expert.arch,
+                     categories=tuple(expert.categories), inputs=(spec,), output=cfg.output_name,
+                     average=pre.average, bundle_sha256=bundle_sha256)
 
 
 def real_clip_input(video: str | Path, preprocess, cfg: OnnxExportConfig) -> np.ndarray:
@@ -62,26 +68,20 @@ def real_clip_input(video: str | Path, preprocess, cfg: OnnxExportConfig) -> np.
     return (x if cfg.views > 1 else x[0])[None]
 
 
-def export_model(module, reference, expert: Expert, path: Path, meta: dict, cfg: OnnxExportConfig,
-                 clip: str | Path | None = None) -> dict:
+def export_model(module, reference, expert: Expert, path: Path, kind: str, cfg: OnnxExportConfig,
+                 clip: str | Path | None = None, bundle_sha256: str | None = None) -> dict:
     """Wrap (uint8 input, views) and export one graph for ``expert``'s input, validated
     against ``reference`` on random inputs and, given ``clip``, on that decoded video; the
     report is also written next to the model as ``<stem>.validation.json``."""
-    from dataclasses import replace
-
     from jedi_deploy.registry import ARCHS
 
-    if cfg.exporter == "auto":
-        entry = ARCHS.get(expert.arch)
-        cfg = replace(cfg, exporter=(entry.extra.get("exporter", "torchscript") if entry else "torchscript"))
     pre = expert.preprocess
-    average = pre.average
-    wrap = dict(uint8_input=cfg.uint8_input, views=cfg.views, average=average)
-    shape, dtype = input_spec(pre, uint8_input=cfg.uint8_input, views=cfg.views)
+    wrap = dict(uint8_input=cfg.uint8_input, views=cfg.views, average=pre.average)
+    card = model_card(kind, expert, cfg, bundle_sha256)
+    shape, dtype = card.input.sample_shape(), card.input.dtype
     real = {f"decoded clip {Path(clip).name}": real_clip_input(clip, pre, cfg)} if clip else None
-    meta = {**meta, "input_shape": ["batch", *shape], "average": average}
     try:
-        report = export_onnx(GraphWrapper(module, pre, **wrap), path, shape, meta,
+        report = export_onnx(GraphWrapper(module, pre, **wrap), path, shape, card,
                              reference=GraphWrapper(reference, pre, **wrap), cfg=cfg, input_dtype=dtype,
                              real_inputs=real)
     except ExportValidationError as e:
@@ -89,23 +89,22 @@ def export_model(module, reference, expert: Expert, path: Path, meta: dict, cfg:
             raise ExportValidationError(f"architecture {expert.arch!r}: {e} (exported and validated here: "
                                         f"{sorted(ARCHS)})", e.report) from None
         raise
-    report.update(name=expert.name, kind=meta["kind"], path=str(path))
+    report.update(name=expert.name, kind=kind, path=str(path))
     write_json(path.with_suffix(".validation.json"), report)
     return report
 
 
 def export_student_and_expert(expert: Expert, adjust, head, out_dir: Path, cfg: OnnxExportConfig, *,
-                              clip=None, with_expert: bool = True, extra_meta: dict | None = None) -> list[dict]:
+                              clip=None, with_expert: bool = True, bundle_sha256: str | None = None) -> list[dict]:
     """``<name>.student.onnx`` (encoder + adjustment folded into the head) and, optionally,
     ``<name>.expert.onnx`` (the initial expert, the latency baseline)."""
     reports = [export_model(FusedStudent(expert.encoder, adjust, head).eval(),
                             StudentReference(expert.encoder, adjust, head).eval(), expert,
-                            out_dir / f"{expert.name}.student.onnx",
-                            _model_meta("student", expert, **(extra_meta or {})), cfg, clip)]
+                            out_dir / f"{expert.name}.student.onnx", "student", cfg, clip, bundle_sha256)]
     if with_expert:
         graph = ExpertGraph(expert.encoder, expert.head).eval()
-        reports.append(export_model(graph, graph, expert, out_dir / f"{expert.name}.expert.onnx",
-                                    _model_meta("expert", expert), cfg, clip))
+        reports.append(export_model(graph, graph, expert, out_dir / f"{expert.name}.expert.onnx", "expert", cfg,
+                                    clip))
     return reports
 
 
@@ -125,6 +124,5 @@ def export_bundle(bundle_path: str | Path, out_dir: str | Path, *, students: lis
     reports = []
     for j in tqdm(chosen, desc="exporting ONNX", unit="student", disable=not progress):
         reports += export_student_and_expert(experts[j], model.adjust[j], model.students[j], out_dir, cfg,
-                                             clip=clip, with_expert=with_experts,
-                                             extra_meta={"bundle_sha256": bundle_sha})
+                                             clip=clip, with_expert=with_experts, bundle_sha256=bundle_sha)
     return reports

@@ -11,13 +11,12 @@ model folder is moved into place, so a config Triton would reject is never writt
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from jedi_deploy.errors import ExportValidationError, InputError, MissingDependencyError
-from jedi_deploy.meta import METADATA_KEY
+from jedi_deploy.model_card import ModelCard
 
 ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 2: "TYPE_UINT8", 3: "TYPE_INT8", 6: "TYPE_INT32",
                   7: "TYPE_INT64", 11: "TYPE_FP64"}
@@ -59,9 +58,9 @@ def _io(onnx_path: Path):
         return v.name, ONNX_TO_TRITON[t.elem_type], dims
 
     init = {i.name for i in model.graph.initializer}
-    meta = json.loads({p.key: p.value for p in model.metadata_props}.get(METADATA_KEY, "{}"))
+    card = ModelCard.from_props({p.key: p.value for p in model.metadata_props}, str(onnx_path))
     return ([spec(v) for v in model.graph.input if v.name not in init], [spec(v) for v in model.graph.output],
-            meta.get("categories") or None)
+            list(card.categories) or None)
 
 
 def config_text(name: str, platform: str, inputs, outputs, *, max_batch_size: int, instances: int,

@@ -141,29 +141,29 @@ def trt_runtime():  # pragma: no cover - needs TensorRT and a GPU
     def load(onnx_path: Path):
         input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
         engine = TrtEngine(Path(onnx_path).with_suffix(".plan"))
-        return lambda x: engine.run({input_name: x})
+        return lambda x: engine.run(x if isinstance(x, dict) else {input_name: x})
 
     return Runtime("tensorrt", load, {"tensorrt": trt.__version__})
 
 
-def check_engine_parity(plan_path: str | Path, onnx_path: str | Path, *, input_name: str, output_name: str,
+def check_engine_parity(plan_path: str | Path, onnx_path: str | Path, *, output_name: str,
                         batch: tuple[int, int, int], tol: dict, seed: int = 0) -> dict:  # pragma: no cover
-    """TensorRT vs ONNX Runtime (CPU) on random inputs at the profile's min/opt/max batch."""
+    """TensorRT vs ONNX Runtime (CPU) on random inputs at the profile's min/opt/max batch (every
+    graph input: a teacher ensemble has one per expert)."""
     from .onnx import compare_outputs
 
     ort = require("onnxruntime")
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    meta = sess.get_inputs()[0]
-    rest = [int(d) for d in meta.shape[1:]]
     rng = np.random.default_rng(seed)
     failures, rows = [], []
     for b in sorted(set(batch)):
-        if meta.type == "tensor(uint8)":
-            x = rng.integers(0, 256, (b, *rest), dtype=np.uint8)
-        else:
-            x = rng.standard_normal((b, *rest)).astype(np.float32)
-        want = sess.run([output_name], {input_name: x})[0].astype(np.float64)
-        got = run_engine(plan_path, {input_name: x})[output_name]
+        feed = {}
+        for i in sess.get_inputs():
+            shape = (b, *[int(d) for d in i.shape[1:]])
+            feed[i.name] = (rng.integers(0, 256, shape, dtype=np.uint8) if i.type == "tensor(uint8)"
+                            else rng.standard_normal(shape).astype(np.float32))
+        want = sess.run([output_name], feed)[0].astype(np.float64)
+        got = run_engine(plan_path, feed)[output_name]
         rows.append(compare_outputs(got, want, tol, f"TensorRT vs ORT batch {b}", failures))
     report = {"cases": rows, "passed": not failures, "failures": failures, "tolerance": tol}
     if failures:

@@ -1,4 +1,5 @@
-"""The JEDI model and its configuration: the contract between training and export.
+"""The JEDI model (its configuration, ``JEDIConfig``, lives in :mod:`jedi_deploy.config`):
+the contract between training and export.
 
 For n experts/datasets (expert j <-> dataset j):
   * adjustment module j:  e'_j = e_j + Dropout(p_adj)(W2 · SiLU(W1 · e_j)), W2 zero-initialised

@@ -1,9 +1,9 @@
 """The expert registry: one entry per architecture.
 
-An entry says how to build the encoder, its embedding size, its default preprocessing
-and which checkpoint formats it reads. ``load_expert`` turns a checkpoint file into an
-:class:`Expert` (frozen encoder + head + preprocessing + categories). Later architectures
-(torchvision, MMAction2) are added here with ``register_arch``.
+The architecture table lives in :mod:`jedi_deploy.archs` (re-exported here; the real
+architectures are registered by :mod:`jedi_deploy.zoo`). ``load_expert`` turns a checkpoint
+file into an :class:`Expert` (frozen encoder + head + preprocessing + categories);
+``save_expert`` writes one. Foreign checkpoints are converted by :mod:`jedi_deploy.importer`.
 
 Checkpoint format ``jedi-safetensors``: the model's ``state_dict`` (``encoder.*``,
 ``head.weight``, ``head.bias``) in a safetensors file whose ``jedi`` metadata holds
@@ -12,75 +12,20 @@ Checkpoint format ``jedi-safetensors``: the model's ``state_dict`` (``encoder.*`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 
+from . import zoo  # noqa: F401  (registers the real architectures; builds lazily)
+from .archs import ARCHS, ArchEntry, build_expert, get_arch, register_arch
 from .errors import CheckpointError, ConfigError
 from .meta import atomic_path, dump_metadata, read_safetensors_metadata, sha256_file
-from .models import Conv3DEncoder, ExpertModel, Segment2DEncoder
+from .models import ExpertModel
 from .video import Preprocess
 
-
-@dataclass(frozen=True)
-class ArchEntry:
-    name: str
-    family: str  # "2d-segment" | "3d-conv" | ...
-    build_encoder: Callable[..., nn.Module]  # kwargs -> encoder with .embed_dim
-    default_kwargs: dict
-    preprocess: Preprocess
-    description: str
-    formats: tuple[str, ...] = ("jedi-safetensors",)
-    extra: dict = field(default_factory=dict)
-
-
-ARCHS: dict[str, ArchEntry] = {}
-
-
-def register_arch(entry: ArchEntry) -> ArchEntry:
-    if entry.name in ARCHS:
-        raise ConfigError(f"architecture {entry.name!r} is already registered")
-    ARCHS[entry.name] = entry
-    return entry
-
-
-def get_arch(name: str) -> ArchEntry:
-    try:
-        return ARCHS[name]
-    except KeyError:
-        raise ConfigError(f"unknown architecture {name!r}; registered: {sorted(ARCHS)}") from None
-
-
-register_arch(ArchEntry(
-    "tiny_tsn", "2d-segment",
-    lambda **kw: Segment2DEncoder(shift=False, **kw),
-    {"num_segments": 8, "width": 16, "embed_dim": 64},
-    Preprocess(num_frames=8, sampling="segments", crop=32),
-    "TSN-like 2D CNN per segment with average consensus (order-blind)."))
-register_arch(ArchEntry(
-    "tiny_tsm", "2d-segment",
-    lambda **kw: Segment2DEncoder(shift=True, **kw),
-    {"num_segments": 8, "width": 16, "embed_dim": 80},
-    Preprocess(num_frames=8, sampling="segments", crop=32),
-    "TSM-like 2D CNN with temporal shift (order-aware at 2D cost)."))
-register_arch(ArchEntry(
-    "tiny_c3d", "3d-conv",
-    lambda **kw: Conv3DEncoder(**kw),
-    {"width": 16, "embed_dim": 96},
-    Preprocess(num_frames=8, sampling="clip", frame_interval=2, crop=32),
-    "C3D-like 3D CNN over a dense clip."))
-
-
-def build_expert(arch: str, num_classes: int, **kwargs) -> ExpertModel:
-    entry = get_arch(arch)
-    unknown = set(kwargs) - set(entry.default_kwargs)
-    if unknown:
-        raise ConfigError(f"{arch}: unknown arguments {sorted(unknown)}; known: {sorted(entry.default_kwargs)}")
-    kw = {**entry.default_kwargs, **kwargs}
-    encoder = entry.build_encoder(**kw)
-    return ExpertModel(encoder, encoder.embed_dim, num_classes)
+__all__ = ["ARCHS", "ArchEntry", "Expert", "build_expert", "get_arch", "register_arch", "load_expert", "save_expert",
+           "load_state_strict"]
 
 
 @dataclass
@@ -181,8 +126,3 @@ def load_expert(path: str | Path, expected_sha256: str | None = None) -> Expert:
     model.eval().requires_grad_(False)
     return Expert(name, arch, dict(meta.get("arch_kwargs", {})), dataset, categories, preprocess,
                   model, path.resolve(), digest)
-
-
-from . import zoo as _zoo  # noqa: E402  (real architectures; registers on import, builds lazily)
-
-_zoo._register()

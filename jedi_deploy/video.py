@@ -94,7 +94,7 @@ def _open_checked(p: Path):
 def _rgb(frame, short_side: int, reformatter) -> np.ndarray:
     """``uint8[H, W, 3]`` RGB of a decoded frame (FFmpeg swscale). One ``reformatter`` per
     video keeps swscale's context across frames (``frame.to_ndarray(format=...)`` builds a
-    new one per frame: 3x slower on small videos, same pixels)."""
+    new one per frame: much slower on small videos, same pixels; see benchmarks/RESULTS.md)."""
     w, h = frame.width, frame.height
     size = {}
     if short_side and min(w, h) != short_side:

@@ -14,6 +14,10 @@ ONNX Runtime threads do not spin between runs (``session.intra_op.allow_spinning
 thread settings are reported: on small machines leftover spinning threads of one model steal
 the cores from the next and fake differences between identical models.
 
+A ``<dataset>.teacher.onnx`` beside the students is timed against that dataset's student
+(:func:`bench_teachers`): each on its own inputs, interleaved, so the teacher's cost of running
+every expert is measured rather than claimed.
+
 This module is torch-free; torch eager and TensorRT-engine runtimes come from ``export.eager`` /
 ``export.trt`` as :class:`jedi_deploy.runtimes.Runtime` objects.
 """
@@ -73,13 +77,54 @@ def discover_pairs(model_dir: str | Path) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
+def discover_teachers(model_dir: str | Path) -> list[tuple[str, Path, Path]]:
+    """``(dataset, teacher, student)`` for every ``<dataset>.teacher.onnx`` in ``model_dir`` that has
+    the student of the same dataset beside it (the model a teacher's n x cost is compared with)."""
+    model_dir = Path(model_dir)
+    teachers = sorted(model_dir.glob("*.teacher.onnx"))
+    if not teachers:
+        return []
+    by_dataset = {OnnxModel(s).card.dataset: s for s in sorted(model_dir.glob("*.student.onnx"))}
+    out = []
+    for t in teachers:
+        card = OnnxModel(t).card
+        if card.kind != "teacher":
+            raise InputError(f"{t} is a {card.kind}, not a teacher ensemble")
+        if card.dataset not in by_dataset:
+            raise InputError(f"{t} has no student of dataset {card.dataset!r} beside it; export its student too")
+        out.append((card.dataset, t, by_dataset[card.dataset]))
+    return out
+
+
+def bench_teachers(triples: list[tuple[str, Path, Path]], runtimes: list[Runtime], *, batch_sizes=(1,),
+                   runs: int = 100, warmup: int = 10, seed: int = 0) -> list[dict]:
+    """Teacher ensemble vs the student of its dataset, each on its own inputs, timed in
+    interleaved rounds (balanced orders) on every ONNX Runtime runtime: the teacher's cost of
+    running all n experts, measured."""
+    rows = []
+    for dataset, teacher, student in triples:
+        feeds = {k: OnnxModel(p).sample_input(max(batch_sizes), seed) for k, p in (("teacher", teacher),
+                                                                                    ("student", student))}
+        for rt in [r for r in runtimes if r.name.startswith("ort-")]:
+            run = {"teacher": rt.load(teacher), "student": rt.load(student)}
+            for b in batch_sizes:
+                fed = {k: {n: x[:b] for n, x in f.items()} for k, f in feeds.items()}
+                runners = {k: (lambda _x, k=k: run[k](fed[k])) for k in run}
+                st = {k: stats(v, b) for k, v in time_block(runners, None, warmup=warmup, runs=runs).items()}
+                rows.append({"dataset": dataset, "runtime": rt.name, "batch_size": b, "runs": runs, **st,
+                             "teacher_student_ratio": st["teacher"]["median_ms"] / st["student"]["median_ms"]})
+    return rows
+
+
 def check_pair(student: Path, expert: Path) -> OnnxModel:
     """Refuse a student/expert pair that does not belong together; returns the student."""
     s, e = OnnxModel(student), OnnxModel(expert)
+    if s.kind != "student" or e.kind != "expert":
+        raise InputError(f"{student} is a {s.kind} and {expert} a {e.kind}; expected a student and its expert")
     if s.preprocess != e.preprocess:
         raise InputError(f"{student} and {expert} take different inputs "
-                         f"({s.meta['preprocess']} vs {e.meta['preprocess']}); not a student/expert pair")
-    if s.meta.get("expert_sha256") != e.meta.get("expert_sha256"):
+                         f"({s.preprocess.to_dict()} vs {e.preprocess.to_dict()}); not a student/expert pair")
+    if s.card.expert_sha256 != e.card.expert_sha256:
         raise InputError(f"{student} was not built from the expert checkpoint of {expert}; not a student/expert pair")
     if s.input_signature() != e.input_signature():
         raise InputError(f"{student} and {expert} were exported with different input options "
@@ -177,8 +222,11 @@ def extra_node_cost(model: str | Path, baseline: str | Path, x: np.ndarray, *, r
 
 
 def bench_models(pairs: list[tuple[str, Path, Path]], runtimes: list[Runtime], *, batch_sizes=(1,), runs: int = 100,
-                 warmup: int = 10, seed: int = 0, progress: bool = False) -> dict:
-    """Every pair x runtime x batch size; see the module docstring."""
+                 warmup: int = 10, seed: int = 0, progress: bool = False,
+                 teachers: list[tuple[str, Path, Path]] | None = None) -> dict:
+    """Every pair x runtime x batch size (see the module docstring); with ``teachers``
+    (:func:`discover_teachers`) also each teacher ensemble against its student
+    (:func:`bench_teachers`, ONNX Runtime only)."""
     from tqdm import tqdm
 
     if not runtimes:
@@ -189,6 +237,7 @@ def bench_models(pairs: list[tuple[str, Path, Path]], runtimes: list[Runtime], *
     bar = tqdm(total=len(pairs) * len(runtimes) * len(batch_sizes), desc="benchmarking", disable=not progress)
     for name, student, expert in pairs:
         x_all = check_pair(student, expert).sample_input(max(batch_sizes), seed)
+        x_all = next(iter(x_all.values()))  # students and experts have one input
         for rt in runtimes:
             runners = {"student": rt.load(student), "expert": rt.load(expert), "expert_copy": rt.load(expert)}
             for b in batch_sizes:
@@ -203,7 +252,11 @@ def bench_models(pairs: list[tuple[str, Path, Path]], runtimes: list[Runtime], *
                 bar.update()
             del runners
     bar.close()
-    return {"machine": machine_info(runtimes), "results": results, "speedups": speedups(results)}
+    report = {"machine": machine_info(runtimes), "results": results, "speedups": speedups(results)}
+    if teachers:
+        report["teachers"] = bench_teachers(teachers, runtimes, batch_sizes=batch_sizes, runs=runs, warmup=warmup,
+                                            seed=seed)
+    return report
 
 
 def speedups(results: list[dict]) -> list[dict]:
@@ -257,6 +310,12 @@ def format_bench(report: dict) -> str:
                      f"| {s['throughput_per_s']:.1f} | {r['ratio']:.3f} | {r['aa_ratio']:.3f} "
                      f"| {max(s['spread'], e['spread'], r['expert_copy']['spread']):.2f} "
                      f"| {format(r['profiled_ratio'], '.4f') if 'profiled_ratio' in r else '-'} |")
+    if report.get("teachers"):
+        lines += ["", "| teacher ensemble (dataset) | runtime | batch | teacher median ms | p99 | student median ms "
+                  "| p99 | teacher/student |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['dataset']} | {r['runtime']} | {r['batch_size']} | {r['teacher']['median_ms']:.3f} "
+                  f"| {r['teacher']['p99_ms']:.3f} | {r['student']['median_ms']:.3f} | {r['student']['p99_ms']:.3f} "
+                  f"| {r['teacher_student_ratio']:.2f}x |" for r in report["teachers"]]
     if report.get("speedups"):
         lines += ["", "| model | ONNX Runtime | vs | batch | student speedup | expert speedup |",
                   "|---|---|---|---:|---:|---:|"]

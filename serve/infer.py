@@ -1,6 +1,6 @@
 """Classify videos with an exported jedi-deploy model, without torch.
 
-    python -m serve.infer MODEL.onnx INPUT [INPUT ...] [--out preds.jsonl|preds.csv] [--topk 5]
+    python -m jedi_deploy.serve.infer MODEL.onnx INPUT [INPUT ...] [--out preds.jsonl|preds.csv] [--topk 5]
 
 An INPUT is a video file, a folder (searched recursively for video files) or a manifest: an
 MMAction2-style ``.txt`` list (``path [label]`` per line) or a ``.csv`` with a ``path`` column
@@ -11,11 +11,9 @@ first). With labels, accuracy is reported.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
-import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jedi_deploy.errors import AnnotationError, InputError, JediError, VideoDecodeError
+from jedi_deploy.errors import AnnotationError, InputError, VideoDecodeError
 
 from .runtime import OnnxModel, Prediction
 
@@ -216,35 +214,12 @@ def format_summary(summary: dict) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m serve.infer", description=__doc__.splitlines()[0])
-    ap.add_argument("model", help="ONNX file written by `jedi export`")
-    ap.add_argument("inputs", nargs="+", help="video files, folders, or .txt/.csv manifests")
-    ap.add_argument("--out", type=Path, help="write records to this .jsonl or .csv file (default: stdout)")
-    ap.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else text)")
-    ap.add_argument("--json", action="store_true", help="shorthand for --format jsonl")
-    ap.add_argument("--topk", type=int, default=5, help="labels per video (default 5)")
-    ap.add_argument("--batch-size", type=int, default=8, help="videos per model call (default 8)")
-    ap.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
-    ap.add_argument("--strict", action="store_true", help="stop at the first unreadable video")
-    ap.add_argument("--providers", help="ONNX Runtime providers, e.g. cpu, cuda, tensorrt (default: best available)")
-    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
-    args = ap.parse_args(argv)
-    try:
-        text, summary = run_infer(args.model, args.inputs, out=args.out, fmt="jsonl" if args.json else args.format,
-                                  topk=args.topk, batch_size=args.batch_size, workers=args.workers,
-                                  strict=args.strict, providers=args.providers, threads=args.threads,
-                                  progress=sys.stderr.isatty())
-    except JediError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    sys.stdout.write(text)
-    print(format_summary(summary), file=sys.stderr)
-    if summary["failed"]:
-        print(f"error: {summary['failed']} video(s) could not be read; first: {summary['first_error']}", file=sys.stderr)
-        return 1
-    return 0
+def main(argv: list[str] | None = None) -> None:
+    """``python -m jedi_deploy.serve.infer``: the ``jedi infer`` command, without torch."""
+    from .cli import infer as command
+
+    command.main(argv, prog_name="python -m jedi_deploy.serve.infer")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,8 +1,7 @@
-"""An ONNX Runtime session that knows its model: preprocessing and categories come from the
-``jedi`` metadata written by ``jedi export``."""
+"""An ONNX Runtime session that knows its model: inputs, preprocessing and categories come
+from the model card that ``jedi export`` embeds (:mod:`jedi_deploy.model_card`)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,8 +9,9 @@ import numpy as np
 
 from jedi_deploy.deps import require
 from jedi_deploy.errors import InputError
-from jedi_deploy.meta import METADATA_KEY, require_file
-from jedi_deploy.video import Preprocess, crop_views, decode_frames, normalize_views
+from jedi_deploy.meta import require_file
+from jedi_deploy.model_card import ModelCard
+from jedi_deploy.video import Preprocess, crop_views, decode_frames_multi, normalize_views
 
 #: Execution providers in order of preference (the first available one runs the model;
 #: ONNX Runtime falls back along the list for ops a provider cannot run).
@@ -49,7 +49,7 @@ SESSION_CONFIG = {
     "session.inter_op.allow_spinning": "0",
     # Flush subnormals to zero in the session's worker threads. Masked attention (Video Swin's
     # shifted windows fill masked logits with -100) makes softmax produce subnormals, which
-    # x86 handles ~100x slower; swin3d_t ran ~9% faster with this, outputs unchanged at fp32
+    # x86 handles very slowly (figure: benchmarks/RESULTS.md); outputs are unchanged at fp32
     # tolerance (values below 1.2e-38 become 0).
     "session.set_denormal_as_zero": "1",
 }
@@ -80,8 +80,17 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+Feed = dict  # {input name: array}: what a graph is run on
+
+
 class OnnxModel:
-    """``OnnxModel(path).classify(video)`` -> top-k :class:`Prediction` list."""
+    """``OnnxModel(path).classify(video)`` -> top-k :class:`Prediction` list.
+
+    Everything about feeding the graph comes from its model card
+    (:class:`jedi_deploy.model_card.ModelCard`): a student or expert has one input; a teacher
+    ensemble has one per expert, each with that expert's own preprocessing. A video is decoded
+    once for all inputs (:func:`jedi_deploy.video.decode_frames_multi`) and each input's views
+    are cut from that one decode."""
 
     def __init__(self, path: str | Path, providers: str | list[str] | None = None, threads: int | None = None):
         ort = require("onnxruntime")
@@ -91,65 +100,93 @@ class OnnxModel:
             self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             raise InputError(f"{self.path}: ONNX Runtime cannot load this model ({e})") from None
-        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if raw is None:
-            raise InputError(f"{self.path}: no '{METADATA_KEY}' metadata; export it with `jedi export`")
-        self.meta = json.loads(raw)
-        self.preprocess = Preprocess.from_dict(self.meta["preprocess"])
-        self.categories: list[str] = list(self.meta["categories"])
-        self.uint8_input = bool(self.meta.get("uint8_input", False))
-        self.graph_views = int(self.meta.get("views", 1))  # >1: the graph averages the views itself
-        self.input_name = self.meta.get("input", self.session.get_inputs()[0].name)
-        self.output_name = self.meta.get("output", self.session.get_outputs()[0].name)
+        self.card = ModelCard.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        names = [i.name for i in self.session.get_inputs()]
+        if sorted(names) != sorted(s.name for s in self.card.inputs):
+            raise InputError(f"{self.path}: the graph's inputs {names} are not the ones its model card describes "
+                             f"{[s.name for s in self.card.inputs]}")
+        self.categories: list[str] = list(self.card.categories)
+        if not self.categories:
+            raise InputError(f"{self.path}: the model card lists no categories")
+        self.output_name = self.card.output
+        self._specs = [s.preprocess for s in self.card.inputs]
 
     @property
     def name(self) -> str:
-        return self.meta.get("name", self.path.stem)
+        return self.card.name
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Logits for a batch in the graph's input format (see :meth:`prepare`)."""
-        dtype = np.uint8 if self.uint8_input else np.float32
-        return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, dtype)})[0]
+    @property
+    def kind(self) -> str:
+        return self.card.kind
+
+    # Single-input views of the card, for students and experts (and code written for them).
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.card.inputs[0].preprocess
+
+    @property
+    def graph_views(self) -> int:
+        return self.card.inputs[0].views
+
+    def run(self, feed: Feed | np.ndarray) -> np.ndarray:
+        """Logits for a batch: a feed ``{input: array}`` (see :meth:`prepare`), or one array for a
+        single-input graph."""
+        if not isinstance(feed, dict):
+            feed = {self.card.input.name: feed}
+        x = {s.name: np.ascontiguousarray(feed[s.name], np.uint8 if s.uint8 else np.float32) for s in self.card.inputs}
+        return self.session.run([self.output_name], x)[0]
 
     def input_signature(self) -> tuple:
-        """(sample shape without batch, dtype) of the graph's input."""
-        shape = self.meta.get("input_shape")
-        if shape:
-            shape = tuple(int(d) for d in shape[1:])
-        else:
-            shape = self.preprocess.input_shape()
-        return shape, "uint8" if self.uint8_input else "float32"
+        """Per input: (name, sample shape without batch, dtype)."""
+        return tuple((s.name, s.sample_shape(), s.dtype) for s in self.card.inputs)
 
-    def sample_input(self, batch: int, seed: int = 0) -> np.ndarray:
-        """Random input of the graph's shape and dtype (for benchmarks)."""
-        shape, dtype = self.input_signature()
+    def sample_input(self, batch: int, seed: int = 0) -> Feed:
+        """Random inputs of the graph's shapes and dtypes (for benchmarks and warm-up)."""
         rng = np.random.default_rng(seed)
-        if dtype == "uint8":
-            return rng.integers(0, 256, (batch, *shape), dtype=np.uint8)
-        return rng.standard_normal((batch, *shape)).astype(np.float32)
+        feed = {}
+        for s in self.card.inputs:
+            shape = (batch, *s.sample_shape())
+            feed[s.name] = (rng.integers(0, 256, shape, dtype=np.uint8) if s.uint8
+                            else rng.standard_normal(shape).astype(np.float32))
+        return feed
 
-    def prepare(self, video: str | Path) -> np.ndarray:
-        """A video's test views in the graph's input format: ``[V, ...]`` (one batch row per
-        view), or ``[1, V, ...]`` for a graph that averages V views itself."""
-        views = crop_views(decode_frames(video, self.preprocess), self.preprocess)
-        x = views if self.uint8_input else normalize_views(views, self.preprocess)
-        if self.graph_views > 1:
-            x = np.concatenate([x] * (-(-self.graph_views // len(x))))[:self.graph_views][None]
-        return x
+    def prepare(self, video: str | Path) -> Feed:
+        """A video's test views in the graph's input format, decoded once for every input. Each
+        input gets ``[V, ...]`` (one batch row per view), or ``[1, V, ...]`` for an input whose
+        graph averages V views itself; every input of one video has the same number of rows."""
+        clips = decode_frames_multi(video, self._specs)
+        feed = {}
+        for s, c in zip(self.card.inputs, clips):
+            views = crop_views(c, s.preprocess)
+            x = views if s.uint8 else normalize_views(views, s.preprocess)
+            if s.views > 1:
+                x = np.concatenate([x] * (-(-s.views // len(x))))[:s.views][None]
+            feed[s.name] = x
+        rows = {len(x) for x in feed.values()}
+        if len(rows) > 1:
+            raise InputError(f"{self.path}: its inputs take different numbers of views per video "
+                             f"({ {k: len(x) for k, x in feed.items()} }); re-export it")
+        return feed
+
+    def rows(self, feed: Feed) -> int:
+        return len(next(iter(feed.values())))
 
     def probs(self, logits: np.ndarray) -> np.ndarray:
         """Class probabilities of ONE video from the logits of its :meth:`prepare` rows, averaged
-        over its views as the model's preprocessing says (mean score, or mean probability)."""
-        if self.graph_views > 1:
+        over its views as the model's card says (mean score, or mean probability)."""
+        if len(logits) == 1:
             return softmax(logits[0])
-        if self.preprocess.average == "prob":
+        if self.card.average == "prob":
             return softmax(logits).mean(axis=0)
         return softmax(logits.mean(axis=0))
 
-    def run_many(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def run_many(self, feeds: list[Feed]) -> list[np.ndarray]:
         """Class probabilities of several prepared videos, run as ONE batch."""
-        logits = self.run(np.concatenate(inputs) if len(inputs) > 1 else inputs[0])
-        bounds = np.cumsum([len(x) for x in inputs])[:-1]
+        if len(feeds) == 1:
+            logits = self.run(feeds[0])
+        else:
+            logits = self.run({k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]})
+        bounds = np.cumsum([self.rows(f) for f in feeds])[:-1]
         return [self.probs(part) for part in np.split(logits, bounds)]
 
     def video_probs(self, video: str | Path) -> np.ndarray:

@@ -11,6 +11,19 @@ from jedi_deploy.synthetic import benchmark_specs, generate_benchmark
 
 
 @pytest.fixture(scope="session")
+def gpu_stack() -> dict:
+    """What this machine has of the GPU stack, so tests of "X is missing" messages run only
+    where X is missing (and the same suite passes on a machine that has it)."""
+    import importlib.util
+
+    import onnxruntime
+
+    providers = onnxruntime.get_available_providers()
+    return {"cuda_ep": "CUDAExecutionProvider" in providers, "trt_ep": "TensorrtExecutionProvider" in providers,
+            "tensorrt": importlib.util.find_spec("tensorrt") is not None, "torch_cuda": torch.cuda.is_available()}
+
+
+@pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     generate_benchmark(root, seed=0, quick=True, progress=False)
@@ -26,7 +39,7 @@ def datasets(data_root):
 
 @pytest.fixture(scope="session")
 def expert_paths(datasets, tmp_path_factory) -> list[Path]:
-    from train.pretrain import pretrain_expert
+    from jedi_deploy.train.pretrain import pretrain_expert
 
     out = tmp_path_factory.mktemp("experts")
     by_name = {d.name: d for d in datasets}
@@ -43,7 +56,7 @@ def experts(expert_paths):
 
 @pytest.fixture(scope="session")
 def cache_dir(experts, datasets, tmp_path_factory) -> Path:
-    from train.cache import build_cache
+    from jedi_deploy.train.cache import build_cache
 
     out = tmp_path_factory.mktemp("cache")
     build_cache(experts, datasets, out, progress=False)
@@ -52,7 +65,7 @@ def cache_dir(experts, datasets, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cache(cache_dir):
-    from train.cache import load_cache
+    from jedi_deploy.cache_format import load_cache
 
     return load_cache(cache_dir)
 
@@ -60,7 +73,7 @@ def cache(cache_dir):
 @pytest.fixture(scope="session")
 def trained(cache):
     from jedi_deploy.jedi_model import JEDIConfig
-    from train.jedi import train_jedi
+    from jedi_deploy.train.jedi import train_jedi
 
     cfg = JEDIConfig(epochs=6, burn_in=2, lr=1e-3, batch_size=32, hidden=32)
     return train_jedi(cache, cfg, progress=False)
@@ -83,11 +96,19 @@ def bundle_path(trained, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def onnx_dir(bundle_path, tmp_path_factory) -> Path:
-    from export.students import export_bundle
+    from jedi_deploy.export.students import export_bundle
 
     out = tmp_path_factory.mktemp("onnx")
     export_bundle(bundle_path, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def teacher_path(bundle_path, tmp_path_factory) -> Path:
+    """ucf-mini's teacher ensemble (every expert's encoder + adjustments + that teacher)."""
+    from jedi_deploy.export.ensemble import export_teacher
+
+    return Path(export_teacher(bundle_path, tmp_path_factory.mktemp("teacher"), "ucf-mini")["path"])
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,13 @@
-"""The embedding cache: every expert's frozen-encoder embeddings and own-head logits over
-every dataset's videos (the paper's section 3.3).
+"""``jedi cache``: every expert's frozen-encoder embeddings and own-head logits over every
+dataset's videos (the paper's section 3.3), written in the format of
+:mod:`jedi_deploy.cache_format` (which also loads it).
 
-Layout: ``CACHE/<dataset>/<split>.safetensors``, one self-describing shard per dataset and
-split. Tensors: ``emb.<expert>`` ``[N, D_expert]``, ``logits.<expert>`` ``[N, C_expert]``,
-``labels`` ``[N]`` (int64, -1 = unlabeled), and each expert's head
-``head.<expert>.weight``/``.bias`` (the students' starting point), so training needs no
-checkpoint. Metadata (``jedi`` JSON): ``kind="cache"``,
-dataset, split, categories, the relative sample paths, and the description of every expert
-(name, arch, dims, checkpoint sha256). Shards are written atomically; a shard that already
-exists for the same experts is kept, so an interrupted run resumes where it stopped.
+Three steps, one function each: :func:`plan_cache` (which chunks of which splits are still to
+do, and this rank's share), :func:`decode_chunks` (worker processes decode each video once for
+all experts and cut every expert's views), and :class:`ChunkWriter` (encode, then write each
+chunk atomically as soon as it is complete); :func:`join_splits` joins a split's chunks into
+its shard. :func:`build_cache` runs them. An existing shard or chunk for the same experts is
+kept, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -20,21 +19,15 @@ from pathlib import Path
 
 import torch
 
+from jedi_deploy.cache_format import (FAILURES_FILE, PART_KIND, PARTS_DIR, SHARD_KIND, CacheHeader, part_path,
+                                      read_cache_header, same_experts, shard_path, write_cache_file)
 from jedi_deploy.datasets import VideoDataset
 from jedi_deploy.errors import CacheMismatchError, CheckpointError, InputError, JediError, VideoDecodeError
-from jedi_deploy.meta import atomic_path, dump_metadata, read_safetensors_metadata
+from jedi_deploy.meta import atomic_path
 from jedi_deploy.registry import Expert
 from jedi_deploy.video import decode_frames_multi, views_from_frames
 
-EXPERT_IDENTITY = ("name", "arch", "embed_dim", "num_classes", "dataset", "sha256")
-
-
-def _identity(desc: dict) -> dict:
-    return {k: desc.get(k) for k in EXPERT_IDENTITY}
-
-
-def shard_path(cache_dir: Path, dataset: str, split: str) -> Path:
-    return Path(cache_dir) / dataset / f"{split}.safetensors"
+__all__ = ["build_cache", "plan_cache", "decode_chunks", "ChunkWriter", "join_splits", "encode_views"]
 
 
 def check_experts_match_datasets(experts: list[Expert], datasets: list[VideoDataset]) -> None:
@@ -52,10 +45,6 @@ def check_experts_match_datasets(experts: list[Expert], datasets: list[VideoData
                                   f"{d.root / 'classes.txt'} ({d.num_classes} classes)")
 
 
-PARTS_DIR = ".parts"
-FAILURES_FILE = "failures.jsonl"
-
-
 def dist_info() -> tuple[int, int]:
     """(rank, world size) as torchrun sets them (RANK / WORLD_SIZE); (0, 1) otherwise."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -67,8 +56,8 @@ def default_workers() -> int:
 
 
 @dataclass(frozen=True, eq=False)
-class _Unit:
-    """A chunk of one split: samples [start, stop) of ``dataset``/``split``; one part file."""
+class Chunk:
+    """Samples [start, stop) of ``dataset``/``split``: one resumable part file."""
 
     dataset: VideoDataset
     split: str
@@ -78,7 +67,55 @@ class _Unit:
     number: int
 
     def part(self, cache_dir: Path) -> Path:
-        return cache_dir / PARTS_DIR / self.dataset.name / self.split / f"{self.number:06d}.safetensors"
+        return part_path(cache_dir, self.dataset.name, self.split, self.number)
+
+
+@dataclass
+class CachePlan:
+    """What this rank still has to cache: its chunks, their videos in order, and batches that
+    never cross a chunk (so results do not depend on how work is split between ranks/resumes)."""
+
+    chunks: list[Chunk]
+    open_splits: list[tuple[VideoDataset, str, list]]  # every split without a final shard (all ranks)
+    items: list[tuple[Chunk, int]]  # (chunk, sample index within it)
+    batches: list[list[int]]  # indices into ``items``
+
+
+def plan_cache(datasets: list[VideoDataset], splits: tuple[str, ...] | None, cache_dir: Path, descs: list[dict], *,
+               chunk_size: int, batch_size: int, rank: int = 0, world: int = 1) -> CachePlan:
+    """Chunks still to do (splits with a shard, and chunks already written, are skipped; either
+    one written for other experts is refused) and this rank's share: every world-th chunk."""
+    chunks, open_splits = [], []
+    for d in datasets:
+        for s in (splits or d.splits()):
+            p = shard_path(cache_dir, d.name, s)
+            samples = d.samples(s)
+            if p.exists():
+                h = read_cache_header(p)
+                if same_experts(h.experts, descs):
+                    continue  # already cached by an earlier (possibly interrupted) run
+                raise CacheMismatchError(f"{p} was cached for other experts ({[x['name'] for x in h.experts]}); "
+                                         "use another cache folder")
+            open_splits.append((d, s, samples))
+            for k, a in enumerate(range(0, len(samples), chunk_size)):
+                chunks.append(Chunk(d, s, tuple(samples[a:a + chunk_size]), a, min(a + chunk_size, len(samples)), k))
+    mine = [c for k, c in enumerate(chunks) if k % world == rank and not _part_done(c.part(cache_dir), descs)]
+    items = [(c, k) for c in mine for k in range(len(c.samples))]
+    batches, pos = [], 0
+    for c in mine:
+        batches += [list(range(pos + a, pos + min(a + batch_size, len(c.samples))))
+                    for a in range(0, len(c.samples), batch_size)]
+        pos += len(c.samples)
+    return CachePlan(mine, open_splits, items, batches)
+
+
+def _part_done(path: Path, descs) -> bool:
+    if not path.exists():
+        return False
+    if not same_experts(read_cache_header(path, PART_KIND).experts, descs):
+        raise CacheMismatchError(f"{path} was cached for other experts; remove {path.parent} or use another "
+                                 "cache folder")
+    return True
 
 
 class _Decode(torch.utils.data.Dataset):
@@ -92,10 +129,9 @@ class _Decode(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
-        unit, k = self.items[i]
-        sample = unit.samples[k]
+        chunk, k = self.items[i]
         try:
-            clips = decode_frames_multi(sample.path, self.specs)
+            clips = decode_frames_multi(chunk.samples[k].path, self.specs)
             return i, [torch.from_numpy(views_from_frames(c, s)) for c, s in zip(clips, self.specs)]
         except JediError as e:  # VideoDecodeError and friends: recorded, never fatal here
             return i, str(e)
@@ -109,6 +145,14 @@ def _worker_init(_):
     import jedi_deploy.video as video
 
     video.DECODE_THREADS = 1
+
+
+def decode_chunks(plan: CachePlan, specs: list, workers: int):
+    """Batches of ``(item, views per expert | error message)`` in plan order, decoded by
+    ``workers`` processes (0: in this process) ahead of the encoders."""
+    return torch.utils.data.DataLoader(_Decode(plan.items, specs), batch_sampler=plan.batches, collate_fn=_collate,
+                                       num_workers=workers, worker_init_fn=_worker_init if workers else None,
+                                       prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
 @torch.no_grad()
@@ -125,91 +169,100 @@ def encode_views(expert: Expert, views: list[torch.Tensor]) -> tuple[torch.Tenso
     return emb, logits
 
 
-def _units(datasets, splits, cache_dir, descs, chunk_size) -> tuple[list[_Unit], list[tuple]]:
-    """(chunks still to cache, (dataset, split, samples) of every split without a final shard)."""
-    units, open_splits = [], []
-    for d in datasets:
-        for s in (splits or d.splits()):
-            p = shard_path(cache_dir, d.name, s)
-            samples = d.samples(s)
-            if p.exists():
-                meta = read_safetensors_metadata(p, kind="cache")
-                if [_identity(x) for x in meta["experts"]] == [_identity(x) for x in descs]:
-                    continue  # already cached by an earlier (possibly interrupted) run
-                raise CacheMismatchError(f"{p} was cached for other experts "
-                                         f"({[x['name'] for x in meta['experts']]}); use another cache folder")
-            open_splits.append((d, s, samples))
-            for k, a in enumerate(range(0, len(samples), chunk_size)):
-                units.append(_Unit(d, s, tuple(samples[a:a + chunk_size]), a, min(a + chunk_size, len(samples)), k))
-    return units, open_splits
+class ChunkWriter:
+    """Encodes decoded batches with every expert, records unreadable videos, and writes each
+    chunk's part file atomically the moment its last video is done."""
+
+    def __init__(self, plan: CachePlan, cache_dir: Path, experts: list[Expert], descs: list[dict], strict: bool):
+        self.plan, self.cache_dir, self.experts, self.descs, self.strict = plan, cache_dir, experts, descs, strict
+        self.results: dict[Chunk, dict] = {c: {} for c in plan.chunks}
+        self.failed: dict[Chunk, list] = {c: [] for c in plan.chunks}
+        self.left = {c: len(c.samples) for c in plan.chunks}
+
+    @property
+    def num_failed(self) -> int:
+        return sum(len(f) for f in self.failed.values())
+
+    def add(self, batch: list[tuple[int, object]]) -> None:
+        items = self.plan.items
+        good = [(i, v) for i, v in batch if not isinstance(v, str)]
+        for i, msg in batch:
+            if isinstance(msg, str):
+                chunk, k = items[i]
+                if self.strict:
+                    raise VideoDecodeError(f"{msg} (--strict: stopped; finished chunks are kept in "
+                                           f"{self.cache_dir / PARTS_DIR})")
+                self.failed[chunk].append({"path": str(chunk.samples[k].path.relative_to(chunk.dataset.root)),
+                                           "error": msg})
+        if good:
+            per_expert = [encode_views(e, [v[j] for _, v in good]) for j, e in enumerate(self.experts)]
+            for n, (i, _) in enumerate(good):
+                chunk, k = items[i]
+                self.results[chunk][k] = ([pe[0][n] for pe in per_expert], [pe[1][n] for pe in per_expert])
+        for i, _ in batch:
+            chunk = items[i][0]
+            self.left[chunk] -= 1
+            if self.left[chunk] == 0:
+                self._write(chunk, self.results.pop(chunk), self.failed[chunk])
+
+    def _write(self, chunk: Chunk, results: dict, failures: list) -> None:
+        ok = sorted(results)
+        tensors = {"index": torch.tensor([chunk.start + i for i in ok], dtype=torch.int64),
+                   "labels": torch.tensor([chunk.samples[i].label for i in ok], dtype=torch.int64)}
+        for j, e in enumerate(self.experts):
+            tensors[f"emb.{e.name}"] = (torch.stack([results[i][0][j] for i in ok]) if ok
+                                        else torch.zeros(0, e.embed_dim))
+            tensors[f"logits.{e.name}"] = (torch.stack([results[i][1][j] for i in ok]) if ok
+                                           else torch.zeros(0, e.num_classes))
+        header = CacheHeader(PART_KIND, chunk.dataset.name, chunk.split, self.descs, failures,
+                             start=chunk.start, stop=chunk.stop)
+        write_cache_file(chunk.part(self.cache_dir), tensors, header)
 
 
-def _part_done(path: Path, descs) -> bool:
-    if not path.exists():
-        return False
-    meta = read_safetensors_metadata(path, kind="cache-part")
-    if [_identity(x) for x in meta["experts"]] != [_identity(x) for x in descs]:
-        raise CacheMismatchError(f"{path} was cached for other experts; remove {path.parent} or use another "
-                                 "cache folder")
-    return True
-
-
-def _write_part(unit: _Unit, cache_dir: Path, experts, descs, results: dict, failures: list) -> None:
-    from safetensors.torch import save_file
-
-    ok = sorted(results)
-    tensors = {"index": torch.tensor([unit.start + i for i in ok], dtype=torch.int64),
-               "labels": torch.tensor([unit.samples[i].label for i in ok], dtype=torch.int64)}
-    for j, e in enumerate(experts):
-        tensors[f"emb.{e.name}"] = torch.stack([results[i][0][j] for i in ok]) if ok else torch.zeros(0, e.embed_dim)
-        tensors[f"logits.{e.name}"] = (torch.stack([results[i][1][j] for i in ok]) if ok
-                                       else torch.zeros(0, e.num_classes))
-    meta = {"kind": "cache-part", "dataset": unit.dataset.name, "split": unit.split, "start": unit.start,
-            "stop": unit.stop, "experts": descs, "failures": failures}
-    path = unit.part(cache_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, ".safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=dump_metadata(meta))
-
-
-def _merge_split(d: VideoDataset, split: str, samples, cache_dir: Path, experts, descs, dtype: str,
-                 chunk_size: int) -> Path | None:
+def _join_split(d: VideoDataset, split: str, samples, cache_dir: Path, experts, descs, dtype: str,
+                chunk_size: int) -> Path | None:
     """Join a split's parts into its shard (atomically); None while parts are missing."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     n_parts = (len(samples) + chunk_size - 1) // chunk_size
-    folder = cache_dir / PARTS_DIR / d.name / split
-    paths = [folder / f"{k:06d}.safetensors" for k in range(n_parts)]
+    paths = [part_path(cache_dir, d.name, split, k) for k in range(n_parts)]
     if not all(p.exists() for p in paths):
         return None
     parts = [load_file(str(p)) for p in paths]
-    failures = [f for p in paths for f in read_safetensors_metadata(p, kind="cache-part")["failures"]]
+    failures = [f for p in paths for f in read_cache_header(p, PART_KIND).failures]
     index = torch.cat([t["index"] for t in parts]).tolist()
+    store = (lambda x: x.half()) if dtype == "float16" else (lambda x: x)
     tensors = {"labels": torch.cat([t["labels"] for t in parts])}
     for e in experts:
         for kind in ("emb", "logits"):
-            x = torch.cat([t[f"{kind}.{e.name}"] for t in parts])
-            tensors[f"{kind}.{e.name}"] = x.half() if dtype == "float16" else x
-        tensors[f"head.{e.name}.weight"] = e.head.weight.detach().clone()
-        tensors[f"head.{e.name}.bias"] = e.head.bias.detach().clone()
-        if dtype == "float16":
-            tensors[f"head.{e.name}.weight"] = tensors[f"head.{e.name}.weight"].half()
-            tensors[f"head.{e.name}.bias"] = tensors[f"head.{e.name}.bias"].half()
-    meta = {"kind": "cache", "dataset": d.name, "split": split, "categories": list(d.categories),
-            "experts": descs, "dtype": dtype, "failures": failures,
-            "samples": [str(samples[i].path.relative_to(d.root)) for i in index]}
-    with atomic_path(shard_path(cache_dir, d.name, split), ".safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=dump_metadata(meta))
-    shutil.rmtree(folder)
-    return shard_path(cache_dir, d.name, split)
+            tensors[f"{kind}.{e.name}"] = store(torch.cat([t[f"{kind}.{e.name}"] for t in parts]))
+        tensors[f"head.{e.name}.weight"] = store(e.head.weight.detach().clone())
+        tensors[f"head.{e.name}.bias"] = store(e.head.bias.detach().clone())
+    header = CacheHeader(SHARD_KIND, d.name, split, descs, failures, categories=list(d.categories),
+                         samples=[str(samples[i].path.relative_to(d.root)) for i in index], dtype=dtype)
+    out = write_cache_file(shard_path(cache_dir, d.name, split), tensors, header)
+    shutil.rmtree(paths[0].parent)
+    return out
+
+
+def join_splits(plan: CachePlan, cache_dir: Path, experts: list[Expert], descs: list[dict], dtype: str,
+                chunk_size: int) -> None:
+    """Rank 0, after every rank is done: every open split's chunks -> its shard; failures file."""
+    for d, s, samples in plan.open_splits:
+        if _join_split(d, s, samples, cache_dir, experts, descs, dtype, chunk_size) is None:
+            raise InputError(f"{d.name}/{s}: chunks are missing after all ranks finished; rerun to complete")
+    parts = cache_dir / PARTS_DIR
+    if parts.exists() and not any(parts.rglob("*.safetensors")):
+        shutil.rmtree(parts)
+    write_failures(cache_dir)
 
 
 def write_failures(cache_dir: Path) -> Path:
     """``CACHE/failures.jsonl``: one line per video no shard could hold (dataset, split, path, error)."""
     lines = []
     for p in sorted(cache_dir.glob("*/*.safetensors")):
-        meta = read_safetensors_metadata(p, kind="cache")
-        lines += [json.dumps({"dataset": meta["dataset"], "split": meta["split"], **f}) for f in meta.get("failures", [])]
+        h = read_cache_header(p)
+        lines += [json.dumps({"dataset": h.dataset, "split": h.split, **f}) for f in h.failures]
     out = cache_dir / FAILURES_FILE
     with atomic_path(out) as tmp:
         tmp.write_text("".join(x + "\n" for x in lines))
@@ -241,59 +294,22 @@ def build_cache(experts: list[Expert], datasets: list[VideoDataset], cache_dir: 
     descs = [e.describe() for e in experts]
     rank, world = dist_info()
     group = _init_group(world)
-    units, open_splits = _units(datasets, splits, cache_dir, descs, chunk_size)
-    mine = [u for k, u in enumerate(units) if k % world == rank and not _part_done(u.part(cache_dir), descs)]
-    items = [(u, k) for u in mine for k in range(len(u.samples))]
-    batches, pos = [], 0
-    for u in mine:  # batches never cross a chunk: the same batches whatever the rank split
-        batches += [list(range(pos + a, pos + min(a + batch_size, len(u.samples))))
-                    for a in range(0, len(u.samples), batch_size)]
-        pos += len(u.samples)
-    specs = [e.preprocess for e in experts]
-    nw = default_workers() if workers is None else workers
-    loader = torch.utils.data.DataLoader(_Decode(items, specs), batch_sampler=batches, collate_fn=_collate,
-                                         num_workers=nw, worker_init_fn=_worker_init if nw else None, prefetch_factor=4 if nw else None,
-                                         persistent_workers=False)
-    bar = tqdm(total=len(items), desc="caching embeddings" + (f" (rank {rank}/{world})" if world > 1 else ""),
+    plan = plan_cache(datasets, splits, cache_dir, descs, chunk_size=chunk_size, batch_size=batch_size,
+                      rank=rank, world=world)
+    writer = ChunkWriter(plan, cache_dir, experts, descs, strict)
+    bar = tqdm(total=len(plan.items), desc="caching embeddings" + (f" (rank {rank}/{world})" if world > 1 else ""),
                unit="video", disable=not progress, position=rank if world > 1 else None)
-    results: dict[_Unit, dict] = {u: {} for u in mine}
-    failed: dict[_Unit, list] = {u: [] for u in mine}
-    left = {u: len(u.samples) for u in mine}
     try:
-        for batch in loader:
-            good = [(i, v) for i, v in batch if not isinstance(v, str)]
-            for i, msg in batch:
-                if isinstance(msg, str):
-                    u, k = items[i]
-                    smp = u.samples[k]
-                    if strict:
-                        raise VideoDecodeError(f"{msg} (--strict: stopped; finished chunks are kept in "
-                                               f"{cache_dir / PARTS_DIR})")
-                    failed[u].append({"path": str(smp.path.relative_to(u.dataset.root)), "error": msg})
-            if good:
-                per_expert = [encode_views(e, [v[j] for _, v in good]) for j, e in enumerate(experts)]
-                for k, (i, _) in enumerate(good):
-                    u, j = items[i]
-                    results[u][j] = ([pe[0][k] for pe in per_expert],
-                                                       [pe[1][k] for pe in per_expert])
-            for i, _ in batch:
-                u = items[i][0]
-                left[u] -= 1
-                if left[u] == 0:
-                    _write_part(u, cache_dir, experts, descs, results.pop(u), failed[u])
+        for batch in decode_chunks(plan, [e.preprocess for e in experts],
+                                   default_workers() if workers is None else workers):
+            writer.add(batch)
             bar.update(len(batch))
-            bar.set_postfix(failed=sum(len(f) for f in failed.values()))
+            bar.set_postfix(failed=writer.num_failed)
     finally:
         bar.close()
     _barrier(group)
     if rank == 0:
-        for d, s, samples in open_splits:
-            if _merge_split(d, s, samples, cache_dir, experts, descs, dtype, chunk_size) is None:
-                raise InputError(f"{d.name}/{s}: chunks are missing after all ranks finished; rerun to complete")
-        parts = cache_dir / PARTS_DIR
-        if parts.exists() and not any(parts.rglob("*.safetensors")):
-            shutil.rmtree(parts)
-        write_failures(cache_dir)
+        join_splits(plan, cache_dir, experts, descs, dtype, chunk_size)
     _barrier(group)
     return [shard_path(cache_dir, d.name, s) for d in datasets for s in (splits or d.splits())]
 
@@ -313,86 +329,3 @@ def _init_group(world: int):
 def _barrier(group) -> None:
     if group is not None:
         group.barrier()
-
-
-@dataclass
-class Split:
-    """One dataset split of the cache, loaded as float32 tensors."""
-
-    dataset: str
-    name: str
-    emb: dict[str, torch.Tensor]  # expert -> [N, D]
-    logits: dict[str, torch.Tensor]  # expert -> [N, C_expert]
-    labels: torch.Tensor  # [N]
-    samples: list[str] | None = None  # relative video paths, as recorded at cache time
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def where(self, i: int) -> str:
-        """`` (<video path>)`` of sample ``i`` when known, for error messages."""
-        return f" ({self.samples[i]})" if self.samples and i < len(self.samples) else ""
-
-
-@dataclass
-class Cache:
-    experts: list[dict]  # expert descriptions, in cache order
-    categories: dict[str, list[str]]  # dataset -> class names
-    splits: dict[str, dict[str, Split]]  # dataset -> split -> Split
-    heads: dict[str, dict[str, torch.Tensor]]  # expert -> {"weight", "bias"} of its own head
-
-    @property
-    def expert_names(self) -> list[str]:
-        return [e["name"] for e in self.experts]
-
-    def expert_for_dataset(self, dataset: str) -> dict | None:
-        return next((e for e in self.experts if e["dataset"] == dataset), None)
-
-    def split(self, dataset: str, split: str) -> Split:
-        try:
-            return self.splits[dataset][split]
-        except KeyError:
-            raise InputError(f"cache has no split {dataset}/{split}; it has "
-                             f"{sorted(f'{d}/{s}' for d in self.splits for s in self.splits[d])}") from None
-
-
-def load_cache(cache_dir: str | Path) -> Cache:
-    """Load every shard, checking they were built by the same experts and are finite."""
-    from safetensors.torch import load_file
-
-    cache_dir = Path(cache_dir)
-    if not cache_dir.is_dir():
-        raise InputError(f"cache folder not found: {cache_dir}")
-    shards = sorted(cache_dir.glob("*/*.safetensors"))
-    if not shards:
-        raise InputError(f"{cache_dir}: no cache shards (<dataset>/<split>.safetensors); run `jedi cache` first")
-    experts, categories, splits, heads = None, {}, {}, {}
-    for p in shards:
-        meta = read_safetensors_metadata(p, kind="cache")
-        if experts is None:
-            experts = meta["experts"]
-        elif [_identity(x) for x in meta["experts"]] != [_identity(x) for x in experts]:
-            raise CacheMismatchError(f"{p} was built by other experts than {shards[0]}; "
-                                     "a cache folder must hold one set of experts")
-        t = load_file(str(p))
-        names = [x["name"] for x in experts]
-        try:
-            emb = {n: t[f"emb.{n}"].float() for n in names}
-            logits = {n: t[f"logits.{n}"].float() for n in names}
-            labels = t["labels"].long()
-            heads = {n: {"weight": t[f"head.{n}.weight"].float(), "bias": t[f"head.{n}.bias"].float()}
-                     for n in names}
-        except KeyError as e:
-            raise CacheMismatchError(f"{p}: shard lacks tensor {e}") from None
-        samples = meta.get("samples")
-        for n, x in list(emb.items()) + list(logits.items()):
-            bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1) if x.numel() else torch.zeros(0, dtype=torch.bool)
-            if bad.any():
-                i = int(bad.nonzero()[0])
-                where = f" ({samples[i]})" if samples and i < len(samples) else ""
-                raise InputError(f"{p}: dataset {meta['dataset']!r} split {meta['split']!r} sample {i}{where}: "
-                                 f"expert {n!r} has NaN/Inf values in the cache")
-        categories[meta["dataset"]] = meta["categories"]
-        splits.setdefault(meta["dataset"], {})[meta["split"]] = Split(meta["dataset"], meta["split"],
-                                                                      emb, logits, labels, samples)
-    return Cache(experts, categories, splits, heads)

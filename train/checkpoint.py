@@ -17,7 +17,7 @@ from jedi_deploy.errors import CheckpointError, ConfigError
 from jedi_deploy.meta import atomic_path, dump_metadata, read_safetensors_metadata
 from jedi_deploy.registry import load_state_strict
 
-from .cache import EXPERT_IDENTITY
+from jedi_deploy.cache_format import EXPERT_IDENTITY
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 
 from jedi_deploy.errors import InputError
 
-from .cache import Cache
+from jedi_deploy.cache_format import Cache
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -58,8 +58,8 @@ def collect_features(cache: Cache, split: str, bundle: str | Path | None = None,
         from .evaluate import check_bundle_matches_cache
 
         model, meta = load_bundle(bundle)
-        check_bundle_matches_cache(meta, cache)
-        for j, e in enumerate(meta["experts"]):
+        check_bundle_matches_cache(meta.experts, cache)
+        for j, e in enumerate(meta.experts):
             feats[f"{e['name']} (adjusted)"] = model.adjust[j](feats[e["name"]])
     return feats
 

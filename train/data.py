@@ -16,7 +16,7 @@ import torch
 from jedi_deploy.config import JEDIConfig
 from jedi_deploy.errors import CacheMismatchError, ConfigError, InputError
 
-from .cache import Cache, Split
+from jedi_deploy.cache_format import Cache, Split
 
 
 @dataclass

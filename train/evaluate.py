@@ -5,29 +5,28 @@ from __future__ import annotations
 from jedi_deploy.errors import CacheMismatchError
 from jedi_deploy.metrics import classification_metrics
 
-from .cache import EXPERT_IDENTITY, Cache
+from jedi_deploy.cache_format import EXPERT_IDENTITY, Cache
 from .data import eval_set
 from .jedi import JEDIModel, evaluate_model
 
 ROWS = ("expert", "student", "teacher")
 
 
-def check_bundle_matches_cache(meta: dict, cache: Cache) -> None:
-    """Every expert of the bundle must be in the cache, built from the same checkpoint."""
+def check_bundle_matches_cache(experts: list[dict], cache: Cache) -> None:
+    """Every expert of a bundle must be in the cache, built from the same checkpoint."""
     have = {e["name"]: {k: e.get(k) for k in EXPERT_IDENTITY} for e in cache.experts}
-    for e in meta["experts"]:
+    for e in experts:
         if have.get(e["name"]) != {k: e.get(k) for k in EXPERT_IDENTITY}:
             raise CacheMismatchError(
                 "the cache was built for other experts than the bundle: bundle has "
-                f"{[x['name'] + '@' + str(x['sha256'])[:8] for x in meta['experts']]}, cache has "
+                f"{[x['name'] + '@' + str(x['sha256'])[:8] for x in experts]}, cache has "
                 f"{[x['name'] + '@' + str(x['sha256'])[:8] for x in cache.experts]}")
 
 
-def evaluate(model: JEDIModel, meta: dict, cache: Cache, split: str = "test") -> dict:
+def evaluate(model: JEDIModel, experts: list[dict], datasets: list[str], cache: Cache, split: str = "test") -> dict:
     """``{dataset: {"expert"|"student"|"teacher": {"acc1", "acc5", "mAP"}}}`` on ``split``."""
-    check_bundle_matches_cache(meta, cache)
-    names = [e["name"] for e in meta["experts"]]
-    datasets = meta["datasets"]
+    check_bundle_matches_cache(experts, cache)
+    names = [e["name"] for e in experts]
     sets = {d: eval_set(cache, d, split, names) for d in datasets}
     table = evaluate_model(model, sets, datasets)
     for d, name in zip(datasets, names):

@@ -34,7 +34,7 @@ from jedi_deploy.errors import ConfigError, InputError
 from jedi_deploy.jedi_model import JEDIModel
 from jedi_deploy.metrics import classification_metrics
 
-from .cache import Cache
+from jedi_deploy.cache_format import Cache
 from .data import EvalSet, TrainData, build_train_data, eval_set
 from .engine import Masks, Rng, fused_forward, tune_allocator
 from .losses import distillation_weights, jedi_loss
@@ -135,15 +135,140 @@ def _score(val: dict) -> float | None:
     return sum(r["student"]["acc1"] for r in val.values()) / len(val)
 
 
-class _RunFolder:
-    """Where a run writes (see module docstring); ``None`` folder = keep everything in memory."""
+BUNDLE_NAME = "jedi.safetensors"
+BEST_NAME = "best.safetensors"
+LOG_NAME = "metrics.jsonl"
+CHECKPOINT_NAME = "checkpoint.safetensors"
 
-    def __init__(self, out: Path | None):
-        self.out = out
-        self.work = out / "in_progress" if out else None
 
-    def path(self, name: str) -> Path | None:
-        return self.work / name if self.work else None
+class RunFolder:
+    """A run folder's paths, resume and finalisation (see the module docstring).
+
+    ``RunFolder(None)`` keeps everything in memory (no checkpoint, no best bundle); ``log_path``
+    then still gets the per-epoch log."""
+
+    def __init__(self, out: str | Path | None, log_path: str | Path | None = None):
+        self.out = Path(out) if out else None
+        self.work = self.out / "in_progress" if self.out else None
+        self.log_path = self.work / LOG_NAME if self.work else (Path(log_path) if log_path else None)
+        self._log = None
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.work / CHECKPOINT_NAME if self.work else None
+
+    def claim(self, *, resume: bool, force: bool) -> None:
+        """Check ``out`` may be used for this run, then create it; nothing is touched on refusal."""
+        bundle = self.out / BUNDLE_NAME
+        if resume and force:
+            raise ConfigError("--resume and --force contradict each other: resume continues a run, force restarts it")
+        if not resume:
+            if self.work.exists() and not force:
+                raise InputError(f"{self.out} holds a stopped run ({self.work}); pass --resume to continue it "
+                                 "or --force to start over")
+            if bundle.exists() and not force:
+                raise InputError(f"{bundle} already exists; choose another --out or pass --force to replace it")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create run folder {self.out}: {e.strerror or e}") from None
+
+    def start(self, model, optimizer, cfg: JEDIConfig, experts: list[dict], rng, resume: bool
+              ) -> tuple[int, float | None, int | None, list[dict]]:
+        """(first epoch, best score, best epoch, history so far): a fresh ``in_progress/``, or the
+        stopped run's state restored into ``model``/``optimizer``/``rng``; opens the live log."""
+        from .checkpoint import load_checkpoint
+
+        history, start, best, best_epoch = [], 1, None, None
+        if resume:
+            if self.checkpoint is None or not self.checkpoint.exists():
+                raise InputError(f"nothing to resume in {self.out}: no in_progress/{CHECKPOINT_NAME}")
+            ck = load_checkpoint(self.checkpoint, model, optimizer, config=cfg, experts=experts)
+            rng.state = ck.rng_state
+            start, best = ck.epoch + 1, ck.best
+            if self.log_path.exists():
+                history = [json.loads(x) for x in self.log_path.read_text().splitlines() if x.strip()]
+                history = [r for r in history if r["epoch"] <= ck.epoch]
+            best_epoch = max((r["epoch"] for r in history if _score(r.get("val", {})) == best), default=None)
+        elif self.work:
+            if self.work.exists():
+                shutil.rmtree(self.work)
+            self.work.mkdir(parents=True)
+        if self.log_path:
+            self.log_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+            self._log = open(self.log_path, "a")
+        return start, best, best_epoch, history
+
+    def log(self, rec: dict) -> None:
+        if self._log:
+            self._log.write(json.dumps(rec) + "\n")
+            self._log.flush()
+
+    def close(self) -> None:
+        if self._log:
+            self._log.close()
+            self._log = None
+
+    def save_epoch(self, model, optimizer, cfg: JEDIConfig, epoch: int, best, rng, experts: list[dict]) -> None:
+        if self.checkpoint:
+            from .checkpoint import save_checkpoint
+
+            save_checkpoint(self.checkpoint, model, optimizer, config=cfg, epoch=epoch, best=best,
+                            rng_state=rng.state, experts=experts)
+
+    def save_best(self, model, data: TrainData, cfg: JEDIConfig, epoch: int, score: float) -> None:
+        if self.work:
+            from jedi_deploy.bundle import save_bundle
+
+            save_bundle(model, self.work / BEST_NAME, experts=data.experts, datasets=data.datasets, config=cfg,
+                        extra={"epoch": epoch, "val_score": score})
+
+    def finalise(self, result: "TrainResult", extra: dict | None = None) -> Path:
+        """Write the final files, move the best bundle and the log out of ``in_progress/``, remove it."""
+        from jedi_deploy.bundle import save_bundle
+        from jedi_deploy.meta import write_json
+
+        bundle = self.out / BUNDLE_NAME
+        final = result.history[-1]["eval"]
+        info = {"final_eval": final, "best_epoch": result.best_epoch, "data": result.data, **(extra or {})}
+        save_bundle(result.model, bundle, experts=result.experts, datasets=result.datasets, config=result.config,
+                    extra=info)
+        best = self.work / BEST_NAME
+        if best.exists():
+            best.replace(self.out / BEST_NAME)
+        elif (self.out / BEST_NAME).exists():
+            (self.out / BEST_NAME).unlink()  # from an earlier run this one replaced (--force)
+        (self.work / LOG_NAME).replace(self.out / LOG_NAME)
+        write_json(self.out / "config.json", result.config.to_dict())
+        write_json(self.out / "final_eval.json", final)
+        shutil.rmtree(self.work)
+        return bundle
+
+
+def run_epoch(model: JEDIModel, optimizer, data: TrainData, weights: torch.Tensor, cfg: JEDIConfig, rng: Rng,
+              epoch: int) -> dict:
+    """One pass over the training data (shuffled); the epoch's record with mean loss parts."""
+    t0 = time.perf_counter()
+    phase = phase_of(epoch, cfg)
+    distill = epoch > cfg.burn_in and cfg.distill_data != "none"
+    n = len(data.labels)
+    steps = math.ceil(n / cfg.batch_size)
+    model.train()
+    _set_phase(model, phase)
+    sums: dict[str, float] = {}
+    perm = rng.permutation(n)
+    for k in range(steps):
+        idx = perm[k * cfg.batch_size:(k + 1) * cfg.batch_size]
+        parts = train_step(model, optimizer, [e.index_select(0, idx) for e in data.embs], data.dataset[idx],
+                           data.labels[idx], weights, cfg, rng, distill=distill, phase=phase)
+        for key, v in parts.items():
+            sums[key] = sums.get(key, 0.0) + v
+    _set_phase(model, "joint")
+    if not math.isfinite(sums["loss"]):
+        raise InputError(f"training diverged at epoch {epoch} (loss {sums['loss']}); lower the learning "
+                         "rate (lr) or check the cache for extreme values")
+    return {"epoch": epoch, "phase": phase, "distill": distill, **{k: v / steps for k, v in sums.items()},
+            "train_s": round(time.perf_counter() - t0, 3)}
 
 
 def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True, run_dir: str | Path | None = None,
@@ -154,39 +279,17 @@ def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True, run_dir:
     is called after each epoch's checkpoint is safely written."""
     from tqdm.auto import tqdm
 
-    from .checkpoint import load_checkpoint, save_checkpoint
-
     data = build_train_data(cache, cfg)  # validates everything before any file is touched
     tune_allocator()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    folder = _RunFolder(Path(run_dir) if run_dir else None)
+    folder = RunFolder(run_dir, log_path)
     model = build_model(data, cache, cfg)
     optimizer = build_optimizer(model, cfg)
     weights = distillation_weights(data.sizes, cfg)
     rng = Rng(cfg.seed)
     val_sets, test_sets = data.val, eval_sets(cache, data, cfg.eval_split)
-    history: list[dict] = []
-    best, best_epoch, start = None, None, 1
-    ckpt_path, live_log = folder.path("checkpoint.safetensors"), folder.path("metrics.jsonl")
-    if resume:
-        if ckpt_path is None or not ckpt_path.exists():
-            raise InputError(f"nothing to resume in {run_dir}: no in_progress/checkpoint.safetensors")
-        ck = load_checkpoint(ckpt_path, model, optimizer, config=cfg, experts=data.experts)
-        rng.state = ck.rng_state
-        start, best = ck.epoch + 1, ck.best
-        if live_log.exists():
-            history = [json.loads(x) for x in live_log.read_text().splitlines() if x.strip()]
-            history = [r for r in history if r["epoch"] <= ck.epoch]
-        best_epoch = max((r["epoch"] for r in history if _score(r.get("val", {})) == best), default=None)
-    elif folder.work:
-        if folder.work.exists():
-            shutil.rmtree(folder.work)
-        folder.work.mkdir(parents=True)
-    log_file = live_log or (Path(log_path) if log_path else None)
-    if log_file:
-        log_file.write_text("".join(json.dumps(r) + "\n" for r in history))
-    log = open(log_file, "a") if log_file else None
+    start, best, best_epoch, history = folder.start(model, optimizer, cfg, data.experts, rng, resume)
 
     def record_eval(rec: dict) -> None:
         nonlocal best, best_epoch
@@ -196,52 +299,22 @@ def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True, run_dir:
         score = _score(rec.get("val", {}))
         if score is not None and (best is None or score > best):
             best, best_epoch = score, rec["epoch"]
-            if folder.work:
-                from jedi_deploy.bundle import save_bundle
-
-                save_bundle(model, folder.path("best.safetensors"), experts=data.experts,
-                            datasets=data.datasets, config=cfg, extra={"epoch": rec["epoch"], "val_score": score})
+            folder.save_best(model, data, cfg, rec["epoch"], score)
 
     try:
         if not history:
             rec = {"epoch": 0, "loss": None}
             record_eval(rec)
             history.append(rec)
-            if log:
-                log.write(json.dumps(rec) + "\n")
-        n = len(data.labels)
-        steps = math.ceil(n / cfg.batch_size)
+            folder.log(rec)
         bar = tqdm(total=cfg.epochs, initial=start - 1, desc="JEDI training", unit="epoch", disable=not progress)
         for epoch in range(start, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            phase = phase_of(epoch, cfg)
-            distill = epoch > cfg.burn_in and cfg.distill_data != "none"
-            model.train()
-            _set_phase(model, phase)
-            sums: dict[str, float] = {}
-            perm = rng.permutation(n)
-            for k in range(steps):
-                idx = perm[k * cfg.batch_size:(k + 1) * cfg.batch_size]
-                parts = train_step(model, optimizer, [e.index_select(0, idx) for e in data.embs],
-                                   data.dataset[idx], data.labels[idx], weights, cfg, rng,
-                                   distill=distill, phase=phase)
-                for key, v in parts.items():
-                    sums[key] = sums.get(key, 0.0) + v
-            _set_phase(model, "joint")
-            if not math.isfinite(sums["loss"]):
-                raise InputError(f"training diverged at epoch {epoch} (loss {sums['loss']}); lower the learning "
-                                 "rate (lr) or check the cache for extreme values")
-            rec = {"epoch": epoch, "phase": phase, "distill": distill,
-                   **{k: v / steps for k, v in sums.items()}, "train_s": round(time.perf_counter() - t0, 3)}
+            rec = run_epoch(model, optimizer, data, weights, cfg, rng, epoch)
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                 record_eval(rec)
             history.append(rec)
-            if log:
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-            if ckpt_path:
-                save_checkpoint(ckpt_path, model, optimizer, config=cfg, epoch=epoch, best=best,
-                                rng_state=rng.state, experts=data.experts)
+            folder.log(rec)
+            folder.save_epoch(model, optimizer, cfg, epoch, best, rng, data.experts)
             bar.update()
             shown = {"loss": f"{rec['loss']:.3f}"}
             if "val" in rec:
@@ -251,50 +324,16 @@ def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True, run_dir:
                 on_epoch(epoch, rec)
         bar.close()
     finally:
-        if log:
-            log.close()
+        folder.close()
     model.eval()
     return TrainResult(model, history, data.experts, data.datasets, cfg, best_epoch, best, data.summary())
-
-
-BUNDLE_NAME = "jedi.safetensors"
-BEST_NAME = "best.safetensors"
-LOG_NAME = "metrics.jsonl"
 
 
 def train_to_dir(cache: Cache, out_dir: str | Path, cfg: JEDIConfig, *, force: bool = False,
                  resume: bool = False, progress: bool = True, extra: dict | None = None,
                  on_epoch: Callable[[int, dict], None] | None = None) -> tuple[TrainResult, Path]:
     """Train into a run folder (see module docstring); returns the result and the last bundle."""
-    from jedi_deploy.bundle import save_bundle
-    from jedi_deploy.meta import write_json
-
-    out_dir = Path(out_dir)
-    bundle = out_dir / BUNDLE_NAME
-    work = out_dir / "in_progress"
-    if resume and force:
-        raise ConfigError("--resume and --force contradict each other: resume continues a run, force restarts it")
-    if not resume:
-        if work.exists() and not force:
-            raise InputError(f"{out_dir} holds a stopped run ({work}); pass --resume to continue it "
-                             "or --force to start over")
-        if bundle.exists() and not force:
-            raise InputError(f"{bundle} already exists; choose another --out or pass --force to replace it")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create run folder {out_dir}: {e.strerror or e}") from None
+    folder = RunFolder(out_dir)
+    folder.claim(resume=resume, force=force)
     result = train_jedi(cache, cfg, progress=progress, run_dir=out_dir, resume=resume, on_epoch=on_epoch)
-    final = result.history[-1]["eval"]
-    info = {"final_eval": final, "best_epoch": result.best_epoch, "data": result.data, **(extra or {})}
-    save_bundle(result.model, bundle, experts=result.experts, datasets=result.datasets, config=cfg, extra=info)
-    best = work / BEST_NAME
-    if best.exists():
-        best.replace(out_dir / BEST_NAME)
-    elif (out_dir / BEST_NAME).exists():
-        (out_dir / BEST_NAME).unlink()  # from an earlier run this one replaced (--force)
-    (work / LOG_NAME).replace(out_dir / LOG_NAME)
-    write_json(out_dir / "config.json", cfg.to_dict())
-    write_json(out_dir / "final_eval.json", final)
-    shutil.rmtree(work)
-    return result, bundle
+    return result, folder.finalise(result, extra)

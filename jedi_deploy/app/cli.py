@@ -1,38 +1,20 @@
 """The ``jedi`` command line. It only parses arguments and calls library functions; stage
-packages are imported inside each command so ``jedi infer``/``jedi bench`` never load torch."""
+packages are imported inside each command so ``jedi infer``/``jedi bench`` never load torch.
+``infer`` and ``serve`` are defined in ``jedi_deploy.serve.cli`` (shared with the torch-free
+``python -m jedi_deploy.serve.*`` entry points)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from .. import __version__
-from ..config import DISTILL_DATA, KD_LOSSES, TEACHER_INPUTS
-from ..errors import JediError
+from ..clitools import CONTEXT, EXISTING, JediGroup, progress as _progress
+from ..config import DISTILL_DATA, KD_LOSSES, TEACHER_INPUTS, JEDIConfig
+from ..serve.cli import infer, serve
 
 GRID_NAMES = ("table3", "variants", "semi")  # train.ablate.GRIDS (kept torch-free here)
-
-EXISTING = click.Path(exists=True, path_type=Path)
-
-
-class JediGroup(click.Group):
-    """Turns :class:`JediError` into ``error: <message>`` and a non-zero exit, never a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except JediError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-
-
-def _progress() -> bool:
-    return sys.stderr.isatty()
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -45,7 +27,7 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return out
 
 
-@click.group(cls=JediGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=JediGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="jedi-deploy")
 def cli():
     """jedi-deploy: JEDI (Joint Expert Distillation) from paper to production.
@@ -59,7 +41,7 @@ def cli():
       ablate    -> OUT/<scenario>/ runs + OUT/table3.md + plot   (the paper's Table 3)
       analyze   -> cka: OUT/cka.{md,png}                          (representation similarity)
       eval      -> Table-2 accuracies (markdown / JSON)
-      export    -> OUT/<name>.student.onnx, OUT/<name>.expert.onnx (+ .validation.json)
+      export    -> OUT/<name>.student.onnx, OUT/<name>.expert.onnx, OUT/<dataset>.teacher.onnx
       infer     -> top-k labels of videos, folders, manifests -> JSONL/CSV (ONNX Runtime, no torch)
       serve     -> HTTP service with micro-batching and Prometheus metrics (no torch)
       bench     -> student vs initial-expert latency on every available runtime
@@ -100,7 +82,7 @@ def synth(out, seed, quick):
 @click.option("--seed", default=0, show_default=True)
 def pretrain(dataset, arch, out, epochs, lr, seed):
     """Train an initial expert on DATASET's training split (a folder with classes.txt)."""
-    from train.pretrain import pretrain_expert
+    from jedi_deploy.train.pretrain import pretrain_expert
 
     from ..datasets import load_dataset
     from ..registry import get_arch
@@ -133,7 +115,8 @@ def cache(data, experts, out, splits, dtype, batch_size, workers, chunk_size, st
     and listed in OUT/failures.jsonl (--strict stops instead). For several processes or nodes,
     launch the same command with torchrun (e.g. `torchrun --nproc-per-node 2 -m jedi_deploy
     cache ...`); ranks share OUT and rank 0 joins the result."""
-    from train.cache import FAILURES_FILE, build_cache, dist_info
+    from jedi_deploy.cache_format import FAILURES_FILE
+    from jedi_deploy.train.cache import build_cache, dist_info
 
     from ..datasets import discover_datasets
     from ..registry import load_expert
@@ -169,7 +152,7 @@ def import_expert(checkpoint, arch, dataset, classes, name, fmt, preset, overrid
     .pth files are read with torch.load(weights_only=True). The result is a self-describing
     safetensors file (architecture, classes, preprocessing, source sha256) for `jedi cache`."""
     from ..datasets import read_classes
-    from ..zoo import import_checkpoint, parse_key_value, save_imported
+    from ..importer import import_checkpoint, parse_key_value, save_imported
 
     cats = read_classes(classes) if classes else None
     pre = dict(parse_key_value(o) for o in overrides)
@@ -183,22 +166,28 @@ def import_expert(checkpoint, arch, dataset, classes, name, fmt, preset, overrid
 def _config_options(f):
     """Options shared by `jedi train` and `jedi ablate`: a config file, the common knobs as
     flags, and KEY=VALUE for every other field (docs/ARCHITECTURE.md, "Training")."""
+    d = JEDIConfig()
     opts = [
         click.option("--config", "config_file", type=EXISTING,
                      help="TOML or JSON file of JEDIConfig fields (flags and --set override it)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Override any config field, e.g. --set kd_loss=cmpl --set pools='[\"k400\"]'."),
-        click.option("--epochs", type=int, help="[500] Training epochs."),
-        click.option("--burn-in", type=int, help="[25] Epochs before the distillation terms switch on."),
-        click.option("--lr", type=float, help="[1e-5] Learning rate."),
-        click.option("--batch-size", type=int, help="[256] Batch size (samples of all datasets mixed)."),
-        click.option("--hidden", type=int, help="[256] Adjustment module hidden size."),
-        click.option("--seed", type=int, help="[0] Seed of init, splits, shuffling and dropout."),
-        click.option("--teacher-input", type=click.Choice(TEACHER_INPUTS), help="[adjusted] What the teachers see."),
-        click.option("--distill-data", type=click.Choice(DISTILL_DATA), help="[all] Which samples are distilled."),
-        click.option("--kd-loss", type=click.Choice(KD_LOSSES), help="[soft] Distillation loss (cmpl = CMPL mode)."),
-        click.option("--label-fraction", type=float, help="[1.0] Class-balanced labeled fraction per dataset."),
-        click.option("--val-fraction", type=float, help="[0.15] Held out of each training set for validation."),
+        click.option("--epochs", type=int, help=f"[{d.epochs}] Training epochs."),
+        click.option("--burn-in", type=int, help=f"[{d.burn_in}] Epochs before the distillation terms switch on."),
+        click.option("--lr", type=float, help=f"[{d.lr:g}] Learning rate."),
+        click.option("--batch-size", type=int, help=f"[{d.batch_size}] Batch size (samples of all datasets mixed)."),
+        click.option("--hidden", type=int, help=f"[{d.hidden}] Adjustment module hidden size."),
+        click.option("--seed", type=int, help=f"[{d.seed}] Seed of init, splits, shuffling and dropout."),
+        click.option("--teacher-input", type=click.Choice(TEACHER_INPUTS),
+                     help=f"[{d.teacher_input}] What the teachers see."),
+        click.option("--distill-data", type=click.Choice(DISTILL_DATA),
+                     help=f"[{d.distill_data}] Which samples are distilled."),
+        click.option("--kd-loss", type=click.Choice(KD_LOSSES),
+                     help=f"[{d.kd_loss}] Distillation loss (cmpl = CMPL mode)."),
+        click.option("--label-fraction", type=float,
+                     help=f"[{d.label_fraction}] Class-balanced labeled fraction per dataset."),
+        click.option("--val-fraction", type=float,
+                     help=f"[{d.val_fraction}] Held out of each training set for validation."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -223,8 +212,8 @@ def train(cache_dir, out, resume, force, config_file, sets, **flags):
     every knob is a config field (file, flags, --set KEY=VALUE). The resolved config is saved in
     the bundle. A stopped run continues with --resume and ends with the same weights."""
     cfg = _resolve(config_file, sets, **flags)
-    from train.cache import load_cache
-    from train.jedi import train_to_dir
+    from jedi_deploy.cache_format import load_cache
+    from jedi_deploy.train.jedi import train_to_dir
 
     result, bundle = train_to_dir(load_cache(cache_dir), out, cfg, force=force, resume=resume,
                                   progress=_progress(), extra={"cache": str(Path(cache_dir).resolve())})
@@ -247,8 +236,8 @@ def ablate(cache_dir, out, grid, pool, config_file, sets, **flags):
     """Run a named grid of JEDI scenarios on one cache and write a Table-3-style table and plot.
     Finished scenarios are reused, so an interrupted ablation resumes."""
     base = _resolve(config_file, sets, **flags)
-    from train.ablate import format_ablation, run_ablation
-    from train.cache import load_cache
+    from jedi_deploy.train.ablate import format_ablation, run_ablation
+    from jedi_deploy.cache_format import load_cache
 
     report = run_ablation(load_cache(cache_dir), out, grid, base, pool=pool, progress=_progress(), echo=click.echo)
     click.echo("\n" + format_ablation(report))
@@ -268,8 +257,8 @@ def analyze():
 @click.option("--max-samples", default=20000, show_default=True, help="Random subset for large caches.")
 def cka(cache_dir, out, bundle, split, max_samples):
     """Linear CKA between every pair of experts' embeddings on the same samples: heatmap + table."""
-    from train.cache import load_cache
-    from train.cka import cka_matrix, collect_features, write_cka_report
+    from jedi_deploy.cache_format import load_cache
+    from jedi_deploy.train.cka import cka_matrix, collect_features, write_cka_report
 
     names, m = cka_matrix(collect_features(load_cache(cache_dir), split, bundle, max_samples))
     paths = write_cka_report(names, m, out, f"Linear CKA ({split} split)")
@@ -284,13 +273,13 @@ def cka(cache_dir, out, bundle, split, max_samples):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a markdown table.")
 def evaluate_cmd(bundle, cache_dir, split, as_json):
     """acc@1 / acc@5 / mAP of initial experts, JEDI students and teachers (paper's Table 2)."""
-    from train.cache import load_cache
-    from train.evaluate import evaluate, format_table
+    from jedi_deploy.cache_format import load_cache
+    from jedi_deploy.train.evaluate import evaluate, format_table
 
     from ..bundle import load_bundle
 
     model, meta = load_bundle(bundle)
-    table = evaluate(model, meta, load_cache(cache_dir), split)
+    table = evaluate(model, meta.experts, meta.datasets, load_cache(cache_dir), split)
     click.echo(json.dumps(table, indent=2) if as_json else format_table(table))
 
 
@@ -308,9 +297,8 @@ def evaluate_cmd(bundle, cache_dir, split, as_json):
 @click.option("--views", default=1, show_default=True, help="Average N views per video inside the graph.")
 @click.option("--fp16", is_flag=True, help="fp16 weights and activations (fp32 inputs/outputs).")
 @click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim (parity re-checked).")
-@click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto",
-              show_default=True, help="torch.onnx exporter; auto = the one benchmarks/export_zoo.py measured "
-              "faster in ONNX Runtime for the architecture (recorded in the registry).")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
+              help="torch.onnx exporter (dynamo needs onnxscript; TorchScript exports every registry entry).")
 @click.option("--atol", type=float, default=None, help="Max abs logit difference vs PyTorch "
               "(default: 1e-4 fp32, 2e-2 fp16, plus a relative term).")
 @click.option("--opset", default=17, show_default=True)
@@ -328,118 +316,29 @@ def export(bundle, out, students, expert_paths, no_experts, teachers, clip, uint
     initial expert the same way), validated with ONNX Runtime against PyTorch before it is
     written: a failed check writes nothing and exits 1. Optionally TensorRT engines and a
     Triton model repository."""
-    from export.ensemble import export_teacher
-    from export.onnx import OnnxExportConfig
-    from export.students import export_bundle
+    from jedi_deploy.export.onnx import OnnxExportConfig
+    from jedi_deploy.export.pipeline import TritonOptions, TrtOptions, export_all
+    from jedi_deploy.export.trt import parse_profile
 
-    if trt:  # fail before any work when TensorRT or the GPU is missing
-        from export.trt import parse_profile, require_tensorrt
-
-        profile = parse_profile(trt_batch)
-        require_tensorrt()
     cfg = OnnxExportConfig(atol=atol, opset=opset, exporter=exporter, uint8_input=uint8_input, views=views,
                            fp16=fp16, simplify=simplify)
-    if teachers:
-        from export.ensemble import check_options
-
-        check_options(cfg)
-    pairs = _pairs(expert_paths, "--expert")
-    reports = export_bundle(bundle, out, students=list(students) or None, expert_paths=pairs,
-                            with_experts=not no_experts, cfg=cfg, clip=clip, progress=_progress())
-    reports += [export_teacher(bundle, out, d, expert_paths=pairs, cfg=cfg) for d in teachers]
+    trt_opts = TrtOptions(parse_profile(trt_batch), trt_timing_cache) if trt else None
+    triton_opts = TritonOptions(triton, triton_max_batch, triton_instances, force) if triton else None
+    reports = export_all(bundle, out, cfg=cfg, students=list(students) or None,
+                         expert_paths=_pairs(expert_paths, "--expert"), with_experts=not no_experts,
+                         teachers=tuple(teachers), clip=clip, trt=trt_opts, triton=triton_opts, progress=_progress())
     for r in reports:
         click.echo(f"{r['path']}: max abs diff {r['max_abs_diff']:.2e}"
                    + (f", top-1 agreement {100 * r['top1_agreement']:.0f}% on {r['num_inputs']} inputs"
                       if "top1_agreement" in r else ""))
-    for r in reports:
-        onnx_path = Path(r["path"])
-        plan = None
-        if trt:
-            from export.trt import build_engine, check_engine_parity
-
-            plan = onnx_path.with_suffix(".plan")
-            build_engine(onnx_path, plan, fp16=fp16, batch=profile, timing_cache=trt_timing_cache)
-            check_engine_parity(plan, onnx_path, input_name=cfg.input_name, output_name=cfg.output_name,
-                                batch=profile, tol=cfg.tolerance())
-            click.echo(f"{plan}: TensorRT engine matches ONNX Runtime")
-        if triton:
-            from export.triton import write_model_repository
-
-            for folder in write_model_repository(onnx_path, triton, plan_path=plan, max_batch_size=triton_max_batch, instances=triton_instances,
-                                                 gpu=trt, force=force):
-                click.echo(f"{folder}: Triton model (config.pbtxt checked against Triton's schema)")
+        if "plan" in r:
+            click.echo(f"{r['plan']}: TensorRT engine matches ONNX Runtime")
+        for folder in r.get("triton", []):
+            click.echo(f"{folder}: Triton model (config.pbtxt checked against Triton's schema)")
 
 
-@cli.command()
-@click.argument("model", type=EXISTING)
-@click.argument("inputs", type=EXISTING, nargs=-1, required=True)
-@click.option("--out", type=click.Path(path_type=Path), help="Write one record per video to this .jsonl or .csv "
-              "file (written when all are done; default: print to stdout).")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "text"]),
-              help="Output format (default: from --out's suffix, else text).")
-@click.option("--json", "as_json", is_flag=True, help="Shorthand for --format jsonl.")
-@click.option("--topk", default=5, show_default=True, help="Labels per video.")
-@click.option("--batch-size", default=8, show_default=True, help="Videos per model call.")
-@click.option("--workers", default=2, show_default=True, help="Decoding threads.")
-@click.option("--strict", is_flag=True, help="Stop at the first unreadable video (default: record an error, go on, "
-              "exit 1 at the end).")
-@click.option("--providers", help="ONNX Runtime providers: cpu, cuda, tensorrt or a comma list "
-              "(default: the best available, TensorRT > CUDA > CPU).")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core).")
-def infer(model, inputs, out, fmt, as_json, topk, batch_size, workers, strict, providers, threads):
-    """Classify videos with an exported MODEL (ONNX Runtime, no torch).
-
-    INPUTS are video files, folders (searched recursively) or manifests: an MMAction2 .txt list
-    (`path [label]` per line) or a .csv with a `path` (and optional `label`) column. With labels,
-    acc@1/acc@5 are reported. Same as `python -m serve.infer`.
-    """
-    from serve.infer import format_summary, run_infer
-
-    text, summary = run_infer(model, list(inputs), out=out, fmt="jsonl" if as_json else fmt, topk=topk,
-                              batch_size=batch_size, workers=workers, strict=strict, providers=providers,
-                              threads=threads, progress=_progress())
-    if text:
-        click.echo(text, nl=False)
-    click.echo(format_summary(summary) + (f" -> {out}" if out else ""), err=True)
-    if summary["failed"]:  # like cp/rsync: everything readable is done, the status says not all was
-        click.echo(f"error: {summary['failed']} video(s) could not be read; first: {summary['first_error']}", err=True)
-        sys.exit(1)
-
-
-@cli.command()
-@click.argument("models", type=EXISTING, nargs=-1, required=True)
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to listen on; 0.0.0.0 exposes the service to the network (no authentication).")
-@click.option("--port", default=8000, show_default=True, help="TCP port (0: any free port, printed at start).")
-@click.option("--max-batch-size", default=8, show_default=True, help="Videos per model call (1: no batching).")
-@click.option("--max-delay-ms", default=5.0, show_default=True,
-              help="Longest wait for a batch to fill, only while more uploads are being decoded.")
-@click.option("--max-upload-mb", default=64.0, show_default=True, help="Larger uploads get 413.")
-@click.option("--decode-workers", default=2, show_default=True, help="Threads decoding uploads.")
-@click.option("--providers", help="ONNX Runtime providers: cpu, cuda, tensorrt or a comma list (default: best).")
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads per model (default: one per core).")
-@click.option("--topk", default=5, show_default=True, help="Labels per answer unless the request says.")
-def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decode_workers, providers, threads, topk):
-    """Serve exported MODELS over HTTP (FastAPI + uvicorn, no torch).
-
-    \b
-    POST /v1/predict   video upload: multipart field `video` (curl -F video=@clip.mp4 URL/v1/predict)
-                       or the raw file as the body; optional `model` and `topk` (query or form)
-    GET  /v1/models    metadata of the served models
-    GET  /healthz      liveness
-    GET  /metrics      Prometheus text (requests, latency, batch sizes, errors, queue depth)
-
-    Dynamic micro-batching across concurrent requests; SIGINT/SIGTERM finish the requests in
-    flight, then stop. Same as `python -m serve.server`.
-    """
-    from serve.server import ServeConfig, serve as run_server
-
-    run_server(ServeConfig(models=list(models), host=host, port=port, max_batch_size=max_batch_size,
-                           max_delay_ms=max_delay_ms, max_upload_mb=max_upload_mb, decode_workers=decode_workers,
-                           providers=providers, threads=threads, topk=topk), echo=click.echo)
-
-
-RUNTIMES = ("ort-cpu", "ort-cuda", "ort-tensorrt", "torch-cpu", "torch-cuda", "tensorrt")
+cli.add_command(infer)
+cli.add_command(serve)
 
 
 def _int_list(text: str, option: str) -> tuple[int, ...]:
@@ -459,7 +358,8 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--expert", "experts", multiple=True, metavar="NAME=PATH",
               help="Expert checkpoint for --bundle if it moved (repeatable).")
 @click.option("--runtimes", default="auto", show_default=True,
-              help=f"Comma list of {', '.join(RUNTIMES)}; auto = every ONNX Runtime provider available, plus "
+              help="Comma list of ort-cpu, ort-cuda, ort-tensorrt, torch-cpu, torch-cuda, tensorrt; auto = every ONNX "
+                   "Runtime provider available, plus "
                    "torch-cpu/cuda with --bundle.")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Comma list of batch sizes.")
 @click.option("--runs", default=200, show_default=True, help="Timed rounds per block (student, expert and the A/A "
@@ -469,7 +369,8 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--out", type=click.Path(path_type=Path), help="Write bench.json, bench.md and bench.png here.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the figures as JSON here.")
 def bench(model_dir, bundle, experts, runtimes, batch_sizes, runs, warmup, threads, out, json_out):
-    """Latency of each <name>.student.onnx vs its <name>.expert.onnx in MODEL_DIR.
+    """Latency of each <name>.student.onnx vs its <name>.expert.onnx in MODEL_DIR (and of each
+    <dataset>.teacher.onnx vs that dataset's student: the teacher's cost of all n experts).
 
     Median/p90/p99 latency, throughput, the student/expert ratio and an A/A control (the
     expert against a second copy of itself: the noise floor of the ratio), on every runtime
@@ -480,30 +381,15 @@ def bench(model_dir, bundle, experts, runtimes, batch_sizes, runs, warmup, threa
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/ORT start their thread pools
-    from serve.bench import bench_models, discover_pairs, format_bench, ort_runtimes, write_bench
+    from jedi_deploy.serve.bench import bench_models, discover_pairs, discover_teachers, format_bench, write_bench
 
     from ..meta import write_json
+    from .bench import resolve_runtimes
 
     wanted = None if runtimes == "auto" else [r.strip() for r in runtimes.split(",") if r.strip()]
-    unknown = sorted(set(wanted or []) - set(RUNTIMES))
-    if unknown:
-        raise click.BadParameter(f"unknown runtime(s) {unknown}; choose from {', '.join(RUNTIMES)}",
-                                 param_hint="--runtimes")
-    ort_wanted = None if wanted is None else [r for r in wanted if r.startswith("ort-")]
-    rts = ort_runtimes(threads, ort_wanted) if ort_wanted is None or ort_wanted else []
-    torch_wanted = None if wanted is None else [r.split("-", 1)[1] for r in wanted if r.startswith("torch-")]
-    if torch_wanted and not bundle:
-        raise click.UsageError("torch runtimes need --bundle (the bundle MODEL_DIR was exported from)")
-    if bundle and (torch_wanted is None or torch_wanted):
-        from export.eager import torch_runtimes
-
-        rts += torch_runtimes(bundle, torch_wanted, threads, _pairs(experts, "--expert"))
-    if wanted and "tensorrt" in wanted:
-        from export.trt import trt_runtime
-
-        rts.append(trt_runtime())
+    rts = resolve_runtimes(wanted, threads=threads, bundle=bundle, expert_paths=_pairs(experts, "--expert"))
     report = bench_models(discover_pairs(model_dir), rts, batch_sizes=_int_list(batch_sizes, "--batch-sizes"),
-                          runs=runs, warmup=warmup, progress=_progress())
+                          runs=runs, warmup=warmup, progress=_progress(), teachers=discover_teachers(model_dir))
     click.echo(format_bench(report))
     if out:
         for path in write_bench(report, out):

@@ -66,13 +66,14 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     """Run every stage into ``out``; returns the path of ``report.md``."""
     import torch
 
-    from export.students import export_bundle
-    from serve.bench import bench_dir, format_bench
-    from serve.infer import run_infer
-    from train.cache import build_cache, load_cache
-    from train.evaluate import evaluate, format_table
-    from train.jedi import train_to_dir
-    from train.pretrain import pretrain_expert
+    from jedi_deploy.export.students import export_bundle
+    from jedi_deploy.serve.bench import bench_dir, format_bench
+    from jedi_deploy.serve.infer import run_infer
+    from jedi_deploy.cache_format import load_cache
+    from jedi_deploy.train.cache import build_cache
+    from jedi_deploy.train.evaluate import evaluate, format_table
+    from jedi_deploy.train.jedi import train_to_dir
+    from jedi_deploy.train.pretrain import pretrain_expert
 
     from ..datasets import discover_datasets
     from ..jedi_model import JEDIConfig
@@ -120,7 +121,7 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     timings["train JEDI"] = time.perf_counter() - t
 
     t = stage(5, "evaluating experts, students and teachers")
-    table = evaluate(result.model, {"experts": result.experts, "datasets": result.datasets}, cache)
+    table = evaluate(result.model, result.experts, result.datasets, cache)
     (out / "eval.json").write_text(json.dumps(table, indent=2))
     timings["evaluate"] = time.perf_counter() - t
 
@@ -132,7 +133,7 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     first = datasets[0]
     video = first.samples("test")[0]
     preds, _ = run_infer(out / "onnx" / f"{first.name}.student.onnx", [video.path], topk=3)
-    infer_text = (f"$ python -m serve.infer {first.name}.student.onnx {video.path.relative_to(out)}\n"
+    infer_text = (f"$ python -m jedi_deploy.serve.infer {first.name}.student.onnx {video.path.relative_to(out)}\n"
                   + preds.rstrip("\n").replace(str(out) + "/", "")
                   + f"\n(true label: {first.categories[video.label]})")
     timings["infer"] = time.perf_counter() - t

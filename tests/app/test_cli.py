@@ -1,16 +1,18 @@
 """The CLI as a user meets it: real subprocesses, one-line errors, non-zero exits."""
 import subprocess
 import sys
-from pathlib import Path
+import tempfile
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+# Subprocesses run from a temporary folder, never the repository root (where the bare train/,
+# export/ and serve/ folders would import as a second copy of the package).
+CWD = tempfile.gettempdir()
 COMMANDS = ["archs", "synth", "pretrain", "cache", "train", "eval", "export", "infer", "serve", "bench", "demo"]
 
 
 def jedi(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "jedi_deploy.app.cli", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "jedi_deploy.app.cli", *map(str, args)], cwd=CWD,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -33,7 +35,7 @@ def test_help_lists_every_stage():
 
 
 def test_missing_path(tmp_path):
-    assert_clean_error(jedi("infer", tmp_path / "none.onnx", tmp_path / "v.mp4"), "does not exist")
+    assert_clean_error(jedi("infer", tmp_path / "none.onnx", tmp_path / "v.mp4"), "not found")
 
 
 @pytest.mark.parametrize("content,needle", [(b"", "video is empty (0 bytes)"), (b"\x00garbage" * 50, "cannot decode")])
@@ -46,7 +48,7 @@ def test_corrupt_and_zero_byte_videos(onnx_dir, tmp_path, content, needle):
 
 
 def test_cache_built_for_other_experts(bundle_path, experts, datasets, tmp_path):
-    from train.cache import build_cache
+    from jedi_deploy.train.cache import build_cache
 
     other = tmp_path / "other_cache"
     build_cache(experts[:2], datasets, other, splits=("test",), progress=False)  # one expert missing
@@ -102,7 +104,7 @@ def test_train_does_not_replace_an_existing_bundle(cache_dir, tmp_path):
 
 
 def test_serve_start_up_errors(tmp_path, onnx_dir):
-    assert_clean_error(jedi("serve", tmp_path / "none.onnx"), "does not exist")
+    assert_clean_error(jedi("serve", tmp_path / "none.onnx"), "ONNX model not found")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
     assert_clean_error(jedi("serve", junk), "error:", "cannot load")

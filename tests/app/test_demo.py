@@ -2,15 +2,17 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
+import tempfile
 
-ROOT = Path(__file__).resolve().parents[2]
+# Subprocesses run from a temporary folder, never the repository root (where the bare train/,
+# export/ and serve/ folders would import as a second copy of the package).
+CWD = tempfile.gettempdir()
 
 
 def test_demo_quick_end_to_end(tmp_path):
     out_dir = tmp_path / "demo"
     out = subprocess.run([sys.executable, "-m", "jedi_deploy.app.cli", "demo", "--quick", "--out", str(out_dir)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+                         cwd=CWD, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "[8/8]" in out.stdout and "report:" in out.stdout
     report = (out_dir / "report.md").read_text()
@@ -31,12 +33,12 @@ def test_demo_quick_end_to_end(tmp_path):
     assert all(f"{r['ratio']:.3f}" in report for r in bench["results"])
 
     again = subprocess.run([sys.executable, "-m", "jedi_deploy.app.cli", "demo", "--quick", "--out", str(out_dir)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           cwd=CWD, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "already exists and is not empty" in again.stderr
     assert (out_dir / "report.md").read_text() == report
 
     (out_dir / "notes.txt").write_text("mine")
     forced = subprocess.run([sys.executable, "-m", "jedi_deploy.app.cli", "demo", "--quick", "--force", "--out",
-                             str(out_dir)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                             str(out_dir)], cwd=CWD, capture_output=True, text=True, timeout=600)
     assert forced.returncode == 0, forced.stderr[-2000:]
     assert (out_dir / "notes.txt").read_text() == "mine" and (out_dir / "report.md").is_file()

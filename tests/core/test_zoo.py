@@ -10,7 +10,8 @@ from torch import nn
 from jedi_deploy.errors import CheckpointError, ConfigError
 from jedi_deploy.registry import ARCHS, load_expert
 from jedi_deploy.tv_compat import import_torchvision
-from jedi_deploy.zoo import TV_VIDEO, import_checkpoint, save_imported, torchvision_video_model
+from jedi_deploy.importer import import_checkpoint, save_imported
+from jedi_deploy.zoo import TV_VIDEO, torchvision_video_model
 
 torchvision = import_torchvision()
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from export.ensemble import export_teacher
-from export.triton import parse_config, write_model_repository
+from jedi_deploy.export.ensemble import export_teacher
+from jedi_deploy.export.triton import parse_config, write_model_repository
 from jedi_deploy.app.cli import cli
 from jedi_deploy.bundle import load_bundle
 from jedi_deploy.errors import ExportValidationError, InputError
@@ -34,7 +34,9 @@ def test_triton_repository_parses_with_tritons_schema(onnx_dir, experts, tmp_pat
         parse_config('name: "x" max_batch_size: "eight"')
 
 
-def test_export_trt_without_tensorrt_says_what_is_missing(bundle_path, tmp_path):
+def test_export_trt_without_tensorrt_says_what_is_missing(bundle_path, tmp_path, gpu_stack):
+    if gpu_stack["tensorrt"] and gpu_stack["torch_cuda"]:
+        pytest.skip("TensorRT and a GPU are present: --trt would build engines")
     out = tmp_path / "o"
     res = CliRunner().invoke(cli, ["export", "--bundle", str(bundle_path), "--out", str(out), "--trt"])
     assert res.exit_code == 1 and "tensorrt is not installed" in res.output and "GPU" in res.output
@@ -47,7 +49,7 @@ def test_teacher_ensemble_runs_all_experts_and_one_teacher(bundle_path, experts,
     sess = ort.InferenceSession(str(tmp_path / "ucf-mini.teacher.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == [f"video_{j}" for j in range(len(experts))]
     model, meta = load_bundle(bundle_path)
-    i = meta["datasets"].index("ucf-mini")
+    i = meta.datasets.index("ucf-mini")
     xs = [load_clip(test_video, e.preprocess)[None] for e in experts]
     with torch.no_grad():
         _, teachers = model([e.encoder(torch.from_numpy(x)) for e, x in zip(experts, xs)])
@@ -82,7 +84,7 @@ def test_unwritable_output_is_a_clear_error(bundle_path, tmp_path):
 
 
 def test_validation_failure_leaves_no_partial_teacher(bundle_path, tmp_path):
-    from export.onnx import OnnxExportConfig
+    from jedi_deploy.export.onnx import OnnxExportConfig
 
     with pytest.raises(ExportValidationError, match="disagrees"):  # an impossible tolerance
         export_teacher(bundle_path, tmp_path, "ucf-mini", cfg=OnnxExportConfig(atol=-1.0))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.students import export_bundle
+from jedi_deploy.export.students import export_bundle
 from jedi_deploy.bundle import load_bundle
 from jedi_deploy.errors import CheckpointError, InputError
 from jedi_deploy.video import load_clip
@@ -35,7 +35,7 @@ def test_unknown_student_moved_and_wrong_checkpoints(bundle_path, expert_paths, 
     with pytest.raises(InputError, match="unknown student 'nope'; this bundle has students"):
         export_bundle(bundle_path, tmp_path / "o", students=["nope"], progress=False)
     _, meta = load_bundle(bundle_path)
-    names = [e["name"] for e in meta["experts"]]
+    names = [e["name"] for e in meta.experts]
     with pytest.raises(CheckpointError, match="hash"):  # another expert's checkpoint in its place
         export_bundle(bundle_path, tmp_path / "o", students=[names[0]],
                       expert_paths={names[0]: str(expert_paths[1])}, progress=False)

@@ -8,8 +8,8 @@ import onnx
 import pytest
 import torch
 
-from export.onnx import OnnxExportConfig
-from export.students import export_student_and_expert
+from jedi_deploy.export.onnx import OnnxExportConfig
+from jedi_deploy.export.students import export_student_and_expert
 from jedi_deploy.jedi_model import AdjustmentModule
 from jedi_deploy.registry import ARCHS, Expert, build_expert
 

@@ -3,7 +3,7 @@ import collections
 import onnx
 import torch
 
-from export.fuse import ExpertGraph, FusedStudent, StudentReference
+from jedi_deploy.export.fuse import ExpertGraph, FusedStudent, StudentReference
 from jedi_deploy.jedi_model import AdjustmentModule
 
 

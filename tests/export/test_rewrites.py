@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from export.rewrites import (depthwise_conv3d_as_2d, export_friendly, mvit_add_shortcut, mvit_attention, mvit_pool,
+from jedi_deploy.export.rewrites import (depthwise_conv3d_as_2d, export_friendly, mvit_add_shortcut, mvit_attention, mvit_pool,
                              mvit_rel_pos)
 from jedi_deploy.tv_compat import import_torchvision
 
@@ -130,7 +130,7 @@ def test_video_resnet_with_unknown_parts_keeps_the_upstream_forward():
 
 
 def test_frames_under_tap_zero_fills_outside_the_clip():
-    from export.rewrites import _frames_under_tap
+    from jedi_deploy.export.rewrites import _frames_under_tap
 
     x = torch.randn(2, 7, 3)
     for first in range(-4, 9):

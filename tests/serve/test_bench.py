@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from jedi_deploy.errors import InputError
-from serve.bench import (bench_dir, bench_models, bench_pair, check_pair, discover_pairs, extra_node_cost, format_bench,
+from jedi_deploy.serve.bench import (bench_dir, bench_models, bench_pair, check_pair, discover_pairs, extra_node_cost, format_bench,
                          ort_runtimes, round_order, time_block)
 
 
@@ -53,7 +53,7 @@ def test_round_orders_balance_positions_and_precedence(n):
 
 def test_extra_node_cost_finds_the_fold_in_the_students_own_runs(onnx_dir):
     name, student, expert = discover_pairs(onnx_dir)[0]
-    x = check_pair(student, expert).sample_input(1, 0)
+    x = check_pair(student, expert).sample_input(1, 0)["video"]
     cost = extra_node_cost(student, expert, x, runs=2)
     graph_nodes = {k: {n.name: n.op_type for n in onnx.load(p).graph.node} for k, p in (("s", student), ("e", expert))}
     fold = {n: op for n, op in graph_nodes["s"].items() if n not in graph_nodes["e"]}
@@ -70,27 +70,30 @@ def test_extra_node_cost_finds_the_fold_in_the_students_own_runs(onnx_dir):
     assert back["extra_nodes"] == [] and back["missing_nodes"] == cost["extra_nodes"]
 
 
-def test_bench_input_errors(onnx_dir, tmp_path):
+def test_bench_input_errors(onnx_dir, tmp_path, gpu_stack):
     with pytest.raises(InputError, match="no \\*.student.onnx"):
         discover_pairs(tmp_path)
     with pytest.raises(InputError, match="different inputs"):  # the 3D expert samples clips, TSN segments
         bench_pair(onnx_dir / "hmdb-mini.student.onnx", onnx_dir / "kinetics-mini.expert.onnx", runs=1, warmup=0)
-    with pytest.raises(InputError, match="CUDAExecutionProvider"):
-        ort_runtimes(1, ["ort-cuda"])
+    if not gpu_stack["cuda_ep"]:
+        with pytest.raises(InputError, match="CUDAExecutionProvider"):
+            ort_runtimes(1, ["ort-cuda"])
+    else:
+        assert [r.name for r in ort_runtimes(1, ["ort-cuda"])] == ["ort-cuda"]
     with pytest.raises(InputError, match="no runtime"):
         bench_models(discover_pairs(onnx_dir), [], runs=1)
 
 
 def test_torch_runtime_runs_the_graph_the_onnx_came_from(onnx_dir, bundle_path):
-    from export.eager import torch_runtimes
-    from serve.runtime import OnnxModel
+    from jedi_deploy.export.eager import torch_runtimes
+    from jedi_deploy.serve.runtime import OnnxModel
 
     (rt,) = torch_runtimes(bundle_path, ["cpu"])
     assert rt.name == "torch-cpu" and rt.info["torch"]
     for kind in ("student", "expert"):
         path = onnx_dir / f"ucf-mini.{kind}.onnx"
         m = OnnxModel(path)
-        x = m.sample_input(2)
+        x = m.sample_input(2)["video"]
         np.testing.assert_allclose(rt.load(path)(x).numpy(), m.run(x), atol=1e-4)
     report = bench_models(discover_pairs(onnx_dir)[:1], ort_runtimes(1, ["ort-cpu"]) + [rt], batch_sizes=(1, 2),
                           runs=3, warmup=0)
@@ -103,7 +106,7 @@ def test_torch_runtime_runs_the_graph_the_onnx_came_from(onnx_dir, bundle_path):
     assert len(report["speedups"]) == 2
 
 
-def test_cli_bench_writes_json_markdown_and_chart(onnx_dir, bundle_path, tmp_path):
+def test_cli_bench_writes_json_markdown_and_chart(onnx_dir, bundle_path, tmp_path, gpu_stack):
     from click.testing import CliRunner
 
     from jedi_deploy.app.cli import cli
@@ -114,14 +117,19 @@ def test_cli_bench_writes_json_markdown_and_chart(onnx_dir, bundle_path, tmp_pat
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "b" / "bench.json").read_text())
     pairs = discover_pairs(onnx_dir)
-    assert len(report["results"]) == len(pairs) * 2 * 2 and len(report["speedups"]) == len(pairs) * 2
+    ort_gpu = gpu_stack["cuda_ep"] + gpu_stack["trt_ep"]  # "auto" times every runtime present
+    n_runtimes = 2 + ort_gpu + gpu_stack["torch_cuda"]
+    n_speedups = 1 + (ort_gpu if gpu_stack["torch_cuda"] else 0)
+    assert len(report["results"]) == len(pairs) * n_runtimes * 2 and len(report["speedups"]) == len(pairs) * n_speedups * 2
     assert (tmp_path / "b" / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert "A/A" in (tmp_path / "b" / "bench.md").read_text()
-    for args, text in [(["--runtimes", "ort-cpu,foo"], "unknown runtime"),
-                       (["--runtimes", "torch-cpu"], "need --bundle"),
-                       (["--runtimes", "ort-cuda"], "CUDAExecutionProvider"),
-                       (["--runtimes", "tensorrt"], "tensorrt is not installed"),
-                       (["--batch-sizes", "1,x"], "comma-separated integers")]:
+    cases = [(["--runtimes", "ort-cpu,foo"], "unknown runtime"), (["--runtimes", "torch-cpu"], "need --bundle"),
+             (["--batch-sizes", "1,x"], "comma-separated integers")]
+    if not gpu_stack["cuda_ep"]:
+        cases.append((["--runtimes", "ort-cuda"], "CUDAExecutionProvider"))
+    if not gpu_stack["tensorrt"]:
+        cases.append((["--runtimes", "tensorrt"], "tensorrt is not installed"))
+    for args, text in cases:
         res = run(cli, ["bench", str(onnx_dir), "--runs", "1", *args])
         assert res.exit_code != 0 and text in res.output, (args, res.output)
         assert "Traceback" not in res.output

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -19,18 +20,21 @@ pytest.importorskip("fastapi")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from jedi_deploy.video import Preprocess  # noqa: E402
-from serve.runtime import OnnxModel  # noqa: E402
+from jedi_deploy.serve.runtime import OnnxModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+# Subprocesses run from a temporary folder, never the repository root (where the bare train/,
+# export/ and serve/ folders would import as a second copy of the package).
+CWD = tempfile.gettempdir()
 LIMIT_MB = 0.25
 
 
 def start(models: list[Path], *args: str) -> tuple[subprocess.Popen, str]:
     code = ("import sys\n"
             "sys.modules['torch'] = None  # the service must run without torch\n"
-            "from serve.server import main\n"
+            "from jedi_deploy.serve.server import main\n"
             "sys.exit(main(sys.argv[1:]))\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, models), "--port", "0", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, models), "--port", "0", *args], cwd=CWD,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if "http://" not in line:
@@ -274,11 +278,13 @@ def test_graceful_shutdown_answers_the_request_in_flight(onnx_dir, test_video):
         socket.create_connection((host, int(port)), timeout=2)
 
 
-def test_start_up_errors_are_one_line(tmp_path, onnx_dir):
-    for args, text in [([str(tmp_path / "missing.onnx")], "ONNX model not found"),
-                       ([str(onnx_dir / "hmdb-mini.student.onnx"), "--max-batch-size", "0"], "max_batch_size"),
-                       ([str(onnx_dir / "hmdb-mini.student.onnx"), "--providers", "tensorrt"], "not available")]:
-        out = subprocess.run([sys.executable, "-m", "serve.server", *args], cwd=ROOT, capture_output=True,
+def test_start_up_errors_are_one_line(tmp_path, onnx_dir, gpu_stack):
+    cases = [([str(tmp_path / "missing.onnx")], "ONNX model not found"),
+             ([str(onnx_dir / "hmdb-mini.student.onnx"), "--max-batch-size", "0"], "max_batch_size")]
+    if not gpu_stack["trt_ep"]:
+        cases.append(([str(onnx_dir / "hmdb-mini.student.onnx"), "--providers", "tensorrt"], "not available"))
+    for args, text in cases:
+        out = subprocess.run([sys.executable, "-m", "jedi_deploy.serve.server", *args], cwd=CWD, capture_output=True,
                              text=True, timeout=120)
         assert out.returncode == 1 and out.stderr.startswith("error:") and text in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
@@ -288,9 +294,9 @@ def test_load_benchmark_runs_and_reports(onnx_dir, test_video):
     """benchmarks/serve_load.py end to end, briefly: both services, two levels, its JSON line."""
     import json
 
-    out = subprocess.run([sys.executable, "benchmarks/serve_load.py", str(onnx_dir / "hmdb-mini.student.onnx"),
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), str(onnx_dir / "hmdb-mini.student.onnx"),
                           "--video", str(test_video), "--seconds", "2", "--warmup-seconds", "0.5",
-                          "--concurrency", "1", "4", "--rounds", "2"], cwd=ROOT, capture_output=True, text=True,
+                          "--concurrency", "1", "4", "--rounds", "2"], cwd=CWD, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
@@ -298,3 +304,21 @@ def test_load_benchmark_runs_and_reports(onnx_dir, test_video):
     assert summary["batching_speedup_c4"] > 0 and summary["p99_ms_c4"] > 0 and summary["mean_batch_c4"] >= 1
     assert summary["decode_ms_per_video"] > 0 and summary["inference_ms_per_video_batch1"] > 0
     assert "| microbatch | 4 |" in out.stdout
+
+
+def test_a_teacher_ensemble_is_served_like_any_model(teacher_path, onnx_dir, test_video):
+    """`jedi serve` on a <dataset>.teacher.onnx (several inputs, one per expert) answers the
+    teacher's predictions (OnnxModel's, which tests/serve/test_teacher.py checks against PyTorch)."""
+    proc, addr = start([teacher_path, onnx_dir / "ucf-mini.student.onnx"])
+    try:
+        url = f"http://{addr}"
+        info = {m["name"]: m for m in requests.get(f"{url}/v1/models", timeout=30).json()["models"]}
+        assert set(info) == {"ucf-mini.teacher", "ucf-mini.student"}
+        assert info["ucf-mini.teacher"]["kind"] == "teacher" and len(info["ucf-mini.teacher"]["inputs"]) > 1
+        r = predict(url, test_video, model="ucf-mini.teacher", topk=3)
+        assert r.status_code == 200, r.text
+        assert_same_predictions(r.json()["predictions"], expected(teacher_path, test_video))
+        assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
+    finally:
+        rc, err = stop(proc)
+    assert "stopped cleanly" in err, err

@@ -6,7 +6,8 @@ from safetensors.torch import load_file, save_file
 from jedi_deploy.errors import CacheMismatchError, InputError
 from jedi_deploy.meta import read_safetensors_metadata
 from jedi_deploy.video import load_clip
-from train.cache import build_cache, load_cache, shard_path
+from jedi_deploy.cache_format import load_cache, shard_path
+from jedi_deploy.train.cache import build_cache
 
 
 def test_cache_holds_every_expert_on_every_dataset(cache, experts, datasets):

@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -17,7 +18,8 @@ from jedi_deploy.errors import VideoDecodeError
 from jedi_deploy.meta import read_safetensors_metadata
 from jedi_deploy.registry import load_expert
 from jedi_deploy.datasets import load_dataset
-from train.cache import FAILURES_FILE, PARTS_DIR, build_cache, shard_path
+from jedi_deploy.cache_format import FAILURES_FILE, PARTS_DIR, shard_path
+from jedi_deploy.train.cache import build_cache
 
 
 def cache_cmd(data, experts, out, *extra):
@@ -94,6 +96,7 @@ def test_strict_stops_at_the_first_unreadable_video(broken_dataset, expert_paths
 
 def run_cli(args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kw.setdefault("cwd", tempfile.gettempdir())  # never the repository root (its bare train/ folder)
     return subprocess.Popen([sys.executable, "-m", "jedi_deploy", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
@@ -119,12 +122,18 @@ def test_killed_run_resumes_to_the_same_cache(data_root, expert_paths, tmp_path)
 
 
 def test_two_torchrun_ranks_equal_one_process(data_root, expert_paths, tmp_path):
+    """The README's torchrun command, run from a project folder that has its own train.py,
+    serve.py and export.py (which must never be imported in place of ours)."""
+    work = tmp_path / "project"
+    work.mkdir()
+    for name in ("train", "serve", "export"):
+        (work / f"{name}.py").write_text(f"raise SystemExit('the user\\'s own {name}.py was imported')\n")
     args = ["--chunk-size", "8", "--workers", "0"]
     one = run_cli(cache_cmd(data_root, expert_paths, tmp_path / "one", *args))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           "-m", "jedi_deploy", *cache_cmd(data_root, expert_paths, tmp_path / "two", *args)],
-                         env=env, capture_output=True, text=True, timeout=600)
+                         env=env, capture_output=True, text=True, timeout=600, cwd=work)
     assert two.returncode == 0, two.stderr[-3000:]
     assert one.wait(timeout=300) == 0, one.stderr.read()[-2000:]
     assert_same_cache(tmp_path / "one", tmp_path / "two", exact=False)

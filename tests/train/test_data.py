@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.data import labeled_subset, validation_split
+from jedi_deploy.train.data import labeled_subset, validation_split
 
 
 def _labels():

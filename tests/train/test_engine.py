@@ -4,7 +4,7 @@ import torch
 
 from jedi_deploy.config import TEACHER_INPUTS, JEDIConfig
 from jedi_deploy.jedi_model import JEDIModel
-from train.engine import Masks, Rng, fused_forward, keep_threshold
+from jedi_deploy.train.engine import Masks, Rng, fused_forward, keep_threshold
 
 
 def _model(mode, adjust_dropout=0.75):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from jedi_deploy.errors import ConfigError
 from jedi_deploy.jedi_model import AdjustmentModule, JEDIConfig, JEDIModel, teacher_dropout
-from train.losses import distillation_weights, jedi_loss
+from jedi_deploy.train.losses import distillation_weights, jedi_loss
 
 
 # The paper's Table 1: ActivityNet/TSN, HMDB51/TSM, Kinetics400/Swin-B, UCF101/TSM.

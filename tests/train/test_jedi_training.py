@@ -7,8 +7,8 @@ from jedi_deploy.bundle import load_bundle
 from jedi_deploy.errors import CacheMismatchError, ConfigError, InputError
 from jedi_deploy.jedi_model import JEDIConfig
 from jedi_deploy.metrics import classification_metrics
-from train.evaluate import evaluate, format_table
-from train.jedi import train_jedi, train_to_dir
+from jedi_deploy.train.evaluate import evaluate, format_table
+from jedi_deploy.train.jedi import train_jedi, train_to_dir
 
 FAST = dict(lr=1e-3, batch_size=32, hidden=16)
 
@@ -44,7 +44,7 @@ def test_training_fits_the_training_data(cache):
 def test_jsonl_log_and_table(cache, trained, tmp_path):
     train_jedi(cache, JEDIConfig(epochs=1, burn_in=0, lr=1e-3, hidden=8), progress=False, log_path=tmp_path / "m.jsonl")
     assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 2
-    table = evaluate(trained.model, {"experts": trained.experts, "datasets": trained.datasets}, cache)
+    table = evaluate(trained.model, trained.experts, trained.datasets, cache)
     md = format_table(table)
     assert md.count("\n") == 4 and "Initial experts" in md and "JEDI teachers" in md
 
@@ -81,7 +81,7 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(cache, tmp_pa
     assert not (tmp_path / "b/in_progress").exists()
     for name in ("best.safetensors", "config.json", "final_eval.json"):
         assert (tmp_path / "b" / name).exists()
-    assert load_bundle(tmp_path / "b/jedi.safetensors")[1]["config"] == cfg.to_dict()
+    assert load_bundle(tmp_path / "b/jedi.safetensors")[1].config == cfg.to_dict()
 
 
 def test_a_failed_run_leaves_the_earlier_run_untouched(cache, tmp_path):
@@ -176,7 +176,7 @@ def test_bad_cache_contents_name_dataset_and_sample(cache):
 def test_eval_refuses_a_cache_of_other_experts(trained, cache):
     other = [dict(e, sha256="f" * 64) for e in trained.experts]
     with pytest.raises(CacheMismatchError, match="other experts"):
-        evaluate(trained.model, {"experts": other, "datasets": trained.datasets}, cache)
+        evaluate(trained.model, other, trained.datasets, cache)
 
 
 def test_bf16_autocast_and_sgd_run(cache):

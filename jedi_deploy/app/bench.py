@@ -1,0 +1,35 @@
+"""Which runtimes ``jedi bench`` times: the composition of ONNX Runtime (``serve.bench``, torch-free)
+with the torch eager and TensorRT-engine runtimes (``export``), which only this layer may join."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from ..runtimes import Runtime
+
+RUNTIMES = ("ort-cpu", "ort-cuda", "ort-tensorrt", "torch-cpu", "torch-cuda", "tensorrt")
+
+
+def resolve_runtimes(wanted: list[str] | None = None, *, threads: int = 1, bundle: str | Path | None = None,
+                     expert_paths: dict[str, str] | None = None) -> list[Runtime]:
+    """``wanted`` names from :data:`RUNTIMES`; None = every ONNX Runtime provider available, plus
+    torch-cpu (and torch-cuda with a GPU) when ``bundle`` is given."""
+    from ..serve.bench import ort_runtimes
+
+    unknown = sorted(set(wanted or []) - set(RUNTIMES))
+    if unknown:
+        raise InputError(f"unknown runtime(s) {unknown}; choose from {', '.join(RUNTIMES)}")
+    ort_wanted = None if wanted is None else [r for r in wanted if r.startswith("ort-")]
+    rts = ort_runtimes(threads, ort_wanted) if ort_wanted is None or ort_wanted else []
+    torch_wanted = None if wanted is None else [r.split("-", 1)[1] for r in wanted if r.startswith("torch-")]
+    if torch_wanted and not bundle:
+        raise InputError("torch runtimes need --bundle (the bundle the models were exported from)")
+    if bundle and (torch_wanted is None or torch_wanted):
+        from ..export.eager import torch_runtimes
+
+        rts += torch_runtimes(bundle, torch_wanted, threads, expert_paths)
+    if wanted and "tensorrt" in wanted:
+        from ..export.trt import trt_runtime
+
+        rts.append(trt_runtime())
+    return rts

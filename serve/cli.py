@@ -1,0 +1,103 @@
+"""The ``infer`` and ``serve`` commands: one definition, used by ``jedi infer`` / ``jedi serve``
+and by the torch-free ``python -m jedi_deploy.serve.infer`` / ``python -m jedi_deploy.serve.server``,
+so both spellings take the same options, defaults, help and exit codes. They only parse and
+call :func:`jedi_deploy.serve.infer.run_infer` and :func:`jedi_deploy.serve.server.serve`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from jedi_deploy.clitools import CONTEXT, JediCommand, progress
+
+from .runtime import PROVIDER_ALIASES
+
+
+def _serve_defaults():
+    """``ServeConfig()``: the one place the service's defaults live (imported lazily: FastAPI-free)."""
+    from .config import ServeConfig
+
+    return ServeConfig()
+
+
+#: Paths are checked by the library, whose errors name what was expected there ("ONNX model not
+#: found: ...", "input not found: ...").
+PATH = click.Path(path_type=Path)
+PROVIDERS_HELP = (f"ONNX Runtime providers: {', '.join(k for k in PROVIDER_ALIASES if k != 'trt')} or a comma list "
+                  "(default: the best available, TensorRT > CUDA > CPU).")
+
+
+@click.command("infer", cls=JediCommand, context_settings=CONTEXT)
+@click.argument("model", type=PATH)
+@click.argument("inputs", type=PATH, nargs=-1, required=True)
+@click.option("--out", type=click.Path(path_type=Path), help="Write one record per video to this .jsonl or .csv "
+              "file (written when all are done; default: print to stdout).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "text"]),
+              help="Output format (default: from --out's suffix, else text).")
+@click.option("--json", "as_json", is_flag=True, help="Shorthand for --format jsonl.")
+@click.option("--topk", default=5, show_default=True, help="Labels per video.")
+@click.option("--batch-size", default=8, show_default=True, help="Videos per model call.")
+@click.option("--workers", default=2, show_default=True, help="Decoding threads.")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable video (default: record an error, go on, "
+              "exit 1 at the end).")
+@click.option("--providers", help=PROVIDERS_HELP)
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core).")
+def infer(model, inputs, out, fmt, as_json, topk, batch_size, workers, strict, providers, threads):
+    """Classify videos with an exported MODEL (ONNX Runtime, no torch).
+
+    MODEL is a student, an expert or a teacher ensemble written by `jedi export`. INPUTS are
+    video files, folders (searched recursively) or manifests: an MMAction2 .txt list (`path
+    [label]` per line) or a .csv with a `path` (and optional `label`) column. With labels,
+    acc@1/acc@5 are reported. Same as `python -m jedi_deploy.serve.infer`.
+    """
+    from .infer import format_summary, run_infer
+
+    text, summary = run_infer(model, list(inputs), out=out, fmt="jsonl" if as_json else fmt, topk=topk,
+                              batch_size=batch_size, workers=workers, strict=strict, providers=providers,
+                              threads=threads, progress=progress())
+    if text:
+        click.echo(text, nl=False)
+    click.echo(format_summary(summary) + (f" -> {out}" if out else ""), err=True)
+    if summary["failed"]:  # like cp/rsync: everything readable is done, the status says not all was
+        click.echo(f"error: {summary['failed']} video(s) could not be read; first: {summary['first_error']}", err=True)
+        sys.exit(1)
+
+
+_D = _serve_defaults()
+
+
+@click.command("serve", cls=JediCommand, context_settings=CONTEXT)
+@click.argument("models", type=PATH, nargs=-1, required=True)
+@click.option("--host", default=_D.host, show_default=True,
+              help="Interface to listen on; 0.0.0.0 exposes the service to the network (no authentication).")
+@click.option("--port", default=_D.port, show_default=True, help="TCP port (0: any free port, printed at start).")
+@click.option("--max-batch-size", default=_D.max_batch_size, show_default=True,
+              help="Videos per model call (1: no batching).")
+@click.option("--max-delay-ms", default=_D.max_delay_ms, show_default=True,
+              help="Longest wait for a batch to fill, only while more uploads are being decoded.")
+@click.option("--max-upload-mb", default=_D.max_upload_mb, show_default=True, help="Larger uploads get 413.")
+@click.option("--decode-workers", default=_D.decode_workers, show_default=True, help="Threads decoding uploads.")
+@click.option("--providers", help=PROVIDERS_HELP)
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads per model (default: one per core).")
+@click.option("--topk", default=_D.topk, show_default=True, help="Labels per answer unless the request says.")
+def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decode_workers, providers, threads, topk):
+    """Serve exported MODELS over HTTP (FastAPI + uvicorn, no torch).
+
+    \b
+    POST /v1/predict   video upload: multipart field `video` (curl -F video=@clip.mp4 URL/v1/predict)
+                       or the raw file as the body; optional `model` and `topk` (query or form)
+    GET  /v1/models    metadata of the served models
+    GET  /healthz      liveness
+    GET  /metrics      Prometheus text (requests, latency, batch sizes, errors, queue depth)
+
+    Students, experts and teacher ensembles alike. Dynamic micro-batching across concurrent
+    requests; SIGINT/SIGTERM finish the requests in flight, then stop. Same as
+    `python -m jedi_deploy.serve.server`.
+    """
+    from .config import ServeConfig
+    from .server import serve as run_server
+
+    run_server(ServeConfig(models=list(models), host=host, port=port, max_batch_size=max_batch_size,
+                           max_delay_ms=max_delay_ms, max_upload_mb=max_upload_mb, decode_workers=decode_workers,
+                           providers=providers, threads=threads, topk=topk), echo=click.echo)

@@ -1,0 +1,37 @@
+"""``ServeConfig``: everything ``jedi serve`` can be told, with its defaults (the CLI reads them here)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jedi_deploy.errors import InputError
+
+
+@dataclass
+class ServeConfig:
+    """Everything ``jedi serve`` can be told (defaults are the CLI's)."""
+
+    models: list[Path] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int = 8
+    max_delay_ms: float = 5.0
+    max_upload_mb: float = 64.0
+    decode_workers: int = 2
+    threads: int | None = None  # ONNX Runtime intra-op threads (None: one per core)
+    providers: str | None = None
+    topk: int = 5
+    graceful_timeout_s: float = 30.0
+
+    def check(self) -> "ServeConfig":
+        if not self.models:
+            raise InputError("no model given: pass one or more .onnx files written by `jedi export`")
+        for name, value, low in (("max_batch_size", self.max_batch_size, 1), ("decode_workers", self.decode_workers, 1),
+                                 ("topk", self.topk, 1)):
+            if int(value) < low:
+                raise InputError(f"{name} must be >= {low}, got {value}")
+        if self.max_delay_ms < 0 or self.max_upload_mb <= 0:
+            raise InputError("max_delay_ms must be >= 0 and max_upload_mb > 0")
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"port must be in 0..65535, got {self.port}")
+        return self

@@ -1,0 +1,78 @@
+"""The installed package as a user gets it: one import name (``jedi_deploy``) in the wheel, and
+every entry point working from a project folder that has its own train.py, serve.py and
+export.py - in a fresh virtual environment with a non-editable install of the built wheel."""
+import os
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel built from a clean copy of the sources (a stale build/ folder in a checkout would
+    leak old files into it)."""
+    src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheel")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("jedi_deploy", "train", "export", "serve"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                          "-q", "-w", str(out)], capture_output=True, text=True, timeout=300, cwd=out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    [whl] = out.glob("jedi_deploy-*.whl")
+    return whl
+
+
+def test_the_wheel_installs_one_top_level_package(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"jedi_deploy"}
+    for stage in ("train", "export", "serve"):  # the design card's folders, inside the package
+        assert f"jedi_deploy/{stage}/__init__.py" in names
+    assert "jedi_deploy/serve/infer.py" in names and "jedi_deploy/train/cache.py" in names
+
+
+@pytest.mark.slow
+def test_entry_points_work_from_a_project_with_its_own_train_serve_export(wheel, tmp_path, data_root, expert_paths,
+                                                                           onnx_dir, test_video):
+    env_dir = tmp_path / "venv"
+    # The environment's other packages (torch, onnxruntime, ...) come from this interpreter's
+    # site-packages; jedi-deploy itself is installed from the wheel, not editable.
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    py = env_dir / "bin" / "python"
+    res = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index",
+                          "-q", str(wheel)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    work = tmp_path / "project"
+    work.mkdir()
+    for name in ("train", "serve", "export"):
+        (work / f"{name}.py").write_text(f"raise SystemExit('the user\\'s own {name}.py was imported')\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{env_dir / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+
+    def run(*args, timeout=600):
+        out = subprocess.run([str(a) for a in args], cwd=work, env=env, capture_output=True, text=True,
+                             timeout=timeout)
+        assert out.returncode == 0, f"{args}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+        return out
+
+    where = run(py, "-c", "import jedi_deploy.train.cache as c, jedi_deploy.serve.infer as i; print(c.__file__, i.__file__)")
+    assert all(str(env_dir) in f for f in where.stdout.split())  # the installed copy, not the checkout
+    experts = [a for p in expert_paths for a in ("--expert", p)]
+    run(py, "-m", "jedi_deploy", "cache", "--data", data_root, *experts, "--out", tmp_path / "c1", "--split", "test",
+        "--workers", "0")
+    run(py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "jedi_deploy", "cache",
+        "--data", data_root, *experts, "--out", tmp_path / "c2", "--split", "test", "--workers", "0",
+        "--chunk-size", "4")
+    assert sorted(p.relative_to(tmp_path / "c1") for p in (tmp_path / "c1").glob("*/*.safetensors")) == \
+        sorted(p.relative_to(tmp_path / "c2") for p in (tmp_path / "c2").glob("*/*.safetensors"))
+    model = onnx_dir / "ucf-mini.student.onnx"
+    a = run(py, "-m", "jedi_deploy.serve.infer", model, test_video, "--json", "--topk", "2")
+    b = run(env_dir / "bin" / "jedi", "infer", model, test_video, "--json", "--topk", "2")
+    assert a.stdout == b.stdout and '"predictions"' in a.stdout
