@@ -62,7 +62,7 @@ def real_clip_input(video: str | Path, preprocess, cfg: OnnxExportConfig) -> np.
     repeated to ``cfg.views``; uint8 frames or normalised floats."""
     from jedi_deploy.video import crop_views, decode_frames, normalize_views
 
-    views = crop_views(decode_frames(video, preprocess), preprocess)
+    views = crop_views(decode_frames(video, preprocess), preprocess, video)
     views = np.concatenate([views] * (-(-cfg.views // len(views))))[:cfg.views]
     x = views if cfg.uint8_input else normalize_views(views, preprocess)
     return (x if cfg.views > 1 else x[0])[None]

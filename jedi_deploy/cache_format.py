@@ -53,6 +53,7 @@ class CacheHeader:
     split: str
     experts: list[dict]  # expert descriptions (registry.Expert.describe), in cache order
     failures: list[dict] = field(default_factory=list)  # {"path", "error"} of videos left out
+    notes: list[dict] = field(default_factory=list)  # {"path", "warning"}: kept, sampled from a clean prefix
     categories: list[str] = field(default_factory=list)  # shard: the dataset's class names
     samples: list[str] = field(default_factory=list)  # shard: relative video path of every row
     dtype: str = "float32"  # shard: how emb/logits are stored
@@ -61,7 +62,7 @@ class CacheHeader:
 
     def to_dict(self) -> dict:
         d = {"kind": self.kind, "dataset": self.dataset, "split": self.split, "experts": self.experts,
-             "failures": self.failures}
+             "failures": self.failures, "notes": self.notes}
         if self.kind == SHARD_KIND:
             d.update(categories=self.categories, samples=self.samples, dtype=self.dtype)
         else:
@@ -77,7 +78,7 @@ class CacheHeader:
             raise CacheMismatchError(f"{source}: cache header lacks field {missing[0]!r}")
         check_expert_descriptions(d["experts"], source, "cache")
         return cls(kind, d["dataset"], d["split"], list(d["experts"]), list(d.get("failures", [])),
-                   list(d.get("categories", [])), list(d.get("samples") or []), d.get("dtype", "float32"),
+                   list(d.get("notes", [])), list(d.get("categories", [])), list(d.get("samples") or []), d.get("dtype", "float32"),
                    int(d.get("start", 0)), int(d.get("stop", 0)))
 
     def where(self, i: int) -> str:

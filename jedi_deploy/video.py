@@ -91,16 +91,49 @@ def _open_checked(p: Path):
         raise VideoDecodeError(f"video is empty (0 bytes): {p}")
 
 
-def _rgb(frame, short_side: int, reformatter) -> np.ndarray:
-    """``uint8[H, W, 3]`` RGB of a decoded frame (FFmpeg swscale). One ``reformatter`` per
-    video keeps swscale's context across frames (``frame.to_ndarray(format=...)`` builds a
-    new one per frame: much slower on small videos, same pixels; see benchmarks/RESULTS.md)."""
+def _rgb(frame, short_side: int, reformatter, orient=None) -> np.ndarray:
+    """``uint8[H, W, 3]`` RGB of a decoded frame (FFmpeg swscale), resized so its short side is
+    ``short_side`` (0: kept) and turned upright by ``orient`` (:func:`orientation`). One
+    ``reformatter`` per video keeps swscale's context across frames (``frame.to_ndarray(format=...)``
+    builds a new one per frame: much slower on small videos, same pixels; see
+    benchmarks/RESULTS.md)."""
     w, h = frame.width, frame.height
     size = {}
     if short_side and min(w, h) != short_side:
         scale = short_side / min(w, h)
         size = {"width": max(1, round(w * scale)), "height": max(1, round(h * scale))}
-    return reformatter.reformat(frame, format="rgb24", **size).to_ndarray()
+    img = reformatter.reformat(frame, format="rgb24", **size).to_ndarray()
+    return upright(img, orient) if orient else img
+
+
+def orientation(frame, stream=None) -> tuple[int, int, int, int] | None:
+    """The display transform of a video as the 2x2 integer part ``(a, b, c, d)`` of its display
+    matrix (FFmpeg's convention: a source pixel (x, y) is shown at (a·x + c·y, b·x + d·y)), from
+    the frame's DISPLAYMATRIX side data, else the stream's legacy ``rotate`` tag (degrees
+    clockwise); None when the frames are shown as stored."""
+    for sd in frame.side_data:
+        if getattr(sd.type, "name", str(sd.type)).endswith("DISPLAYMATRIX"):
+            m = np.frombuffer(bytes(sd)[:36], dtype="<i4").astype(np.float64)
+            a, b, c, d = (int(round(v / 65536.0)) for v in (m[0], m[1], m[3], m[4]))
+            if abs(a) + abs(b) != 1 or abs(c) + abs(d) != 1 or (a == 1 and d == 1):
+                return None  # identity, or not a multiple of 90 degrees (left as stored)
+            return a, b, c, d
+    tag = (stream.metadata or {}).get("rotate") if stream is not None else None
+    if tag and str(tag).lstrip("-").isdigit() and int(tag) % 90 == 0 and int(tag) % 360:
+        k = (-int(tag) // 90) % 4  # clockwise tag -> counterclockwise quarter turns
+        return {1: (0, -1, 1, 0), 2: (-1, 0, 0, -1), 3: (0, 1, -1, 0)}[k]
+    return None
+
+
+def upright(img: np.ndarray, orient: tuple[int, int, int, int]) -> np.ndarray:
+    """Apply a display transform (:func:`orientation`) to ``[H, W, C]``: the frame as players show it."""
+    a, b, c, d = orient
+    if a:  # no transpose: x' = a·x, y' = d·y
+        out = img[:, ::-1] if a < 0 else img
+        return np.ascontiguousarray(out[::-1] if d < 0 else out)
+    out = img.transpose(1, 0, 2)  # x' = c·y, y' = b·x
+    out = out[::-1] if b < 0 else out
+    return np.ascontiguousarray(out[:, ::-1] if c < 0 else out)
 
 
 def _decode_error(p: Path, e: Exception) -> VideoDecodeError:
@@ -108,7 +141,9 @@ def _decode_error(p: Path, e: Exception) -> VideoDecodeError:
 
 
 def decode_video(path: str | Path, short_side: int = 0) -> np.ndarray:
-    """Decode every frame of ``path`` to ``uint8[N, H, W, 3]`` RGB.
+    """Decode every frame of ``path`` to ``uint8[N, H, W, 3]`` RGB, upright (rotation metadata
+    applied). For tests and small files: it holds the whole video in memory; models sample
+    with :func:`decode_clips`, which never does.
 
     With ``short_side`` > 0 frames are rescaled (FFmpeg swscale) so their shorter side has
     that length. Raises :class:`VideoDecodeError` naming the file for a missing, empty,
@@ -120,13 +155,16 @@ def decode_video(path: str | Path, short_side: int = 0) -> np.ndarray:
 
     p = Path(path)
     _open_checked(p)
-    frames, reformatter = [], VideoReformatter()
+    frames, reformatter, orient = [], VideoReformatter(), None
     try:
         with av.open(str(p)) as container:
             if not container.streams.video:
                 raise VideoDecodeError(f"{p}: file has no video stream")
-            for frame in container.decode(container.streams.video[0]):
-                frames.append(_rgb(frame, short_side, reformatter))
+            stream = container.streams.video[0]
+            for frame in container.decode(stream):
+                if not frames:
+                    orient = orientation(frame, stream)
+                frames.append(_rgb(frame, short_side, reformatter, orient))
     except VideoDecodeError:
         raise
     except Exception as e:  # av.error.* for corrupt/truncated/non-video data
@@ -146,111 +184,204 @@ DECODE_THREADS = 0
 #: keyframe, so short gaps are cheaper to decode through.
 SEEK_GAP = 48
 
+#: Videos of up to this many frames are decoded from their first frame up to the last wanted one,
+#: never seeking past a stretch, so a corruption anywhere before a sampled frame is seen (and the
+#: video is sampled again from the frames before it). Longer videos seek; corruption inside a
+#: stretch they skip is not seen (only a full decode would see it).
+VERIFY_FRAMES = 900
+
+
+class _DecodeFailed(Exception):
+    """Decoding stopped with an error; frames before ``index`` (presentation order) decoded cleanly."""
+
+    def __init__(self, index: int, error: Exception | str):
+        super().__init__(str(error))
+        self.index, self.error = index, error
+
+
+def frame_timestamps(container, stream) -> tuple[np.ndarray, str | None] | None:
+    """The frame index of a video: the presentation timestamps of every frame the demuxer
+    delivers (packets read, nothing decoded; sorted = presentation order), and what stopped the
+    demuxer early, if anything. None when packets carry no timestamps (then frames are counted by
+    decoding). Cheap: reading packets costs a small fraction of decoding them, and memory holds one
+    integer per frame."""
+    pts, error = [], None
+    try:
+        for packet in container.demux(stream):
+            if not packet.size:
+                continue  # the demuxer's flush packet
+            if packet.pts is None:
+                return None
+            pts.append(packet.pts)
+    except Exception as e:  # a corrupt container: the packets before it are the index
+        error = f"{type(e).__name__}: {e}"
+    return np.unique(np.asarray(pts, dtype=np.int64)), error
+
 
 class _Seeker:
-    """Frame-accurate random access on one open video stream: seeks (to the keyframe before a
-    target, then decodes forward) only when the next wanted frame is far ahead."""
+    """Frame-accurate random access by presentation timestamp on one open video stream: seeks
+    (to the keyframe before a target, then decodes forward) only when the next wanted frame is
+    far ahead; otherwise decodes through."""
 
-    def __init__(self, container, stream):
-        self.c, self.s = container, stream
-        self.tb = float(stream.time_base)
-        self.fps = float(stream.average_rate or stream.guessed_rate or 0)
-        self.start = stream.start_time or 0
-        self.it, self.pos, self.gop, self.last_key = None, -1, 0, None
-
-    def _index(self, frame) -> int:
-        return int(round((frame.pts - self.start) * self.tb * self.fps))
+    def __init__(self, container, stream, pts: np.ndarray):
+        self.c, self.s, self.pts = container, stream, pts
+        self.it, self.pos, self.gop, self.last_key, self.first = None, -1, 0, None, None
+        self.seeks = len(pts) > VERIFY_FRAMES  # short videos: decode through, so every error is seen
 
     def _seek(self, target: int) -> None:
-        ts = self.start + int(target / self.fps / self.tb)
-        self.c.seek(ts, stream=self.s, backward=True, any_frame=False)
+        self.c.seek(int(self.pts[target]), stream=self.s, backward=True, any_frame=False)
         self.it, self.pos, self.last_key = self.c.decode(self.s), -1, None
 
     def frames_at(self, targets) -> dict:
-        """{index: decoded frame} for every wanted index (past the end: the last frame)."""
+        """{index: decoded frame} for every wanted index; :class:`_DecodeFailed` at the first
+        error or when the stream ends before a wanted frame."""
         out: dict = {}
-        last = None
         for t in sorted(set(targets)):
-            if self.it is None or t - self.pos > max(SEEK_GAP, self.gop):
+            if self.it is None:
+                self._seek(t if self.seeks else 0)
+            elif self.seeks and t - self.pos > max(SEEK_GAP, self.gop):
                 self._seek(t)
             hit = None
-            for frame in self.it:
+            while hit is None:
+                try:
+                    frame = next(self.it)
+                except StopIteration:
+                    raise _DecodeFailed(self.pos + 1, "the stream ended early") from None
+                except Exception as e:  # the decoder's error: frames from here on are not to be trusted
+                    raise _DecodeFailed(self.pos + 1, f"{type(e).__name__}: {e}") from None
                 if frame.pts is None:
-                    raise ValueError("frames without timestamps")
-                idx = self._index(frame)
+                    raise ValueError("decoded frames without timestamps")
+                idx = int(np.searchsorted(self.pts, frame.pts))
+                if self.first is None:
+                    self.first = frame
                 if frame.key_frame:
                     if self.last_key is not None:
                         self.gop = max(self.gop, idx - self.last_key)
                     self.last_key = idx
-                self.pos, last = idx, frame
+                self.pos = idx
                 if idx >= t:
                     hit = frame
-                    break
-            if hit is None:  # past the end: repeat the last frame
-                if last is None:
-                    raise ValueError("no frame decoded")
-                hit = last
             out[t] = hit
         return out
 
 
-def frame_count(stream) -> int:
-    """Frames in ``stream`` from the container's metadata (0 if it does not say)."""
-    if stream.frames:
-        return int(stream.frames)
-    rate = float(stream.average_rate or 0)
-    if stream.duration and rate:
-        return int(stream.duration * float(stream.time_base) * rate)
-    return 0
+@dataclass
+class Decoded:
+    """What :func:`decode_clips` sampled: per spec ``uint8[K, T, H, W, 3]`` (upright, resized),
+    the number of frames sampled from, and a warning when that is not the whole file (it is
+    truncated or corrupt: only frames before the first error are used)."""
+
+    clips: list[np.ndarray]
+    num_frames: int
+    warning: str | None = None
 
 
-def decode_frames_multi(path: str | Path, specs: list["Preprocess"]) -> list[np.ndarray]:
-    """The frames each of ``specs`` samples from ``path`` - ``uint8[K, T, H, W, 3]`` per spec
-    (K = num_clips) - from ONE pass over the file that decodes only around the wanted frames
-    (seeking in long videos). Falls back to a full decode when the container gives no frame
-    count or timestamps. Errors as :func:`decode_video`."""
+def _count_by_decoding(container, stream) -> tuple[int, str | None]:
+    n = 0
+    try:
+        for _ in container.decode(stream):
+            n += 1
+    except Exception as e:
+        return n, f"{type(e).__name__}: {e}"
+    return n, None
+
+
+def _decode_in_order(container, stream, targets) -> dict:
+    """Frames at ``targets`` (positions in decode output order) from one pass, keeping only those."""
+    want, out = set(targets), {}
+    for i, frame in enumerate(container.decode(stream)):
+        if i in want:
+            out[i] = frame
+            if len(out) == len(want):
+                break
+    return out
+
+
+def decode_clips(path: str | Path, specs: list["Preprocess"]) -> Decoded:
+    """The frames each of ``specs`` samples from ``path`` (see :class:`Decoded`), decoding the file
+    once for all of them and only around the wanted frames.
+
+    Frame-index rule: frame k is the k-th frame in presentation order among the frames the
+    container's packets hold (their timestamps, sorted), and N is their count - the order a player
+    shows and MMAction2's test-mode samplers count. It does not depend on the container or on the
+    frame rate being constant, and it never trusts a container's declared frame count. Memory
+    holds one timestamp per frame and the sampled frames, never the whole video.
+
+    Corruption: if the demuxer stops early or the decoder fails, frames are sampled again from the
+    ones before the first failure and :attr:`Decoded.warning` says so; a file with no decodable
+    frame is a :class:`VideoDecodeError`. Videos of up to :data:`VERIFY_FRAMES` frames are decoded
+    from the start up to the last wanted frame, so no frame after an error is ever used; longer
+    videos seek, and corruption inside a stretch they skip is not seen (only a full decode would).
+    Frames are turned upright by the file's rotation metadata (display matrix or rotate tag)."""
     import av
     from av.video.reformatter import VideoReformatter
 
     p = Path(path)
     _open_checked(p)
-    frames: dict | None = None
     try:
         with av.open(str(p)) as container:
             if not container.streams.video:
                 raise VideoDecodeError(f"{p}: file has no video stream")
             stream = container.streams.video[0]
-            if DECODE_THREADS:
-                stream.codec_context.thread_count = DECODE_THREADS
-            n = frame_count(stream)
-            if n > 0 and stream.average_rate:
-                idx = [clip_indices(n, s) for s in specs]
+            declared = int(stream.frames or 0)
+            index = frame_timestamps(container, stream)
+            problem = index[1] if index else None
+            if index is not None:
+                pts = index[0]
+                n = len(pts)
                 try:
-                    frames = _Seeker(container, stream).frames_at(np.concatenate([i.ravel() for i in idx]).tolist())
-                except ValueError:
-                    frames = None  # no usable timestamps: decode everything below
-            if frames is None:
-                every = []
-                try:
-                    for frame in container.decode(stream):
-                        every.append(frame)
-                except Exception:
-                    if not every:
-                        raise  # nothing decodable; a truncated tail keeps what decoded
-                if not every:
-                    raise VideoDecodeError(f"{p}: video has no decodable frames")
-                n = len(every)
-                idx = [clip_indices(n, s) for s in specs]
-                frames = {i: every[i] for i in np.unique(np.concatenate([i.ravel() for i in idx])).tolist()}
+                    frames, failed = _sample_by_timestamp(container, stream, pts, n, specs)
+                    if failed is not None:  # sample again from the frames before the failure
+                        problem, n = str(failed.error), failed.index
+                        if n < 1:
+                            raise VideoDecodeError(f"{p}: video has no decodable frames ({problem})")
+                        frames, again = _sample_by_timestamp(container, stream, pts, n, specs)
+                        if again is not None:
+                            raise VideoDecodeError(f"{p}: cannot decode video ({again.error})")
+                except ValueError:  # decoded frames carry no timestamps: count them instead
+                    index, problem = None, None
+                    container.seek(0, stream=stream)
+            if index is None:  # no timestamps: count by decoding, then decode again keeping the wanted frames
+                n, problem = _count_by_decoding(container, stream)
+                if n < 1:
+                    raise VideoDecodeError(f"{p}: video has no decodable frames" + (f" ({problem})" if problem else ""))
+                container.seek(0, stream=stream)
+                frames = _decode_in_order(container, stream, _targets(n, specs))
+            if not frames:
+                raise VideoDecodeError(f"{p}: video has no decodable frames")
+            first = frames[min(frames)]
+            orient = orientation(first, stream)
             out, reformatter = [], VideoReformatter()
-            for s, ix in zip(specs, idx):
-                rgb = {i: _rgb(frames[i], s.short_side, reformatter) for i in np.unique(ix).tolist()}
+            for s in specs:
+                ix = clip_indices(n, s)
+                rgb = {i: _rgb(frames[i], s.short_side, reformatter, orient) for i in np.unique(ix).tolist()}
                 out.append(np.stack([np.stack([rgb[i] for i in row]) for row in ix.tolist()]))
-            return out
     except VideoDecodeError:
         raise
     except Exception as e:
         raise _decode_error(p, e) from None
+    warning = None
+    if problem or (declared and n < declared and p.suffix.lower() in (".mp4", ".mov", ".m4v")):
+        warning = (f"{p.name}: only the first {n} frames decode cleanly"
+                   + (f" of {declared} declared" if declared > n else "") + (f" ({problem})" if problem else "")
+                   + "; sampled from those")
+    return Decoded(out, n, warning)
+
+
+def _targets(n: int, specs) -> list[int]:
+    return np.unique(np.concatenate([clip_indices(n, s).ravel() for s in specs])).tolist()
+
+
+def _sample_by_timestamp(container, stream, pts, n, specs) -> tuple[dict, _DecodeFailed | None]:
+    try:
+        return _Seeker(container, stream, pts[:n]).frames_at(_targets(n, specs)), None
+    except _DecodeFailed as f:
+        return {}, f
+
+
+def decode_frames_multi(path: str | Path, specs: list["Preprocess"]) -> list[np.ndarray]:
+    """:func:`decode_clips` without the facts: ``uint8[K, T, H, W, 3]`` per spec."""
+    return decode_clips(path, specs).clips
 
 
 def decode_frames(path: str | Path, spec: "Preprocess") -> np.ndarray:
@@ -296,16 +427,19 @@ def crop_offsets(h: int, w: int, c: int, crops: int) -> list[tuple[int, int, boo
     return [(a, b, False) for a, b in five] + [(a, b, True) for a, b in five]
 
 
-def crop_views(clips: np.ndarray, spec: "Preprocess") -> np.ndarray:
+def crop_views(clips: np.ndarray, spec: "Preprocess", source: str | Path | None = None) -> np.ndarray:
     """``uint8[K, T, H, W, 3]`` (resized) -> the cropped (and flipped) views, still uint8:
-    ``uint8[K * crops, T, crop, crop, 3]`` (what a ``--uint8-input`` graph takes)."""
+    ``uint8[K * crops, T, crop, crop, 3]`` (what a ``--uint8-input`` graph takes). ``source``
+    (the video's path) names the file in errors."""
+    where = f"{source}: " if source else ""
     if clips.ndim != 5 or clips.shape[-1] != 3:
-        raise VideoDecodeError(f"expected frames of shape [K, T, H, W, 3], got {clips.shape}")
+        raise VideoDecodeError(f"{where}expected frames of shape [K, T, H, W, 3], got {clips.shape}")
     h, w = clips.shape[2:4]
     c = spec.crop
     if h < c or w < c:
-        raise VideoDecodeError(f"frames of {h}x{w} are smaller than the crop {c}x{c}; "
-                               "set preprocess.short_side >= crop")
+        resized = f" after resizing the short side to {spec.short_side}" if spec.short_side else ""
+        raise VideoDecodeError(f"{where}frames are {w}x{h}{resized}, smaller than the model's {c}x{c} crop "
+                               "(its preprocessing does not enlarge them); this video is too small for this model")
     out = np.empty((clips.shape[0] * spec.crops, clips.shape[1], c, c, 3), np.uint8)
     v = 0
     for clip in clips:
@@ -322,9 +456,9 @@ def normalize_views(views: np.ndarray, spec: "Preprocess") -> np.ndarray:
     return np.ascontiguousarray(((views.astype(np.float32) - mean) / std).transpose(0, 1, 4, 2, 3))
 
 
-def views_from_frames(clips: np.ndarray, spec: "Preprocess") -> np.ndarray:
+def views_from_frames(clips: np.ndarray, spec: "Preprocess", source: str | Path | None = None) -> np.ndarray:
     """``uint8[K, T, H, W, 3]`` (resized) -> ``float32[K * crops, T, 3, crop, crop]``."""
-    return normalize_views(crop_views(clips, spec), spec)
+    return normalize_views(crop_views(clips, spec, source), spec)
 
 
 def preprocess_frames(frames: np.ndarray, spec: "Preprocess") -> np.ndarray:
@@ -337,7 +471,7 @@ def preprocess_frames(frames: np.ndarray, spec: "Preprocess") -> np.ndarray:
 
 def load_views(path: str | Path, spec: "Preprocess") -> np.ndarray:
     """Decode (seeking) and preprocess ``path``: ``float32[V, T, 3, crop, crop]``."""
-    return views_from_frames(decode_frames(path, spec), spec)
+    return views_from_frames(decode_frames(path, spec), spec, path)
 
 
 def load_clip(path: str | Path, spec: "Preprocess") -> np.ndarray:

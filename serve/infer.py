@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +36,45 @@ FORMATS = ("jsonl", "csv", "text")
 class Item:
     path: Path
     label: int | None = None  # ground-truth class index from a manifest, if it gives one
+    error: str | None = None  # why the entry cannot be read (found while listing a folder)
+
+
+def folder_items(root: Path) -> list[Item]:
+    """Every video under ``root`` (symlinked folders followed once), and an error item for every
+    entry that cannot be read: a broken link, a link loop, a video name that is not a regular
+    file (a FIFO would block a reader forever), a folder that cannot be listed."""
+    items: list[Item] = []
+    seen: set[tuple[int, int]] = set()
+
+    def walk(folder: Path) -> None:
+        st = folder.stat()
+        if (st.st_dev, st.st_ino) in seen:
+            items.append(Item(folder, error=f"{folder}: link loop (leads back to a folder already searched)"))
+            return
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            items.append(Item(folder, error=f"{folder}: cannot list folder ({e.strerror or e})"))
+            return
+        for entry in entries:
+            f = Path(entry.path)
+            if entry.is_symlink():
+                try:
+                    f.resolve(strict=True)
+                except FileNotFoundError:
+                    items.append(Item(f, error=f"{f}: broken link (points to {os.readlink(f)}, which does not exist)"))
+                    continue
+                except (RuntimeError, OSError):
+                    items.append(Item(f, error=f"{f}: link loop"))
+                    continue
+            if f.is_dir():
+                walk(f)
+            elif f.suffix.lower() in VIDEO_EXTENSIONS:
+                items.append(Item(f) if f.is_file() else Item(f, error=f"{f}: not a regular file"))
+
+    walk(root)
+    return sorted(items, key=lambda it: str(it.path))
 
 
 def _manifest(path: Path) -> list[Item]:
@@ -57,10 +97,10 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Item]:
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS)
+            found = folder_items(p)
             if not found:
                 raise InputError(f"{p}: folder holds no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
-            items += [Item(f) for f in found]
+            items += found
         elif p.suffix.lower() in MANIFEST_EXTENSIONS:
             items += _manifest(p)
         elif p.exists():
@@ -87,7 +127,9 @@ def classify_items(model: OnnxModel, items: list[Item], *, topk: int = 5, batch_
 
     def prepare(item: Item):
         try:
-            return model.prepare(item.path)
+            if item.error:
+                raise VideoDecodeError(item.error)
+            return model.prepare_video(item.path)
         except VideoDecodeError as e:
             if strict:
                 raise
@@ -104,7 +146,7 @@ def classify_items(model: OnnxModel, items: list[Item], *, topk: int = 5, batch_
             futures = futures[len(chunk):]
             nxt = start + window
             futures += [pool.submit(prepare, it) for it in items[nxt:nxt + len(chunk)]]
-            good = [x for x in decoded if not isinstance(x, Exception)]
+            good = [x.feed for x in decoded if not isinstance(x, Exception)]
             probs = iter(model.run_many(good)) if good else iter(())
             for item, x in zip(chunk, decoded):
                 rec: dict = {"video": str(item.path)}
@@ -116,6 +158,8 @@ def classify_items(model: OnnxModel, items: list[Item], *, topk: int = 5, batch_
                 else:
                     p = next(probs)
                     rec["predictions"] = [q.__dict__ for q in model.top(p, topk)]
+                    if x.warning:  # truncated or corrupt: sampled from the frames before the first error
+                        rec["warning"] = x.warning
                     if item.label is not None:
                         rec["rank"] = int((p > p[item.label]).sum()) + 1
                 yield rec
@@ -131,6 +175,9 @@ def summarize(records: list[dict]) -> dict:
     out = {"videos": len(records), "failed": len(errors)}
     if errors:
         out["first_error"] = errors[0]
+    partial = sum("warning" in r for r in records)
+    if partial:  # truncated or corrupt files, predicted from the frames before the first error
+        out["partial"] = partial
     if ranked:
         ranks = np.asarray(ranked)
         out.update(labeled=len(ranked), acc1=float((ranks <= 1).mean()), acc5=float((ranks <= 5).mean()))
@@ -143,12 +190,12 @@ def format_records(records: list[dict], fmt: str = "text") -> str:
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["video", "label", "top1", "top1_score", "topk_labels", "topk_scores", "error"])
+        w.writerow(["video", "label", "top1", "top1_score", "topk_labels", "topk_scores", "error", "warning"])
         for r in records:
             preds = r.get("predictions", [])
             w.writerow([r["video"], r.get("label", ""), preds[0]["label"] if preds else "",
                         f"{preds[0]['score']:.6f}" if preds else "", ";".join(p["label"] for p in preds),
-                        ";".join(f"{p['score']:.6f}" for p in preds), r.get("error", "")])
+                        ";".join(f"{p['score']:.6f}" for p in preds), r.get("error", ""), r.get("warning", "")])
         return buf.getvalue()
     if fmt != "text":
         raise InputError(f"output format must be one of {FORMATS}, got {fmt!r}")
@@ -157,6 +204,8 @@ def format_records(records: list[dict], fmt: str = "text") -> str:
         lines.append(r["video"])
         if "error" in r:
             lines.append(f"  error: {r['error']}")
+        if "warning" in r:
+            lines.append(f"  warning: {r['warning']}")
         lines += [f"  {i + 1}. {p['label']:<24} {p['score']:.4f}" for i, p in enumerate(r.get("predictions", []))]
     return "\n".join(lines) + "\n"
 
@@ -209,6 +258,9 @@ def format_summary(summary: dict) -> str:
     text = f"{summary['videos']} video(s)"
     if summary["failed"]:
         text += f", {summary['failed']} unreadable (see their 'error' records)"
+    if summary.get("partial"):
+        text += f", {summary['partial']} truncated or corrupt (predicted from the frames before the error; " \
+                "see their 'warning')"
     if "acc1" in summary:
         text += f"; {summary['labeled']} labeled: acc@1 {summary['acc1']:.4f}, acc@5 {summary['acc5']:.4f}"
     return text

@@ -11,7 +11,7 @@ from jedi_deploy.deps import require
 from jedi_deploy.errors import InputError
 from jedi_deploy.meta import require_file
 from jedi_deploy.model_card import ModelCard
-from jedi_deploy.video import Preprocess, crop_views, decode_frames_multi, normalize_views
+from jedi_deploy.video import Preprocess, crop_views, decode_clips, normalize_views
 
 #: Execution providers in order of preference (the first available one runs the model;
 #: ONNX Runtime falls back along the list for ops a provider cannot run).
@@ -83,13 +83,21 @@ def softmax(x: np.ndarray) -> np.ndarray:
 Feed = dict  # {input name: array}: what a graph is run on
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One video, ready for the model: its feed, and a warning when only part of the file was usable."""
+
+    feed: Feed
+    warning: str | None = None
+
+
 class OnnxModel:
     """``OnnxModel(path).classify(video)`` -> top-k :class:`Prediction` list.
 
     Everything about feeding the graph comes from its model card
     (:class:`jedi_deploy.model_card.ModelCard`): a student or expert has one input; a teacher
     ensemble has one per expert, each with that expert's own preprocessing. A video is decoded
-    once for all inputs (:func:`jedi_deploy.video.decode_frames_multi`) and each input's views
+    once for all inputs (:func:`jedi_deploy.video.decode_clips`) and each input's views
     are cut from that one decode."""
 
     def __init__(self, path: str | Path, providers: str | list[str] | None = None, threads: int | None = None):
@@ -151,13 +159,19 @@ class OnnxModel:
         return feed
 
     def prepare(self, video: str | Path) -> Feed:
+        """A video's test views in the graph's input format (see :meth:`prepare_video`)."""
+        return self.prepare_video(video).feed
+
+    def prepare_video(self, video: str | Path) -> Prepared:
         """A video's test views in the graph's input format, decoded once for every input. Each
         input gets ``[V, ...]`` (one batch row per view), or ``[1, V, ...]`` for an input whose
-        graph averages V views itself; every input of one video has the same number of rows."""
-        clips = decode_frames_multi(video, self._specs)
+        graph averages V views itself; every input of one video has the same number of rows.
+        ``warning`` says when the file is truncated or corrupt and only the frames before the
+        first error were sampled."""
+        decoded = decode_clips(video, self._specs)
         feed = {}
-        for s, c in zip(self.card.inputs, clips):
-            views = crop_views(c, s.preprocess)
+        for s, c in zip(self.card.inputs, decoded.clips):
+            views = crop_views(c, s.preprocess, video)
             x = views if s.uint8 else normalize_views(views, s.preprocess)
             if s.views > 1:
                 x = np.concatenate([x] * (-(-s.views // len(x))))[:s.views][None]
@@ -166,7 +180,7 @@ class OnnxModel:
         if len(rows) > 1:
             raise InputError(f"{self.path}: its inputs take different numbers of views per video "
                              f"({ {k: len(x) for k, x in feed.items()} }); re-export it")
-        return feed
+        return Prepared(feed, decoded.warning)
 
     def rows(self, feed: Feed) -> int:
         return len(next(iter(feed.values())))

@@ -25,7 +25,7 @@ from jedi_deploy.datasets import VideoDataset
 from jedi_deploy.errors import CacheMismatchError, CheckpointError, InputError, JediError, VideoDecodeError
 from jedi_deploy.meta import atomic_path
 from jedi_deploy.registry import Expert
-from jedi_deploy.video import decode_frames_multi, views_from_frames
+from jedi_deploy.video import decode_clips, views_from_frames
 
 __all__ = ["build_cache", "plan_cache", "decode_chunks", "ChunkWriter", "join_splits", "encode_views"]
 
@@ -120,7 +120,7 @@ def _part_done(path: Path, descs) -> bool:
 
 class _Decode(torch.utils.data.Dataset):
     """Worker-side: decode one video once for all experts and cut each expert's views.
-    Returns (item, [views per expert]) or (item, error message)."""
+    Returns (item, ([views per expert], warning or None)) or (item, error message)."""
 
     def __init__(self, items, specs):
         self.items, self.specs = items, specs
@@ -130,9 +130,11 @@ class _Decode(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         chunk, k = self.items[i]
+        path = chunk.samples[k].path
         try:
-            clips = decode_frames_multi(chunk.samples[k].path, self.specs)
-            return i, [torch.from_numpy(views_from_frames(c, s)) for c, s in zip(clips, self.specs)]
+            decoded = decode_clips(path, self.specs)
+            return i, ([torch.from_numpy(views_from_frames(c, s, path)) for c, s in zip(decoded.clips, self.specs)],
+                       decoded.warning)
         except JediError as e:  # VideoDecodeError and friends: recorded, never fatal here
             return i, str(e)
 
@@ -177,6 +179,7 @@ class ChunkWriter:
         self.plan, self.cache_dir, self.experts, self.descs, self.strict = plan, cache_dir, experts, descs, strict
         self.results: dict[Chunk, dict] = {c: {} for c in plan.chunks}
         self.failed: dict[Chunk, list] = {c: [] for c in plan.chunks}
+        self.notes: dict[Chunk, list] = {c: [] for c in plan.chunks}
         self.left = {c: len(c.samples) for c in plan.chunks}
 
     @property
@@ -185,15 +188,20 @@ class ChunkWriter:
 
     def add(self, batch: list[tuple[int, object]]) -> None:
         items = self.plan.items
-        good = [(i, v) for i, v in batch if not isinstance(v, str)]
-        for i, msg in batch:
-            if isinstance(msg, str):
-                chunk, k = items[i]
+        good = []
+        for i, x in batch:
+            chunk, k = items[i]
+            where = str(chunk.samples[k].path.relative_to(chunk.dataset.root))
+            if isinstance(x, str):
                 if self.strict:
-                    raise VideoDecodeError(f"{msg} (--strict: stopped; finished chunks are kept in "
+                    raise VideoDecodeError(f"{x} (--strict: stopped; finished chunks are kept in "
                                            f"{self.cache_dir / PARTS_DIR})")
-                self.failed[chunk].append({"path": str(chunk.samples[k].path.relative_to(chunk.dataset.root)),
-                                           "error": msg})
+                self.failed[chunk].append({"path": where, "error": x})
+                continue
+            views, warning = x
+            good.append((i, views))
+            if warning:  # sampled from the frames before a corruption: kept, and noted
+                self.notes[chunk].append({"path": where, "warning": warning})
         if good:
             per_expert = [encode_views(e, [v[j] for _, v in good]) for j, e in enumerate(self.experts)]
             for n, (i, _) in enumerate(good):
@@ -203,9 +211,9 @@ class ChunkWriter:
             chunk = items[i][0]
             self.left[chunk] -= 1
             if self.left[chunk] == 0:
-                self._write(chunk, self.results.pop(chunk), self.failed[chunk])
+                self._write(chunk, self.results.pop(chunk), self.failed[chunk], self.notes[chunk])
 
-    def _write(self, chunk: Chunk, results: dict, failures: list) -> None:
+    def _write(self, chunk: Chunk, results: dict, failures: list, notes: list) -> None:
         ok = sorted(results)
         tensors = {"index": torch.tensor([chunk.start + i for i in ok], dtype=torch.int64),
                    "labels": torch.tensor([chunk.samples[i].label for i in ok], dtype=torch.int64)}
@@ -214,7 +222,7 @@ class ChunkWriter:
                                         else torch.zeros(0, e.embed_dim))
             tensors[f"logits.{e.name}"] = (torch.stack([results[i][1][j] for i in ok]) if ok
                                            else torch.zeros(0, e.num_classes))
-        header = CacheHeader(PART_KIND, chunk.dataset.name, chunk.split, self.descs, failures,
+        header = CacheHeader(PART_KIND, chunk.dataset.name, chunk.split, self.descs, failures, notes,
                              start=chunk.start, stop=chunk.stop)
         write_cache_file(chunk.part(self.cache_dir), tensors, header)
 
@@ -229,7 +237,8 @@ def _join_split(d: VideoDataset, split: str, samples, cache_dir: Path, experts, 
     if not all(p.exists() for p in paths):
         return None
     parts = [load_file(str(p)) for p in paths]
-    failures = [f for p in paths for f in read_cache_header(p, PART_KIND).failures]
+    headers = [read_cache_header(p, PART_KIND) for p in paths]
+    failures, notes = [f for h in headers for f in h.failures], [x for h in headers for x in h.notes]
     index = torch.cat([t["index"] for t in parts]).tolist()
     store = (lambda x: x.half()) if dtype == "float16" else (lambda x: x)
     tensors = {"labels": torch.cat([t["labels"] for t in parts])}
@@ -238,7 +247,7 @@ def _join_split(d: VideoDataset, split: str, samples, cache_dir: Path, experts, 
             tensors[f"{kind}.{e.name}"] = store(torch.cat([t[f"{kind}.{e.name}"] for t in parts]))
         tensors[f"head.{e.name}.weight"] = store(e.head.weight.detach().clone())
         tensors[f"head.{e.name}.bias"] = store(e.head.bias.detach().clone())
-    header = CacheHeader(SHARD_KIND, d.name, split, descs, failures, categories=list(d.categories),
+    header = CacheHeader(SHARD_KIND, d.name, split, descs, failures, notes, categories=list(d.categories),
                          samples=[str(samples[i].path.relative_to(d.root)) for i in index], dtype=dtype)
     out = write_cache_file(shard_path(cache_dir, d.name, split), tensors, header)
     shutil.rmtree(paths[0].parent)
@@ -258,11 +267,12 @@ def join_splits(plan: CachePlan, cache_dir: Path, experts: list[Expert], descs: 
 
 
 def write_failures(cache_dir: Path) -> Path:
-    """``CACHE/failures.jsonl``: one line per video no shard could hold (dataset, split, path, error)."""
+    """``CACHE/failures.jsonl``: one line per video no shard could hold (dataset, split, path, error)
+    and per video kept from the frames before a corruption (dataset, split, path, warning)."""
     lines = []
     for p in sorted(cache_dir.glob("*/*.safetensors")):
         h = read_cache_header(p)
-        lines += [json.dumps({"dataset": h.dataset, "split": h.split, **f}) for f in h.failures]
+        lines += [json.dumps({"dataset": h.dataset, "split": h.split, **f}) for f in h.failures + h.notes]
     out = cache_dir / FAILURES_FILE
     with atomic_path(out) as tmp:
         tmp.write_text("".join(x + "\n" for x in lines))

@@ -127,9 +127,13 @@ def cache(data, experts, out, splits, dtype, batch_size, workers, chunk_size, st
     if dist_info()[0] == 0:
         for s in shards:
             click.echo(str(s))
-        failures = [x for x in (out / FAILURES_FILE).read_text().splitlines() if x.strip()]
-        if failures:
-            click.echo(f"{len(failures)} unreadable video(s) skipped, listed in {out / FAILURES_FILE}", err=True)
+        lines = [json.loads(x) for x in (out / FAILURES_FILE).read_text().splitlines() if x.strip()]
+        skipped, partial = sum("error" in x for x in lines), sum("warning" in x for x in lines)
+        if skipped:
+            click.echo(f"{skipped} unreadable video(s) skipped, listed in {out / FAILURES_FILE}", err=True)
+        if partial:
+            click.echo(f"{partial} corrupt video(s) sampled from the frames before the corruption, listed in "
+                       f"{out / FAILURES_FILE}", err=True)
 
 
 @cli.command("import-expert")

@@ -26,7 +26,7 @@ def test_preprocess_normalises_and_centre_crops():
 
 
 def test_preprocess_rejects_frames_smaller_than_crop():
-    with pytest.raises(VideoDecodeError, match="smaller than the crop"):
+    with pytest.raises(VideoDecodeError, match="smaller than the model.s 16x16 crop"):
         preprocess_frames(np.zeros((4, 8, 8, 3), np.uint8), Preprocess(crop=16))
 
 
