@@ -81,7 +81,16 @@ _D = _serve_defaults()
 @click.option("--providers", help=PROVIDERS_HELP)
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads per model (default: one per core).")
 @click.option("--topk", default=_D.topk, show_default=True, help="Labels per answer unless the request says.")
-def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decode_workers, providers, threads, topk):
+@click.option("--max-inflight", default=_D.max_inflight, show_default=True,
+              help="Predictions being uploaded, decoded or run at once; more get 503 with Retry-After.")
+@click.option("--header-timeout-s", default=_D.header_timeout_s, show_default=True,
+              help="A request head must arrive within this (else 408 and the connection is closed).")
+@click.option("--body-timeout-s", default=_D.body_timeout_s, show_default=True,
+              help="Longest pause while an upload is arriving (else 408).")
+@click.option("--keep-alive-s", default=_D.keep_alive_s, show_default=True,
+              help="Idle keep-alive connections are closed after this.")
+def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decode_workers, providers, threads, topk,
+          max_inflight, header_timeout_s, body_timeout_s, keep_alive_s):
     """Serve exported MODELS over HTTP (FastAPI + uvicorn, no torch).
 
     \b
@@ -90,6 +99,11 @@ def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decod
     GET  /v1/models    metadata of the served models
     GET  /healthz      liveness
     GET  /metrics      Prometheus text (requests, latency, batch sizes, errors, queue depth)
+
+    Uploads stream to a temporary file (memory per request stays small whatever the size); at
+    most --max-inflight predictions at once (503 + Retry-After beyond); slow request heads,
+    stalled bodies and idle keep-alive connections time out. Every error is JSON
+    {"error": {"code", "type", "message"}} and is counted in /metrics.
 
     Students, experts and teacher ensembles alike. Dynamic micro-batching across concurrent
     requests; SIGINT/SIGTERM finish the requests in flight, then stop. Same as
@@ -100,4 +114,6 @@ def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decod
 
     run_server(ServeConfig(models=list(models), host=host, port=port, max_batch_size=max_batch_size,
                            max_delay_ms=max_delay_ms, max_upload_mb=max_upload_mb, decode_workers=decode_workers,
-                           providers=providers, threads=threads, topk=topk), echo=click.echo)
+                           providers=providers, threads=threads, topk=topk, max_inflight=max_inflight,
+                           header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
+                           keep_alive_s=keep_alive_s), echo=click.echo)

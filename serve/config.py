@@ -21,17 +21,24 @@ class ServeConfig:
     threads: int | None = None  # ONNX Runtime intra-op threads (None: one per core)
     providers: str | None = None
     topk: int = 5
+    max_inflight: int = 64  # /v1/predict requests being uploaded, decoded or run; more get 503
+    header_timeout_s: float = 10.0  # a request head must arrive within this
+    body_timeout_s: float = 30.0  # longest pause while a request body is arriving
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
     graceful_timeout_s: float = 30.0
 
     def check(self) -> "ServeConfig":
         if not self.models:
             raise InputError("no model given: pass one or more .onnx files written by `jedi export`")
         for name, value, low in (("max_batch_size", self.max_batch_size, 1), ("decode_workers", self.decode_workers, 1),
-                                 ("topk", self.topk, 1)):
+                                 ("topk", self.topk, 1), ("max_inflight", self.max_inflight, 1)):
             if int(value) < low:
                 raise InputError(f"{name} must be >= {low}, got {value}")
         if self.max_delay_ms < 0 or self.max_upload_mb <= 0:
             raise InputError("max_delay_ms must be >= 0 and max_upload_mb > 0")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise InputError(f"port must be in 0..65535, got {self.port}")
         return self

@@ -33,7 +33,7 @@ from .batcher import MicroBatcher
 from .config import ServeConfig
 from .guard import ApiError, UploadGuard, error_body
 from .metrics import Metrics
-from .runtime import Feed, OnnxModel
+from .runtime import OnnxModel, Prepared
 
 UPLOAD_FIELD = "video"
 
@@ -116,22 +116,41 @@ class Service:
             raise ApiError(404, "unknown_model", f"no model named {name!r}; served: {sorted(self.models)}")
         return name
 
-    def _prepare(self, model: OnnxModel, source, filename: str) -> Feed:
-        """Decode one upload (bytes or a file object) via a private temp file; runs in the pool."""
-        t0 = time.perf_counter()
+    def _temp_path(self, filename: str) -> str:
         fd, tmp = tempfile.mkstemp(dir=self.tmp.name, suffix=Path(filename).suffix[:16])
+        os.close(fd)
+        return tmp
+
+    async def _spool_body(self, request, filename: str) -> str:
+        """Stream a raw request body into a private temp file: memory holds one chunk at a time,
+        whatever the upload's size (the guard caps the size and times out a stalled body)."""
+        tmp = self._temp_path(filename)
         try:
-            with os.fdopen(fd, "wb") as f:
-                if isinstance(source, (bytes, bytearray)):
-                    f.write(source)
-                else:
+            with open(tmp, "wb") as f:
+                async for chunk in request.stream():
+                    f.write(chunk)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return tmp
+
+    def _decode_upload(self, model: OnnxModel, source, filename: str) -> Prepared:
+        """Decode one upload - a spooled temp file's path (removed here) or a multipart file object
+        (copied to one) - in the decode pool."""
+        t0 = time.perf_counter()
+        tmp = source if isinstance(source, str) else self._temp_path(filename)
+        try:
+            if not isinstance(source, str):
+                with open(tmp, "wb") as f:
                     source.seek(0)
                     while chunk := source.read(1 << 20):
                         f.write(chunk)
             try:
-                x = model.prepare(tmp)
+                x = model.prepare_video(tmp)
             except VideoDecodeError as e:
                 raise ApiError(422, "invalid_video", str(e).replace(tmp, filename)) from None
+            if x.warning:
+                x = Prepared(x.feed, x.warning.replace(tmp, filename).replace(Path(tmp).name, filename))
         finally:
             os.unlink(tmp)
         self.metrics.decode.observe(time.perf_counter() - t0)
@@ -146,10 +165,10 @@ class Service:
         form = None
         try:
             if ctype.startswith("multipart/form-data"):
-                try:
+                try:  # python-multipart spools file parts to disk past 1 MiB
                     form = await request.form(max_files=1, max_fields=8)
                 except (ApiError, ClientDisconnect):
-                    raise  # over the size limit / the client went away: answered by the guard
+                    raise  # over the size limit, stalled, or the client went away: answered by the guard
                 except Exception as e:  # whatever the multipart parser makes of a malformed body
                     raise ApiError(400, "malformed_request", f"cannot parse the multipart body ({e})") from None
                 for k in ("model", "topk"):
@@ -163,33 +182,40 @@ class Service:
                     raise ApiError(422, "invalid_field", f"field {UPLOAD_FIELD!r} must be a file upload, "
                                                          "not a text value")
                 source, filename = upload.file, upload.filename or "upload"
+                name, topk = self._request_model(params)
             elif ctype.startswith(("application/x-www-form-urlencoded", "application/json", "text/")):
                 raise ApiError(415, "unsupported_media_type",
                                f"send the video as multipart/form-data (field {UPLOAD_FIELD!r}) or as the raw "
                                f"request body (e.g. video/mp4), not {ctype.split(';')[0]}")
             else:
-                source, filename = await request.body(), params.get("filename", "upload")
-            name = self.pick_model(params.get("model"))
+                filename = params.get("filename", "upload")
+                name, topk = self._request_model(params)  # before reading a body that would be refused
+                source = await self._spool_body(request, filename)
             model = self.models[name]
-            topk = _int_field(params.get("topk", min(self.cfg.topk, len(model.categories))), "topk", 1,
-                              len(model.categories))
             loop = asyncio.get_running_loop()
             batcher = self.batchers[name]
             t0 = time.perf_counter()
             batcher.incoming += 1
             try:
-                x = await loop.run_in_executor(self.decode_pool, self._prepare, model, source, filename)
+                x = await loop.run_in_executor(self.decode_pool, self._decode_upload, model, source, filename)
             finally:
                 batcher.incoming -= 1
             t1 = time.perf_counter()
-            probs = await batcher.submit(x)
+            probs = await batcher.submit(x.feed)
             t2 = time.perf_counter()
         finally:
             if form is not None:
                 await form.close()
-        return {"model": name, "video": filename,
-                "predictions": [p.__dict__ for p in model.top(probs, topk)],
-                "timing_ms": {"decode": round(1e3 * (t1 - t0), 3), "queue_and_inference": round(1e3 * (t2 - t1), 3)}}
+        answer = {"model": name, "video": filename, "predictions": [p.__dict__ for p in model.top(probs, topk)],
+                  "timing_ms": {"decode": round(1e3 * (t1 - t0), 3), "queue_and_inference": round(1e3 * (t2 - t1), 3)}}
+        if x.warning:  # truncated or corrupt: predicted from the frames before the first error
+            answer["warning"] = x.warning
+        return answer
+
+    def _request_model(self, params: dict) -> tuple[str, int]:
+        name = self.pick_model(params.get("model"))
+        n = len(self.models[name].categories)
+        return name, _int_field(params.get("topk", min(self.cfg.topk, n)), "topk", 1, n)
 
 
 def create_app(cfg: ServeConfig):
@@ -252,7 +278,8 @@ def create_app(cfg: ServeConfig):
 
         return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(UploadGuard, limit=int(cfg.max_upload_mb * 2**20), metrics=m)
+    app.add_middleware(UploadGuard, limit=int(cfg.max_upload_mb * 2**20), metrics=m, max_inflight=cfg.max_inflight,
+                       body_timeout=cfg.body_timeout_s)
     return app
 
 
@@ -286,8 +313,11 @@ def serve(cfg: ServeConfig, echo=print) -> None:
     names = ", ".join(app.state.service.models)
     echo(f"serving {names} on http://{host}:{port} (max batch {cfg.max_batch_size}, max delay {cfg.max_delay_ms} ms)")
     sys.stdout.flush()
+    from .protocol import protocol_class
+
+    http = protocol_class(app.state.service.metrics, cfg.header_timeout_s)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=cfg.graceful_timeout_s,
-                                           access_log=False))
+                                           access_log=False, http=http, timeout_keep_alive=cfg.keep_alive_s))
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown; that is a normal stop
