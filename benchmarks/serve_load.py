@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def start_server(model: Path, max_batch: int, max_delay_ms: float, threads: int | None, extra: list[str]):
@@ -40,7 +39,8 @@ def start_server(model: Path, max_batch: int, max_delay_ms: float, threads: int 
     if threads:
         cmd += ["--threads", str(threads)]
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, cwd=tempfile.gettempdir(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # never the repository root (its bare serve/ folder)
     line = proc.stdout.readline()
     if "http://" not in line:
         proc.kill()
@@ -127,7 +127,7 @@ def server_counters(host: str, port: int) -> dict:
 def demo_model() -> tuple[Path, Path]:
     tmp = Path(tempfile.mkdtemp(prefix="jedi-load-"))
     subprocess.run([sys.executable, "-m", "jedi_deploy.app.cli", "demo", "--quick", "--out", str(tmp / "demo")],
-                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+                   check=True, cwd=tmp, stdout=subprocess.DEVNULL)
     video = sorted((tmp / "demo" / "data" / "ucf-mini").rglob("*.mp4"))[0]
     return tmp / "demo" / "onnx" / "ucf-mini.student.onnx", video
 
