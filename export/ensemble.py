@@ -100,14 +100,19 @@ def export_teacher(bundle_path: str | Path, out_dir: str | Path, dataset: str, *
                 raise ExportValidationError(f"{path.name}: cannot export the teacher ensemble "
                                             f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
         save_checked(onnx.load(str(tmp)), tmp, card, path.name)
+        from jedi_deploy.devices import resolve_device
+
         sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         failures, rows = [], []
+        dev = resolve_device(cfg.reference_device)
+        module.to(dev)
         for b in cfg.batch_sizes:
             xs = [torch.randn((b, *s), generator=gen) for s in shapes]
             with torch.no_grad():
-                want = module(*xs).double().numpy()
+                want = module(*[x.to(dev) for x in xs]).double().cpu().numpy()
             got = sess.run([cfg.output_name], {n: x.numpy() for n, x in zip(names, xs)})[0]
             rows.append(compare_outputs(got, want, cfg.tolerance(), f"random batch {b}", failures))
+        module.cpu()
         report = {"cases": rows, "passed": not failures, "failures": failures, "tolerance": cfg.tolerance(),
                   "max_abs_diff": max(r.get("max_abs_diff", float("inf")) for r in rows),
                   "kind": "teacher", "name": dataset, "path": str(path)}

@@ -45,6 +45,7 @@ class OnnxExportConfig:
     atol: float | None = None  # None: the precision's default (TOLERANCES)
     batch_sizes: tuple[int, ...] = (8, 3, 1)
     seed: int = 0
+    reference_device: str = "cpu"  # where the PyTorch reference runs during validation (--device)
 
     def __post_init__(self):
         if self.opset < 17:
@@ -108,20 +109,25 @@ def validate(onnx_path: Path, reference: nn.Module, sample_shape: tuple[int, ...
         sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT's own error types
         raise ExportValidationError(f"{onnx_path.name}: ONNX Runtime cannot load the exported graph ({e})") from None
+    from jedi_deploy.devices import resolve_device
+
     gen = torch.Generator().manual_seed(cfg.seed)
     tol = cfg.tolerance()
     cases = [(f"random batch {b}", _inputs(sample_shape, input_dtype, b, gen)) for b in cfg.batch_sizes]
     cases += [(name, torch.from_numpy(np.ascontiguousarray(x))) for name, x in (real_inputs or {}).items()]
     failures, rows = [], []
+    dev = resolve_device(cfg.reference_device)
+    reference = reference.to(dev)
     for label, x in cases:
         with torch.no_grad():
-            want = reference(x).double().numpy()
+            want = reference(x.to(dev)).double().cpu().numpy()
         try:
             got = sess.run([cfg.output_name], {cfg.input_name: x.numpy()})[0]
         except Exception as e:
             failures.append(f"{label}: ONNX Runtime failed ({str(e).splitlines()[0][:200]})")
             continue
         rows.append(compare_outputs(got, want, tol, label, failures))
+    reference.cpu()
     ok_rows = [r for r in rows if "max_abs_diff" in r]
     n = sum(r["batch"] for r in ok_rows)
     report = {"max_abs_diff": max((r["max_abs_diff"] for r in ok_rows), default=None),

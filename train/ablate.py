@@ -85,8 +85,8 @@ def plan(grid: str, base: JEDIConfig, cache, pool: str | None
 
 
 def run_ablation(cache, out_dir: str | Path, grid: str = "table3", base: JEDIConfig | None = None,
-                 pool: str | None = None, progress: bool = True, echo=print) -> dict:
-    """Train every scenario into ``out_dir/<scenario>/`` and write the table and plot."""
+                 pool: str | None = None, progress: bool = True, echo=print, device: str = "cpu") -> dict:
+    """Train every scenario into ``out_dir/<scenario>/`` on ``device`` and write the table and plot."""
     from jedi_deploy.meta import write_json
     from jedi_deploy.metrics import classification_metrics
 
@@ -110,7 +110,7 @@ def run_ablation(cache, out_dir: str | Path, grid: str = "table3", base: JEDICon
             echo(f"[{i}/{len(scenarios)}] {s.name}: already trained in {run}")
         else:
             echo(f"[{i}/{len(scenarios)}] {s.name}: training into {run}")
-            r, _ = train_to_dir(cache, run, cfg, force=True, progress=progress)
+            r, _ = train_to_dir(cache, run, cfg, force=True, progress=progress, device=device)
             result = {"name": s.name, "eval": r.history[-1]["eval"]}
         done.setdefault(key, result)
         rows.append({"scenario": s.name, "section": s.section, "run": str(run), "eval": result["eval"],

@@ -41,9 +41,9 @@ def cka_matrix(features: dict[str, torch.Tensor]) -> tuple[list[str], list[list[
 
 @torch.no_grad()
 def collect_features(cache: Cache, split: str, bundle: str | Path | None = None,
-                     max_samples: int | None = None) -> dict[str, torch.Tensor]:
+                     max_samples: int | None = None, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Every expert's embeddings over all datasets' ``split`` samples (same rows for all), plus
-    ``<expert> (adjusted)`` from a JEDI bundle's adjustment modules."""
+    ``<expert> (adjusted)`` from a JEDI bundle's adjustment modules (run on ``device``)."""
     datasets = sorted(d for d in cache.splits if split in cache.splits[d])
     if not datasets:
         raise InputError(f"the cache has no {split!r} split")
@@ -59,8 +59,13 @@ def collect_features(cache: Cache, split: str, bundle: str | Path | None = None,
 
         model, meta = load_bundle(bundle)
         check_bundle_matches_cache(meta.experts, cache)
-        for j, e in enumerate(meta.experts):
-            feats[f"{e['name']} (adjusted)"] = model.adjust[j](feats[e["name"]])
+        from jedi_deploy.devices import resolve_device
+
+        dev = resolve_device(device)
+        model.to(dev)
+        with torch.no_grad():
+            for j, e in enumerate(meta.experts):
+                feats[f"{e['name']} (adjusted)"] = model.adjust[j](feats[e["name"]].to(dev)).cpu()
     return feats
 
 

@@ -23,12 +23,19 @@ def check_bundle_matches_cache(experts: list[dict], cache: Cache) -> None:
                 f"{[x['name'] + '@' + str(x['sha256'])[:8] for x in cache.experts]}")
 
 
-def evaluate(model: JEDIModel, experts: list[dict], datasets: list[str], cache: Cache, split: str = "test") -> dict:
-    """``{dataset: {"expert"|"student"|"teacher": {"acc1", "acc5", "mAP"}}}`` on ``split``."""
+def evaluate(model: JEDIModel, experts: list[dict], datasets: list[str], cache: Cache, split: str = "test",
+             device: str = "cpu") -> dict:
+    """``{dataset: {"expert"|"student"|"teacher": {"acc1", "acc5", "mAP"}}}`` on ``split`` (the
+    JEDI model runs on ``device``)."""
+    from jedi_deploy.devices import resolve_device
+
     check_bundle_matches_cache(experts, cache)
+    home = next(model.parameters()).device
+    model.to(resolve_device(device))
     names = [e["name"] for e in experts]
     sets = {d: eval_set(cache, d, split, names) for d in datasets}
     table = evaluate_model(model, sets, datasets)
+    model.to(home)
     for d, name in zip(datasets, names):
         s = cache.split(d, split)
         table[d]["expert"] = classification_metrics(s.logits[name].numpy(), s.labels.numpy())

@@ -18,8 +18,11 @@ from jedi_deploy.video import load_clips
 
 def pretrain_expert(dataset: VideoDataset, arch: str, out_path: str | Path, *, epochs: int = 30,
                     lr: float = 3e-3, weight_decay: float = 1e-4, batch_size: int = 16, seed: int = 0,
-                    split: str = "train", progress: bool = True) -> Path:
-    """Train ``arch`` on ``dataset``/``split`` with cross-entropy and AdamW; save a checkpoint."""
+                    split: str = "train", progress: bool = True, device: str = "cpu") -> Path:
+    """Train ``arch`` on ``dataset``/``split`` with cross-entropy and AdamW on ``device``; save a
+    checkpoint (on the CPU, so it loads anywhere)."""
+    from jedi_deploy.devices import resolve_device
+
     from tqdm.auto import trange
 
     entry = get_arch(arch)
@@ -27,8 +30,10 @@ def pretrain_expert(dataset: VideoDataset, arch: str, out_path: str | Path, *, e
     x = torch.from_numpy(load_clips([s.path for s in samples], entry.preprocess, progress,
                                     desc=f"decoding {dataset.name}/{split}"))
     y = torch.tensor([s.label for s in samples])
+    dev = resolve_device(device)
     torch.manual_seed(seed)
-    model = build_expert(arch, dataset.num_classes)
+    model = build_expert(arch, dataset.num_classes).to(dev)
+    x, y = x.to(dev), y.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
@@ -39,13 +44,14 @@ def pretrain_expert(dataset: VideoDataset, arch: str, out_path: str | Path, *, e
             if len(idx) < 2:  # BatchNorm needs > 1 sample
                 continue
             opt.zero_grad(set_to_none=True)
+            idx = idx.to(dev)
             loss_fn(model(x[idx]), y[idx]).backward()
             opt.step()
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(xb) for xb in x.split(64)]).numpy()
-    train_metrics = classification_metrics(logits, y.numpy())
-    return save_expert(model, out_path, name=dataset.name, arch=arch, arch_kwargs={},
+        logits = torch.cat([model(xb) for xb in x.split(64)]).cpu().numpy()
+    train_metrics = classification_metrics(logits, y.cpu().numpy())
+    return save_expert(model.cpu(), out_path, name=dataset.name, arch=arch, arch_kwargs={},
                        dataset=dataset.name, categories=dataset.categories, preprocess=entry.preprocess,
                        extra={"pretrain": {"epochs": epochs, "lr": lr, "seed": seed,
                                            "train_acc1": round(train_metrics["acc1"], 2),

@@ -12,9 +12,12 @@ import click
 from .. import __version__
 from ..clitools import CONTEXT, EXISTING, JediGroup, progress as _progress
 from ..config import DISTILL_DATA, KD_LOSSES, TEACHER_INPUTS, JEDIConfig
+from ..devices import DEVICE_HELP
 from ..serve.cli import infer, serve
 
 GRID_NAMES = ("table3", "variants", "semi")  # train.ablate.GRIDS (kept torch-free here)
+
+device_option = click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -80,7 +83,8 @@ def synth(out, seed, quick):
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--lr", default=3e-3, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def pretrain(dataset, arch, out, epochs, lr, seed):
+@device_option
+def pretrain(dataset, arch, out, epochs, lr, seed, device):
     """Train an initial expert on DATASET's training split (a folder with classes.txt)."""
     from jedi_deploy.train.pretrain import pretrain_expert
 
@@ -88,7 +92,8 @@ def pretrain(dataset, arch, out, epochs, lr, seed):
     from ..registry import get_arch
 
     get_arch(arch)
-    path = pretrain_expert(load_dataset(dataset), arch, out, epochs=epochs, lr=lr, seed=seed, progress=_progress())
+    path = pretrain_expert(load_dataset(dataset), arch, out, epochs=epochs, lr=lr, seed=seed, progress=_progress(),
+                           device=device)
     click.echo(f"wrote {path}")
 
 
@@ -99,15 +104,19 @@ def pretrain(dataset, arch, out, epochs, lr, seed):
               help="Expert checkpoint; repeat once per expert.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Cache folder.")
 @click.option("--split", "splits", multiple=True, help="Splits to cache (default: every list file).")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True,
               help="How embeddings and logits are stored.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Encoders run under fp16/bf16 autocast: for GPUs (faster, half the memory). On a CPU without "
+                   "native bf16 (e.g. AVX2 only) 3D convolutions run ~250x slower; see benchmarks/RESULTS.md.")
+@device_option
 @click.option("--batch-size", default=16, show_default=True, help="Videos per encoder call.")
 @click.option("--workers", type=int, default=None,
               help="Decoding processes (default: one per spare core, at least 1; 0 = decode in-process).")
 @click.option("--chunk-size", default=256, show_default=True,
               help="Videos per resumable chunk (written atomically under OUT/.parts).")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable video instead of skipping it.")
-def cache(data, experts, out, splits, dtype, batch_size, workers, chunk_size, strict):
+def cache(data, experts, out, splits, dtype, precision, device, batch_size, workers, chunk_size, strict):
     """Cache every expert's frozen-encoder embeddings and logits over every dataset's videos.
 
     Decoding runs in worker processes while the encoders run; finished chunks and shards are
@@ -123,7 +132,8 @@ def cache(data, experts, out, splits, dtype, batch_size, workers, chunk_size, st
 
     shards = build_cache([load_expert(p) for p in experts], discover_datasets(data), out,
                          splits=tuple(splits) or None, batch_size=batch_size, dtype=dtype, progress=_progress(),
-                         workers=workers, chunk_size=chunk_size, strict=strict)
+                         workers=workers, chunk_size=chunk_size, strict=strict, device=device, precision=precision,
+                         log=lambda m: click.echo(m, err=True))
     if dist_info()[0] == 0:
         for s in shards:
             click.echo(str(s))
@@ -211,7 +221,8 @@ def _resolve(config_file, sets, **flags):
 @_config_options
 @click.option("--resume", is_flag=True, help="Continue the stopped run in --out (same config).")
 @click.option("--force", is_flag=True, help="Replace an existing run (or stopped run) in --out.")
-def train(cache_dir, out, resume, force, config_file, sets, **flags):
+@device_option
+def train(cache_dir, out, resume, force, device, config_file, sets, **flags):
     """Train JEDI (adjustment modules, students, teachers) on a cache. Defaults are the paper's;
     every knob is a config field (file, flags, --set KEY=VALUE). The resolved config is saved in
     the bundle. A stopped run continues with --resume and ends with the same weights."""
@@ -220,7 +231,7 @@ def train(cache_dir, out, resume, force, config_file, sets, **flags):
     from jedi_deploy.train.jedi import train_to_dir
 
     result, bundle = train_to_dir(load_cache(cache_dir), out, cfg, force=force, resume=resume,
-                                  progress=_progress(), extra={"cache": str(Path(cache_dir).resolve())})
+                                  progress=_progress(), extra={"cache": str(Path(cache_dir).resolve())}, device=device)
     click.echo(f"wrote {bundle}" + (f" (best validation epoch {result.best_epoch}: {out / 'best.safetensors'})"
                                     if result.best_epoch is not None else ""))
     for d, r in result.history[-1]["eval"].items():
@@ -236,14 +247,16 @@ def train(cache_dir, out, resume, force, config_file, sets, **flags):
 @click.option("--pool", help="Dataset used as the unlabeled pool (the paper's 'Just Kinetics'); its expert is "
                              "left out of every scenario, as the paper leaves Kinetics out of Table 3.")
 @_config_options
-def ablate(cache_dir, out, grid, pool, config_file, sets, **flags):
+@device_option
+def ablate(cache_dir, out, grid, pool, device, config_file, sets, **flags):
     """Run a named grid of JEDI scenarios on one cache and write a Table-3-style table and plot.
     Finished scenarios are reused, so an interrupted ablation resumes."""
     base = _resolve(config_file, sets, **flags)
     from jedi_deploy.train.ablate import format_ablation, run_ablation
     from jedi_deploy.cache_format import load_cache
 
-    report = run_ablation(load_cache(cache_dir), out, grid, base, pool=pool, progress=_progress(), echo=click.echo)
+    report = run_ablation(load_cache(cache_dir), out, grid, base, pool=pool, progress=_progress(), echo=click.echo,
+                          device=device)
     click.echo("\n" + format_ablation(report))
     click.echo(f"\ntable: {report['table']}\nplot: {report['plot']}")
 
@@ -259,12 +272,13 @@ def analyze():
 @click.option("--bundle", type=EXISTING, help="Also compare the students' adjusted embeddings of this bundle.")
 @click.option("--split", default="test", show_default=True, help="Samples: this split of every dataset.")
 @click.option("--max-samples", default=20000, show_default=True, help="Random subset for large caches.")
-def cka(cache_dir, out, bundle, split, max_samples):
+@device_option
+def cka(cache_dir, out, bundle, split, max_samples, device):
     """Linear CKA between every pair of experts' embeddings on the same samples: heatmap + table."""
     from jedi_deploy.cache_format import load_cache
     from jedi_deploy.train.cka import cka_matrix, collect_features, write_cka_report
 
-    names, m = cka_matrix(collect_features(load_cache(cache_dir), split, bundle, max_samples))
+    names, m = cka_matrix(collect_features(load_cache(cache_dir), split, bundle, max_samples, device))
     paths = write_cka_report(names, m, out, f"Linear CKA ({split} split)")
     click.echo(paths["table"].read_text())
     click.echo(f"heatmap: {paths['heatmap']}")
@@ -275,7 +289,8 @@ def cka(cache_dir, out, bundle, split, max_samples):
 @click.option("--cache", "cache_dir", type=EXISTING, required=True, help="Cache built by the same experts.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a markdown table.")
-def evaluate_cmd(bundle, cache_dir, split, as_json):
+@device_option
+def evaluate_cmd(bundle, cache_dir, split, as_json, device):
     """acc@1 / acc@5 / mAP of initial experts, JEDI students and teachers (paper's Table 2)."""
     from jedi_deploy.cache_format import load_cache
     from jedi_deploy.train.evaluate import evaluate, format_table
@@ -283,7 +298,7 @@ def evaluate_cmd(bundle, cache_dir, split, as_json):
     from ..bundle import load_bundle
 
     model, meta = load_bundle(bundle)
-    table = evaluate(model, meta.experts, meta.datasets, load_cache(cache_dir), split)
+    table = evaluate(model, meta.experts, meta.datasets, load_cache(cache_dir), split, device=device)
     click.echo(json.dumps(table, indent=2) if as_json else format_table(table))
 
 
@@ -313,9 +328,12 @@ def evaluate_cmd(bundle, cache_dir, split, as_json):
 @click.option("--triton-max-batch", default=8, show_default=True)
 @click.option("--triton-instances", default=1, show_default=True)
 @click.option("--force", is_flag=True, help="Replace existing Triton model folders.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where the PyTorch reference runs during validation: cpu, auto, cuda or cuda:N (graphs are traced "
+                   "on the CPU; ONNX Runtime validates on the CPU).")
 def export(bundle, out, students, expert_paths, no_experts, teachers, clip, uint8_input, views, fp16, simplify,
            exporter, atol, opset, trt, trt_batch, trt_timing_cache, triton, triton_max_batch, triton_instances,
-           force):
+           force, device):
     """Fuse encoder + adjustment + head into one ONNX graph per student (and export each
     initial expert the same way), validated with ONNX Runtime against PyTorch before it is
     written: a failed check writes nothing and exits 1. Optionally TensorRT engines and a
@@ -325,7 +343,7 @@ def export(bundle, out, students, expert_paths, no_experts, teachers, clip, uint
     from jedi_deploy.export.trt import parse_profile
 
     cfg = OnnxExportConfig(atol=atol, opset=opset, exporter=exporter, uint8_input=uint8_input, views=views,
-                           fp16=fp16, simplify=simplify)
+                           fp16=fp16, simplify=simplify, reference_device=device)
     trt_opts = TrtOptions(parse_profile(trt_batch), trt_timing_cache) if trt else None
     triton_opts = TritonOptions(triton, triton_max_batch, triton_instances, force) if triton else None
     reports = export_all(bundle, out, cfg=cfg, students=list(students) or None,
