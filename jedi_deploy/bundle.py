@@ -65,7 +65,7 @@ def save_bundle(model: JEDIModel, path: str | Path, *, experts: list[dict], data
     from safetensors.torch import save_file
 
     header = BundleHeader(list(experts), list(datasets), config.to_dict(), list(model.teacher_p), dict(extra or {}))
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path, ".safetensors") as tmp:
         save_file(state, str(tmp), metadata=dump_metadata(header.to_dict()))
     return Path(path)

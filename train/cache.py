@@ -149,34 +149,77 @@ def _worker_init(_):
     video.DECODE_THREADS = 1
 
 
-def decode_chunks(plan: CachePlan, specs: list, workers: int):
+PREFETCH = 4  # batches each decode worker prepares ahead
+
+
+def decode_chunks(plan: CachePlan, specs: list, workers: int, pin_memory: bool = False):
     """Batches of ``(item, views per expert | error message)`` in plan order, decoded by
-    ``workers`` processes (0: in this process) ahead of the encoders."""
+    ``workers`` processes (0: in this process) ahead of the encoders; ``pin_memory`` (for a GPU)
+    puts the views in page-locked memory so they copy to the device without blocking."""
     return torch.utils.data.DataLoader(_Decode(plan.items, specs), batch_sampler=plan.batches, collate_fn=_collate,
                                        num_workers=workers, worker_init_fn=_worker_init if workers else None,
-                                       prefetch_factor=4 if workers else None, persistent_workers=False)
+                                       prefetch_factor=PREFETCH if workers else None, persistent_workers=False,
+                                       pin_memory=pin_memory)
 
 
-@torch.no_grad()
-def encode_views(expert: Expert, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@torch.inference_mode()
+def encode_views(expert: Expert, views: list[torch.Tensor], precision: str = "fp32"
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings (mean over each video's views) and logits (score or prob averaging, as the
-    expert's preprocessing says) of a batch of videos, each ``[V, T, 3, S, S]``."""
+    expert's preprocessing says) of a batch of videos, each ``[V, T, 3, S, S]``, on the expert's
+    device, the encoder under ``precision`` autocast (fp16/bf16); results are float32 on the CPU."""
+    device = next(expert.model.parameters()).device
     v = views[0].shape[0]
-    emb_v = expert.encoder(torch.cat(views)).view(len(views), v, -1)
+    x = torch.cat(views).to(device, non_blocking=True)
+    dtype = PRECISIONS[precision]
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        emb_v = expert.encoder(x)
+    emb_v = emb_v.float().view(len(views), v, -1)
     emb = emb_v.mean(dim=1)
     if expert.preprocess.average == "prob" and v > 1:
         logits = torch.log(torch.softmax(expert.head(emb_v), dim=-1).mean(dim=1))
     else:
         logits = expert.head(emb)
-    return emb, logits
+    return emb.cpu(), logits.cpu()
+
+
+def encode_adaptive(expert: Expert, views: list[torch.Tensor], precision: str, start: int,
+                    where=lambda i: f"video {i}") -> tuple[torch.Tensor, torch.Tensor, int]:
+    """:func:`encode_views` in sub-batches of at most ``start`` videos, halving the sub-batch on a
+    device out-of-memory error and going on; returns (emb, logits, the sub-batch size that fit).
+    One video that does not fit alone is a clear error naming it (``where(i)``)."""
+    size, i, embs, logits = max(1, start), 0, [], []
+    while i < len(views):
+        try:
+            e, lg = encode_views(expert, views[i:i + size], precision)
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if size == 1:
+                raise InputError(f"{where(i)}: its {views[i].shape[0]} views do not fit in the memory of the "
+                                 f"device expert {expert.name!r} runs on, even alone; use a preset with fewer "
+                                 "views or clips, --precision fp16/bf16, or a larger device") from None
+            size //= 2
+            continue
+        embs.append(e)
+        logits.append(lg)
+        i += len(e)
+    return torch.cat(embs), torch.cat(logits), size
 
 
 class ChunkWriter:
     """Encodes decoded batches with every expert, records unreadable videos, and writes each
     chunk's part file atomically the moment its last video is done."""
 
-    def __init__(self, plan: CachePlan, cache_dir: Path, experts: list[Expert], descs: list[dict], strict: bool):
+    def __init__(self, plan: CachePlan, cache_dir: Path, experts: list[Expert], descs: list[dict], strict: bool,
+                 precision: str = "fp32"):
         self.plan, self.cache_dir, self.experts, self.descs, self.strict = plan, cache_dir, experts, descs, strict
+        self.precision = precision
+        # per expert: the sub-batch that last fitted on its device (halved on out-of-memory)
+        self.fits = [max((len(b) for b in plan.batches), default=1)] * len(experts)
         self.results: dict[Chunk, dict] = {c: {} for c in plan.chunks}
         self.failed: dict[Chunk, list] = {c: [] for c in plan.chunks}
         self.notes: dict[Chunk, list] = {c: [] for c in plan.chunks}
@@ -203,7 +246,15 @@ class ChunkWriter:
             if warning:  # sampled from the frames before a corruption: kept, and noted
                 self.notes[chunk].append({"path": where, "warning": warning})
         if good:
-            per_expert = [encode_views(e, [v[j] for _, v in good]) for j, e in enumerate(self.experts)]
+            def where(n):
+                chunk, k = items[good[n][0]]
+                return str(chunk.samples[k].path)
+
+            per_expert = []
+            for j, e in enumerate(self.experts):
+                emb, logits, self.fits[j] = encode_adaptive(e, [v[j] for _, v in good], self.precision,
+                                                            self.fits[j], where)
+                per_expert.append((emb, logits))
             for n, (i, _) in enumerate(good):
                 chunk, k = items[i]
                 self.results[chunk][k] = ([pe[0][n] for pe in per_expert], [pe[1][n] for pe in per_expert])
@@ -240,7 +291,7 @@ def _join_split(d: VideoDataset, split: str, samples, cache_dir: Path, experts, 
     headers = [read_cache_header(p, PART_KIND) for p in paths]
     failures, notes = [f for h in headers for f in h.failures], [x for h in headers for x in h.notes]
     index = torch.cat([t["index"] for t in parts]).tolist()
-    store = (lambda x: x.half()) if dtype == "float16" else (lambda x: x)
+    store = (lambda x: x.to(getattr(torch, dtype)))
     tensors = {"labels": torch.cat([t["labels"] for t in parts])}
     for e in experts:
         for kind in ("emb", "logits"):
@@ -279,10 +330,13 @@ def write_failures(cache_dir: Path) -> Path:
     return out
 
 
+CACHE_DTYPES = ("float32", "float16", "bfloat16")
+
+
 def build_cache(experts: list[Expert], datasets: list[VideoDataset], cache_dir: str | Path, *,
                 splits: tuple[str, ...] | None = None, batch_size: int = 16, dtype: str = "float32",
                 progress: bool = True, workers: int | None = None, chunk_size: int = 256,
-                strict: bool = False) -> list[Path]:
+                strict: bool = False, device: str = "cpu", precision: str = "fp32", log=None) -> list[Path]:
     """Encode every split of every dataset with every expert; returns the shard paths.
 
     Work is cut into chunks of ``chunk_size`` videos, each written atomically to
@@ -295,23 +349,36 @@ def build_cache(experts: list[Expert], datasets: list[VideoDataset], cache_dir: 
     """
     from tqdm.auto import tqdm
 
-    if dtype not in ("float32", "float16"):
-        raise InputError(f"cache dtype must be float32 or float16, got {dtype!r}")
+    from jedi_deploy.devices import describe, resolve_device
+
+    if dtype not in CACHE_DTYPES:
+        raise InputError(f"cache dtype must be one of {CACHE_DTYPES}, got {dtype!r}")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
     if chunk_size < 1 or batch_size < 1:
         raise InputError("chunk_size and batch_size must be >= 1")
     check_experts_match_datasets(experts, datasets)
     cache_dir = Path(cache_dir)
     descs = [e.describe() for e in experts]
     rank, world = dist_info()
-    group = _init_group(world)
+    dev = resolve_device(device)
+    if dev.type == "cuda" and world > 1:  # torchrun: rank k on the local rank's GPU
+        dev = resolve_device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    group = _init_group(world, dev)
+    for e in experts:
+        e.model.to(dev)
+    nw = default_workers() if workers is None else workers
+    if log and rank == 0:
+        log(f"caching on {describe(dev)}" + (f" x {world} ranks" if world > 1 else "") + f": {nw} decode worker(s), "
+            f"prefetch {PREFETCH if nw else 0} batch(es) each, batch {batch_size}, {precision} encoders, "
+            f"{dtype} storage")
     plan = plan_cache(datasets, splits, cache_dir, descs, chunk_size=chunk_size, batch_size=batch_size,
                       rank=rank, world=world)
-    writer = ChunkWriter(plan, cache_dir, experts, descs, strict)
+    writer = ChunkWriter(plan, cache_dir, experts, descs, strict, precision)
     bar = tqdm(total=len(plan.items), desc="caching embeddings" + (f" (rank {rank}/{world})" if world > 1 else ""),
                unit="video", disable=not progress, position=rank if world > 1 else None)
     try:
-        for batch in decode_chunks(plan, [e.preprocess for e in experts],
-                                   default_workers() if workers is None else workers):
+        for batch in decode_chunks(plan, [e.preprocess for e in experts], nw, pin_memory=dev.type == "cuda"):
             writer.add(batch)
             bar.update(len(batch))
             bar.set_postfix(failed=writer.num_failed)
@@ -324,7 +391,8 @@ def build_cache(experts: list[Expert], datasets: list[VideoDataset], cache_dir: 
     return [shard_path(cache_dir, d.name, s) for d in datasets for s in (splits or d.splits())]
 
 
-def _init_group(world: int):
+def _init_group(world: int, device):
+    """The process group of a torchrun launch: NCCL between GPUs, gloo on CPUs."""
     if world <= 1:
         return None
     import datetime
@@ -332,7 +400,8 @@ def _init_group(world: int):
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=datetime.timedelta(days=2))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(days=2),
+                                device_id=device if device.type == "cuda" else None)
     return dist
 
 

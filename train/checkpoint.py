@@ -33,12 +33,12 @@ def save_checkpoint(path: Path, model, optimizer, *, config: JEDIConfig, epoch: 
                     rng_state: dict, experts: list[dict]) -> None:
     from safetensors.torch import save_file
 
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
         for k, v in state.items():
             t = v if torch.is_tensor(v) else torch.tensor(v)
-            tensors[f"optim.{idx}.{k}"] = t.detach().contiguous()
+            tensors[f"optim.{idx}.{k}"] = t.detach().cpu().contiguous()
     meta = {"kind": "checkpoint", "config": config.to_dict(), "epoch": epoch, "best": best,
             "param_groups": opt["param_groups"], "rng_state": rng_state,
             "experts": [{k: e.get(k) for k in EXPERT_IDENTITY} for e in experts]}

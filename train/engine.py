@@ -2,9 +2,10 @@
 autograd function with a hand-written backward, so a step is a short list of large GEMMs.
 
 Why not plain autograd (``JEDIModel.forward``)? At paper scale (4 experts, 7168-d teacher input,
-752 classes) about half of a naive step is spent outside matrix products: four teachers each
-drawing and applying a float dropout mask over the [B, 7168] input, the masks' backward, the
-concatenation, summing view-gradients, and glibc returning every large temporary to the OS.
+752 classes) much of a naive step is spent outside matrix products (profile: benchmarks/RESULTS.md,
+"JEDI training throughput"): four teachers each drawing and applying a float dropout mask over the
+[B, 7168] input, the masks' backward, the concatenation, summing view-gradients, and glibc returning
+every large temporary to the OS.
 Here:
   * the dropout masks come from one cheap draw per step (SFC64 random bits, 16 per element, via
     numpy), compared against integer thresholds (exact to 2^-16 in p);
@@ -52,35 +53,53 @@ def keep_threshold(p: float) -> int:
 
 
 class Rng:
-    """The run's one random stream (epoch permutations and dropout masks): numpy SFC64, whose
-    state is a small JSON-able dict saved in checkpoints."""
+    """The run's one random stream: numpy SFC64 for epoch permutations and, on the CPU, for the
+    dropout masks; on a GPU the masks are drawn there (a torch generator on the device, seeded
+    from the SFC64 stream), so no mask bits cross the bus. The state is a small JSON-able dict
+    saved in checkpoints; a checkpoint resumes on either device (bit-identical on the same one)."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, device=None):
         self.gen = np.random.Generator(np.random.SFC64(seed))
+        self.device = torch.device(device or "cpu")
+        self.device_gen = None
+        if self.device.type != "cpu":
+            self.device_gen = torch.Generator(self.device)
+            self.device_gen.manual_seed(int(self.gen.integers(2 ** 62)))
 
     def bits16(self, rows: int, cols: int) -> torch.Tensor:
+        """Uniform integers in [-32768, 32767] on the device (int16 on the CPU, int32 on a GPU)."""
+        if self.device_gen is not None:
+            return torch.randint(-32768, 32768, (rows, cols), generator=self.device_gen, device=self.device,
+                                 dtype=torch.int32)
         n = rows * cols
         raw = self.gen.bit_generator.random_raw((n + 3) // 4)
         return torch.from_numpy(raw.view(np.int16)[:n].reshape(rows, cols))
 
     def permutation(self, n: int) -> torch.Tensor:
-        return torch.from_numpy(self.gen.permutation(n))
+        return torch.from_numpy(self.gen.permutation(n)).to(self.device)
 
     @property
     def state(self) -> dict:
-        """JSON-able state (SFC64 keeps its words in a uint64 array)."""
+        """JSON-able state (SFC64 keeps its words in a uint64 array; a device generator its bytes)."""
         st = self.gen.bit_generator.state
         words = st["state"]["state"]
-        return {**st, "state": {"state": [int(w) for w in words]}}
+        out = {**st, "state": {"state": [int(w) for w in words]}}
+        if self.device_gen is not None:
+            out["device_state"] = self.device_gen.get_state().tolist()
+        return out
 
     @state.setter
     def state(self, value: dict) -> None:
+        value = dict(value)
+        device_state = value.pop("device_state", None)
         words = np.array(value["state"]["state"], dtype=np.uint64)
         self.gen.bit_generator.state = {**value, "state": {"state": words}}
+        if self.device_gen is not None and device_state is not None:
+            self.device_gen.set_state(torch.tensor(device_state, dtype=torch.uint8))
 
 
 def _mask(bits: torch.Tensor, p: float) -> torch.Tensor:
-    out = torch.empty(bits.shape, dtype=torch.float32)
+    out = torch.empty(bits.shape, dtype=torch.float32, device=bits.device)
     return torch.ge(bits, keep_threshold(p), out=out)
 
 
@@ -90,6 +109,7 @@ class Masks:
 
     def __init__(self, model: JEDIModel, batch: int, rng: Rng | None):
         self.adjust_p = model.adjust[0].dropout.p
+        self.device = rng.device if rng is not None else torch.device("cpu")
         self.teacher_p = list(model.teacher_p)
         dims, zdim = model.dims, model.teachers[0][1].in_features
         self.adjust = None
@@ -111,7 +131,7 @@ class Masks:
         teacher = []
         for m in self.teacher:
             if m is None:
-                ones = ones if ones is not None else torch.ones(1)
+                ones = ones if ones is not None else torch.ones(1, device=self.device)
                 teacher.append(ones)
             else:
                 teacher.append(m)
@@ -142,7 +162,7 @@ class _FusedJEDI(torch.autograd.Function):
         batch = embs[0].shape[0]
         s_adj = 1.0 / (1.0 - masks.adjust_p) if masks.adjust is not None else 1.0
         zdim = T[0][0].shape[1]
-        z = torch.empty(batch, zdim, dtype=embs[0].dtype)
+        z = torch.empty(batch, zdim, dtype=embs[0].dtype, device=embs[0].device)
         adj_in_z = mode in ("adjusted", "adjusted+predictions")
         hpre, h, adjusted, students = [], [], [], []
         off = 0

@@ -80,14 +80,15 @@ def evaluate_model(model: JEDIModel, sets: dict[str, EvalSet], datasets: list[st
     """{dataset: {"student": metrics, "teacher": metrics}} (eval mode, no dropout)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     out = {}
     for i, d in enumerate(datasets):
         s = sets.get(d)
         if s is None or len(s.labels) == 0:
             continue
-        student, teacher = model([e.float() for e in s.embs])
-        out[d] = {"student": classification_metrics(student[i].numpy(), s.labels.numpy()),
-                  "teacher": classification_metrics(teacher[i].numpy(), s.labels.numpy())}
+        student, teacher = model([e.to(device).float() for e in s.embs])
+        out[d] = {"student": classification_metrics(student[i].cpu().numpy(), s.labels.numpy()),
+                  "teacher": classification_metrics(teacher[i].cpu().numpy(), s.labels.numpy())}
     model.train(was_training)
     return out
 
@@ -115,12 +116,18 @@ def train_step(model: JEDIModel, optimizer, embs: list[torch.Tensor], dataset: t
     """One optimisation step on one batch; returns the loss parts (batch means)."""
     masks = Masks(model, len(labels), rng)
     if cfg.precision == "bf16":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(embs[0].device.type, dtype=torch.bfloat16):
             students, teachers = model(embs, *masks.as_reference())
         students, teachers = [s.float() for s in students], [t.float() for t in teachers]
     else:
         students, teachers = fused_forward(model, embs, masks)
-    loss, parts = jedi_loss(students, teachers, dataset, labels, weights, cfg, distill, phase)
+    targets = None
+    if distill and cfg.kd_targets == "eval":  # distil from the same teachers without their dropout
+        with torch.no_grad():
+            model.eval()
+            targets = model(embs)[1]
+            model.train()
+    loss, parts = jedi_loss(students, teachers, dataset, labels, weights, cfg, distill, phase, targets)
     if loss.requires_grad:  # a batch without labels in a teacher phase has nothing to learn
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -259,7 +266,7 @@ def run_epoch(model: JEDIModel, optimizer, data: TrainData, weights: torch.Tenso
     perm = rng.permutation(n)
     for k in range(steps):
         idx = perm[k * cfg.batch_size:(k + 1) * cfg.batch_size]
-        parts = train_step(model, optimizer, [e.index_select(0, idx) for e in data.embs], data.dataset[idx],
+        parts = train_step(model, optimizer, [e.index_select(0, idx).float() for e in data.embs], data.dataset[idx],
                            data.labels[idx], weights, cfg, rng, distill=distill, phase=phase)
         for key, v in parts.items():
             sums[key] = sums.get(key, 0.0) + v
@@ -273,21 +280,28 @@ def run_epoch(model: JEDIModel, optimizer, data: TrainData, weights: torch.Tenso
 
 def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True, run_dir: str | Path | None = None,
                resume: bool = False, on_epoch: Callable[[int, dict], None] | None = None,
-               log_path: str | Path | None = None) -> TrainResult:
-    """Train JEDI on ``cache``. With ``run_dir``, checkpoints/logs go to ``run_dir/in_progress``
+               log_path: str | Path | None = None, device: str = "cpu") -> TrainResult:
+    """Train JEDI on ``cache`` on ``device`` (the cached embeddings live there, stored as
+    ``cfg.embedding_dtype``). With ``run_dir``, checkpoints/logs go to ``run_dir/in_progress``
     (see :func:`train_to_dir`, which also writes the final files). ``on_epoch(epoch, record)``
-    is called after each epoch's checkpoint is safely written."""
+    is called after each epoch's checkpoint is safely written. The model comes back on the CPU."""
     from tqdm.auto import tqdm
 
+    from jedi_deploy.devices import resolve_device
+
+    dev = resolve_device(device)
     data = build_train_data(cache, cfg)  # validates everything before any file is touched
     tune_allocator()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     folder = RunFolder(run_dir, log_path)
-    model = build_model(data, cache, cfg)
+    store = getattr(torch, cfg.embedding_dtype)
+    data.embs = [e.to(dev, store) for e in data.embs]
+    data.dataset, data.labels = data.dataset.to(dev), data.labels.to(dev)
+    model = build_model(data, cache, cfg).to(dev)
     optimizer = build_optimizer(model, cfg)
-    weights = distillation_weights(data.sizes, cfg)
-    rng = Rng(cfg.seed)
+    weights = distillation_weights(data.sizes, cfg).to(dev)
+    rng = Rng(cfg.seed, dev)
     val_sets, test_sets = data.val, eval_sets(cache, data, cfg.eval_split)
     start, best, best_epoch, history = folder.start(model, optimizer, cfg, data.experts, rng, resume)
 
@@ -325,15 +339,39 @@ def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True, run_dir:
         bar.close()
     finally:
         folder.close()
-    model.eval()
+    model.eval().cpu()
     return TrainResult(model, history, data.experts, data.datasets, cfg, best_epoch, best, data.summary())
 
 
 def train_to_dir(cache: Cache, out_dir: str | Path, cfg: JEDIConfig, *, force: bool = False,
                  resume: bool = False, progress: bool = True, extra: dict | None = None,
-                 on_epoch: Callable[[int, dict], None] | None = None) -> tuple[TrainResult, Path]:
-    """Train into a run folder (see module docstring); returns the result and the last bundle."""
+                 on_epoch: Callable[[int, dict], None] | None = None, device: str = "cpu"
+                 ) -> tuple[TrainResult, Path]:
+    """Train into a run folder (see module docstring); returns the result and the last bundle.
+    With ``cfg.refit``, the validation run is followed by a refit on the whole training set for
+    the epoch count it picked (:func:`refit`), and that model is the bundle."""
     folder = RunFolder(out_dir)
     folder.claim(resume=resume, force=force)
-    result = train_jedi(cache, cfg, progress=progress, run_dir=out_dir, resume=resume, on_epoch=on_epoch)
+    result = train_jedi(cache, cfg, progress=progress, run_dir=out_dir, resume=resume, on_epoch=on_epoch,
+                        device=device)
+    if cfg.refit:
+        refitted = refit(cache, cfg, result, progress=progress, device=device)
+        extra = {**(extra or {}), "refit": {"epochs": refitted.config.epochs, "picked_by": "validation best epoch"
+                                            if result.best_epoch is not None else "last epoch (no validation split)",
+                                            "validation_run": {"best_epoch": result.best_epoch,
+                                                               "best_score": result.best_score}}}
+        result = TrainResult(refitted.model, result.history, result.experts, result.datasets, cfg,
+                             result.best_epoch, result.best_score, refitted.data)
     return result, folder.finalise(result, extra)
+
+
+def refit(cache: Cache, cfg: JEDIConfig, validated: TrainResult, *, progress: bool = False,
+          device: str = "cpu") -> TrainResult:
+    """The paper's final fit: train again, from the same initialisation, on the whole training set
+    (no validation split) for the epoch count the validation run picked (its best epoch, else its
+    last)."""
+    from dataclasses import replace
+
+    epochs = validated.best_epoch if validated.best_epoch is not None else cfg.epochs
+    return train_jedi(cache, replace(cfg, val_fraction=0.0, epochs=max(1, epochs), refit=False), progress=progress,
+                      device=device)
