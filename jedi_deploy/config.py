@@ -21,6 +21,9 @@ TEACHER_LOSSES = ("hinge", "ce")
 KD_LOSSES = ("soft", "mse", "hard", "cmpl")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 PRECISIONS = ("fp32", "bf16")
+HINGE_FORMS = ("mean", "sum", "crammer_singer")
+KD_TARGETS = ("dropout", "eval")
+EMBEDDING_DTYPES = ("float32", "float16", "bfloat16")
 
 #: Fields that may differ when a run is resumed: they do not change the weights of the
 #: epochs already trained (``epochs`` may be raised to extend a stopped run).
@@ -60,12 +63,25 @@ class JEDIConfig:
     tau: float = 0.9  # confidence threshold of hard pseudo-labels (kd_loss "hard"/"cmpl")
     lam: float = 2.0  # λ, weight of the CMPL pseudo-label losses (replaces γ in cmpl mode)
     weights: object = "paper"  # w_ij: "paper" (Eq. 2) or an n x n list of lists
+    # Paper-faithfulness options (defaults: the behaviour of earlier releases).
+    # hinge_form: Weston-Watkins sum over wrong classes divided by the class count ("mean", what
+    # F.multi_margin_loss computes), the plain sum ("sum"), or Crammer-Singer's max ("crammer_singer").
+    hinge_form: str = "mean"
+    # kd_targets: the teachers' outputs that students distil from - as trained, with their input
+    # dropout ("dropout"), or the same teachers without dropout ("eval").
+    kd_targets: str = "dropout"
+    # refit: after the run with the validation split, train again on the whole training set for
+    # the epoch count validation picked (the paper's protocol); the refit model is the bundle.
+    refit: bool = False
     # Data protocol.
     experts: list = field(default_factory=list)  # subset of the cache's experts; [] = all
     label_fraction: float = 1.0  # class-balanced labeled subset per dataset (CMPL protocol)
     val_fraction: float = 0.15  # held out of each training set (paper: 15%); 0 = none
     train_split: str = "train"
     eval_split: str = "test"
+    # Storage of the cached embeddings while training (float16/bfloat16 halve the memory of a
+    # paper-scale cache on a GPU; every step computes in float32).
+    embedding_dtype: str = "float32"
     # Runtime.
     eval_every: int = 1
     precision: str = "fp32"
@@ -94,9 +110,13 @@ class JEDIConfig:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         for name, choices in (("teacher_input", TEACHER_INPUTS), ("distill_data", DISTILL_DATA),
                               ("scheme", SCHEMES), ("teacher_loss", TEACHER_LOSSES),
-                              ("kd_loss", KD_LOSSES), ("optimizer", OPTIMIZERS), ("precision", PRECISIONS)):
+                              ("kd_loss", KD_LOSSES), ("optimizer", OPTIMIZERS), ("precision", PRECISIONS),
+                              ("hinge_form", HINGE_FORMS), ("kd_targets", KD_TARGETS),
+                              ("embedding_dtype", EMBEDDING_DTYPES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
+        if not isinstance(self.refit, bool):
+            raise ConfigError(f"refit must be true or false, got {self.refit!r}")
         for name in ("pools", "experts"):
             v = getattr(self, name)
             if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):

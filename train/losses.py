@@ -56,9 +56,26 @@ def distillation_weights(sizes: list[int], cfg: JEDIConfig | None = None) -> tor
     return w
 
 
-def _teacher_loss(logits, y, kind):
-    if kind == "hinge":
+def hinge_loss(logits: torch.Tensor, y: torch.Tensor, form: str = "mean") -> torch.Tensor:
+    """Multi-class hinge loss (margin 1), summed over the batch. Per sample, with s = logits:
+    ``sum``: the Weston-Watkins sum over wrong classes j of max(0, 1 - s_y + s_j);
+    ``mean``: that sum divided by the class count C (what ``F.multi_margin_loss`` computes, and
+    what earlier releases used: for 400 classes the term is 400x smaller than the plain sum);
+    ``crammer_singer``: max over wrong classes j of max(0, 1 - s_y + s_j)."""
+    if form == "mean":
         return F.multi_margin_loss(logits, y, reduction="sum")
+    margins = (1.0 - logits.gather(1, y[:, None]) + logits).clamp_min(0.0)
+    margins = margins.scatter(1, y[:, None], 0.0)  # the true class contributes nothing
+    if form == "sum":
+        return margins.sum()
+    if form == "crammer_singer":
+        return margins.max(dim=1).values.sum()
+    raise ValueError(f"unknown hinge form {form!r}")
+
+
+def _teacher_loss(logits, y, cfg: JEDIConfig):
+    if cfg.teacher_loss == "hinge":
+        return hinge_loss(logits, y, cfg.hinge_form)
     return F.cross_entropy(logits, y, reduction="sum")
 
 
@@ -82,9 +99,13 @@ def kd_per_sample(student: torch.Tensor, teacher: torch.Tensor, cfg: JEDIConfig)
 
 def jedi_loss(student_logits: list[torch.Tensor], teacher_logits: list[torch.Tensor],
               dataset_index: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-              cfg: JEDIConfig, distill: bool, phase: str = "joint") -> tuple[torch.Tensor, dict[str, float]]:
+              cfg: JEDIConfig, distill: bool, phase: str = "joint",
+              kd_targets: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean over the batch of Eq. 1. ``dataset_index`` is n for pool samples; ``phase``
-    "teachers"/"students" keeps only that side's terms (alternating scheme)."""
+    "teachers"/"students" keeps only that side's terms (alternating scheme). ``kd_targets``:
+    the teachers' outputs to distil from, when they are not ``teacher_logits`` (``kd_targets
+    = "eval"``: the same teachers without dropout)."""
+    targets = teacher_logits if kd_targets is None else kd_targets
     n, batch = len(student_logits), len(labels)
     zero = student_logits[0].new_zeros(())
     ce, teach, kd = zero, zero, zero
@@ -94,13 +115,13 @@ def jedi_loss(student_logits: list[torch.Tensor], teacher_logits: list[torch.Ten
             if phase != "teachers":
                 ce = ce + F.cross_entropy(student_logits[i][m], labels[m], reduction="sum")
             if phase != "students":
-                teach = teach + _teacher_loss(teacher_logits[i][m], labels[m], cfg.teacher_loss)
+                teach = teach + _teacher_loss(teacher_logits[i][m], labels[m], cfg)
     if distill and phase != "teachers" and weights.abs().sum() > 0:
         w = weights.to(student_logits[0].dtype)[dataset_index]  # [B, n]
         for j in range(n):
             wj = w[:, j]
             if wj.any():
-                kd = kd + (wj * kd_per_sample(student_logits[j], teacher_logits[j], cfg)).sum()
+                kd = kd + (wj * kd_per_sample(student_logits[j], targets[j], cfg)).sum()
     kd_weight = cfg.lam if cfg.kd_loss == "cmpl" else cfg.gamma
     loss = (cfg.alpha * ce + cfg.beta * teach + kd_weight * kd) / batch
     return loss, {"ce": ce.item() / batch, "teacher": teach.item() / batch, "kd": kd.item() / batch}
