@@ -326,6 +326,8 @@ def decode_clips(path: str | Path, specs: list["Preprocess"]) -> Decoded:
             declared = int(stream.frames or 0)
             index = frame_timestamps(container, stream)
             problem = index[1] if index else None
+            if index is not None and not len(index[0]):
+                raise VideoDecodeError(f"{p}: video has no frames" + (f" ({problem})" if problem else ""))
             if index is not None:
                 pts = index[0]
                 n = len(pts)
