@@ -41,3 +41,27 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, 
     return {"acc1": 100 * topk_accuracy(scores, labels, 1),
             "acc5": 100 * topk_accuracy(scores, labels, 5),
             "mAP": 100 * mean_average_precision(scores, labels)}
+
+
+#: An initial expert at or above this acc@1 (%) leaves no room to show a gain.
+CEILING = 99.0
+
+
+def verdict(lo: float, hi: float) -> str:
+    """"beats" only when the whole interval of the gain is above 0, "worse" when below, else "within noise"."""
+    return "beats" if lo > 0 else ("worse" if hi < 0 else "within noise")
+
+
+def paired_bootstrap(correct: np.ndarray, baseline: np.ndarray, *, resamples: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> dict:
+    """The acc@1 gain (points) of a model over a baseline on the same videos, with a percentile
+    bootstrap interval that resamples videos (both models' outcomes on a video move together)."""
+    a, b = np.asarray(correct, np.float64), np.asarray(baseline, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError("paired_bootstrap needs two equally long, non-empty 1-D arrays")
+    d = a - b
+    rng = np.random.default_rng(seed)
+    boots = np.concatenate([d[rng.integers(0, len(d), (min(256, resamples - k), len(d)))].mean(axis=1)
+                            for k in range(0, resamples, 256)]) * 100
+    lo, hi = (float(x) for x in np.percentile(boots, [50 * (1 - level), 50 * (1 + level)]))
+    return {"gain": float(100 * d.mean()), "ci95": [lo, hi], "verdict": verdict(lo, hi), "videos": int(len(d))}

@@ -293,13 +293,13 @@ def cka(cache_dir, out, bundle, split, max_samples, device):
 def evaluate_cmd(bundle, cache_dir, split, as_json, device):
     """acc@1 / acc@5 / mAP of initial experts, JEDI students and teachers (paper's Table 2)."""
     from jedi_deploy.cache_format import load_cache
-    from jedi_deploy.train.evaluate import evaluate, format_table
+    from jedi_deploy.train.evaluate import evaluate, format_gains, format_table
 
     from ..bundle import load_bundle
 
     model, meta = load_bundle(bundle)
     table = evaluate(model, meta.experts, meta.datasets, load_cache(cache_dir), split, device=device)
-    click.echo(json.dumps(table, indent=2) if as_json else format_table(table))
+    click.echo(json.dumps(table, indent=2) if as_json else format_table(table) + "\n\n" + format_gains(table))
 
 
 @cli.command()

@@ -71,7 +71,7 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     from jedi_deploy.serve.infer import run_infer
     from jedi_deploy.cache_format import load_cache
     from jedi_deploy.train.cache import build_cache
-    from jedi_deploy.train.evaluate import evaluate, format_table
+    from jedi_deploy.train.evaluate import evaluate, format_gains, format_table
     from jedi_deploy.train.jedi import train_to_dir
     from jedi_deploy.train.pretrain import pretrain_expert
 
@@ -154,7 +154,8 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
                "torch threads": torch.get_num_threads()}
     report = write_report(out / "report.md", command=f"jedi demo{' --quick' if settings.quick else ''} "
                           f"--seed {settings.seed}", machine=machine, timings=timings, data_rows=data_rows,
-                          table_md=format_table(table), table=table, parity=parity,
+                          table_md=format_table(table) + "\n\n" + format_gains(table), table=table, parity=parity,
+                          history=result.history,
                           bench_md=format_bench(bench), bench=bench, infer_text=infer_text,
                           config=cfg.to_dict(), plot_name=plot.name)
     return report

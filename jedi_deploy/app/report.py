@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 
 def plot_curves(history: list[dict], expert_acc1: dict[str, float], burn_in: int, out_png: str | Path) -> Path:
     """Student and teacher test acc@1 per epoch against each initial expert (paper's Figure 3)."""
@@ -30,20 +32,39 @@ def plot_curves(history: list[dict], expert_acc1: dict[str, float], burn_in: int
     return save_figure(fig, out_png, dpi=110)
 
 
-def verdicts(table: dict) -> list[str]:
-    """Plain sentences: did each student/teacher beat its initial expert (acc@1)?"""
+WORDS = {"beats": "beats", "worse": "is WORSE than", "within noise": "is within noise of"}
+
+
+def verdicts(table: dict, history: list[dict] | None = None, last: int = 10) -> list[str]:
+    """Plain sentences per dataset: does each student/teacher beat its initial expert on acc@1?
+    "beats" only when the paired bootstrap 95% interval of the gain excludes 0 (``table[d]["gains"]``
+    from ``train.evaluate``); beside the last epoch, the mean ± sd over the ``last`` epochs of
+    ``history``; a flag where the expert is already at the ceiling."""
     lines = []
     for d, rows in table.items():
-        e, s, t = (rows[r]["acc1"] for r in ("expert", "student", "teacher"))
-        s_word = "beats" if s > e else ("ties" if s == e else "does NOT beat")
-        t_word = "beats" if t > e else ("ties" if t == e else "does NOT beat")
-        lines.append(f"- **{d}**: the student {s_word} its initial expert ({s:.2f} vs {e:.2f} acc@1, "
-                     f"{s - e:+.2f}); the teacher {t_word} it ({t:.2f}, {t - e:+.2f}).")
+        e, g = rows["expert"]["acc1"], rows.get("gains") or {}
+        parts = []
+        for r in ("student", "teacher"):
+            v = rows[r]["acc1"]
+            if r in g:
+                lo, hi = g[r]["ci95"]
+                text = (f"the {r} {WORDS[g[r]['verdict']]} {'its initial expert' if r == 'student' else 'it'} "
+                        f"({v:.2f} vs {e:.2f} acc@1, {v - e:+.2f}; 95% interval [{lo:+.2f}, {hi:+.2f}] over "
+                        f"{g[r]['videos']} videos")
+            else:
+                text = f"the {r}: {v:.2f} vs {e:.2f} acc@1 ({v - e:+.2f}"
+            vals = [h["eval"][d][r]["acc1"] for h in (history or [])[-last:] if d in h.get("eval", {})]
+            if len(vals) > 1:
+                text += f"; last {len(vals)} epochs {np.mean(vals):.2f} ± {np.std(vals):.2f}"
+            parts.append(text + ")")
+        note = (" The initial expert is already at the ceiling (>= 99% acc@1): no gain can show here."
+                if g.get("expert_at_ceiling") else "")
+        lines.append(f"- **{d}**: {parts[0]}; {parts[1]}.{note}")
     return lines
 
 
 def write_report(path: str | Path, *, command: str, machine: dict, timings: dict[str, float],
-                 data_rows: list[dict], table_md: str, table: dict, parity: list[dict],
+                 data_rows: list[dict], table_md: str, table: dict, parity: list[dict], history: list[dict] | None = None,
                  bench_md: str, bench: dict, infer_text: str, config: dict, plot_name: str) -> Path:
     ratios = [r["ratio"] for r in bench["results"]]
     aa = [r["aa_ratio"] for r in bench["results"]]
@@ -60,7 +81,7 @@ def write_report(path: str | Path, *, command: str, machine: dict, timings: dict
           f"{r['noise']} | {', '.join(r['shared']) or '-'} |" for r in data_rows], "",
         "## Accuracy (test split; the paper's Table 2 layout)", "",
         table_md, "",
-        *verdicts(table), "",
+        *verdicts(table, history), "",
         f"![Student and teacher test acc@1 per epoch vs the initial expert]({plot_name})", "",
         "## Export parity (ONNX Runtime CPU vs PyTorch)", "",
         "| Model | Kind | max abs diff | top-1 agreement | inputs | passed |",
