@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from jedi_deploy.config import JEDIConfig
 from jedi_deploy.errors import ConfigError, InputError
-from jedi_deploy.jedi_model import JEDIModel
 from jedi_deploy.train.losses import hinge_loss, jedi_loss
 
 
