@@ -90,7 +90,15 @@ def run_ablation(cache, out_dir: str | Path, grid: str = "table3", base: JEDICon
     from jedi_deploy.meta import write_json
     from jedi_deploy.metrics import classification_metrics
 
+    from jedi_deploy.bundle import load_bundle
+
+    from .evaluate import evaluate
     from .jedi import train_to_dir
+
+    def gains(run: Path) -> dict:  # paired bootstrap intervals of the run's bundle, per dataset
+        model, h = load_bundle(run / "jedi.safetensors")
+        table = evaluate(model, h.experts, h.datasets, cache, base.eval_split, device=device)
+        return {d: table[d]["gains"] for d in table}
 
     base = base or JEDIConfig()
     out = Path(out_dir)
@@ -106,15 +114,15 @@ def run_ablation(cache, out_dir: str | Path, grid: str = "table3", base: JEDICon
             echo(f"[{i}/{len(scenarios)}] {s.name}: same config as {result['name']}, reused")
         elif final.exists() and (run / "config.json").exists() and \
                 json.loads((run / "config.json").read_text()) == cfg.to_dict():
-            result = {"name": s.name, "eval": json.loads(final.read_text())}
+            result = {"name": s.name, "eval": json.loads(final.read_text()), "gains": gains(run)}
             echo(f"[{i}/{len(scenarios)}] {s.name}: already trained in {run}")
         else:
             echo(f"[{i}/{len(scenarios)}] {s.name}: training into {run}")
             r, _ = train_to_dir(cache, run, cfg, force=True, progress=progress, device=device)
-            result = {"name": s.name, "eval": r.history[-1]["eval"]}
+            result = {"name": s.name, "eval": r.history[-1]["eval"], "gains": gains(run)}
         done.setdefault(key, result)
         rows.append({"scenario": s.name, "section": s.section, "run": str(run), "eval": result["eval"],
-                     "overrides": dict(s.overrides)})
+                     "gains": result["gains"], "overrides": dict(s.overrides)})
     datasets = list(rows[0]["eval"]) if rows else []
     experts = {}
     for d in datasets:
@@ -152,6 +160,24 @@ def format_ablation(report: dict) -> str:
             lines.append(f"| {r['scenario']} | " + " | ".join(cells) + " |")
     if report.get("skipped"):
         lines += ["", f"Skipped (no unlabeled pool in the cache; pass --pool): {', '.join(report['skipped'])}."]
+    if any(r.get("gains") for r in report["rows"]):
+        lines += ["", "Gain over the initial expert in acc@1 points, with the paired bootstrap 95% interval over "
+                  "videos; **bold** = beats the expert (the interval excludes 0), otherwise within noise (or worse).",
+                  "", head, "|---|" + "---:|" * (2 * len(ds))]
+        for r in report["rows"]:
+            cells = []
+            for d in ds:
+                for k in ("teacher", "student"):
+                    g = r["gains"].get(d, {}).get(k)
+                    if g is None:
+                        cells.append("–")
+                        continue
+                    text = f"{g['gain']:+.2f} [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]"
+                    cells.append(f"**{text}**" if g["verdict"] == "beats" else text)
+            lines.append(f"| {r['scenario']} | " + " | ".join(cells) + " |")
+        ceiling = sorted({d for r in report["rows"] for d, g in r["gains"].items() if g.get("expert_at_ceiling")})
+        if ceiling:
+            lines += ["", f"Initial expert already at the ceiling (>= 99% acc@1), no gain can show: {', '.join(ceiling)}."]
     return "\n".join(lines)
 
 

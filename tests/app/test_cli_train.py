@@ -45,6 +45,7 @@ def test_ablate_writes_the_table3_grid(cache_dir, tmp_path):
                 "All Datasets"):
         assert f"| {row} |" in table
     assert "ucf-mini Teacher" in table and "kinetics-mini Teacher" not in table  # the pool has no expert row
+    assert "paired bootstrap 95% interval" in table and table.count("| Adjusted Features | ") == 2  # + the gains
     assert (tmp_path / "table3.png").read_bytes()[:4] == b"\x89PNG"
     assert "same config as Adjusted Features, reused" in out.stdout
     again = jedi("ablate", "--cache", cache_dir, "--out", tmp_path, "--pool", "kinetics-mini", *QUICK)
