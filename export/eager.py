@@ -65,5 +65,5 @@ def torch_runtimes(bundle_path: str | Path, devices: list[str] | None = None, th
         return load
 
     info = {"torch": torch.__version__, "intra_op_threads": torch.get_num_threads()}
-    return [Runtime(f"torch-{d}", loader(d), {**info, "device": torch.cuda.get_device_name() if d == "cuda" else "cpu"})
-            for d in devices]
+    return [Runtime(f"torch-{d}", loader(d), {**info, "device": torch.cuda.get_device_name() if d == "cuda" else "cpu"},
+                    runs_onnx=False) for d in devices]

@@ -57,6 +57,7 @@ class CacheHeader:
     categories: list[str] = field(default_factory=list)  # shard: the dataset's class names
     samples: list[str] = field(default_factory=list)  # shard: relative video path of every row
     dtype: str = "float32"  # shard: how emb/logits are stored
+    root: str = ""  # shard: the dataset folder ``samples`` are relative to, absolute, at cache time
     start: int = 0  # part: the chunk's first and one-past-last sample of the split
     stop: int = 0
 
@@ -64,7 +65,7 @@ class CacheHeader:
         d = {"kind": self.kind, "dataset": self.dataset, "split": self.split, "experts": self.experts,
              "failures": self.failures, "notes": self.notes}
         if self.kind == SHARD_KIND:
-            d.update(categories=self.categories, samples=self.samples, dtype=self.dtype)
+            d.update(categories=self.categories, samples=self.samples, dtype=self.dtype, root=self.root)
         else:
             d.update(start=self.start, stop=self.stop)
         return d
@@ -79,7 +80,7 @@ class CacheHeader:
         check_expert_descriptions(d["experts"], source, "cache")
         return cls(kind, d["dataset"], d["split"], list(d["experts"]), list(d.get("failures", [])),
                    list(d.get("notes", [])), list(d.get("categories", [])), list(d.get("samples") or []), d.get("dtype", "float32"),
-                   int(d.get("start", 0)), int(d.get("stop", 0)))
+                   str(d.get("root") or ""), int(d.get("start", 0)), int(d.get("stop", 0)))
 
     def where(self, i: int) -> str:
         """`` (<video path>)`` of row ``i`` when known, for error messages."""
@@ -179,3 +180,33 @@ def load_cache(cache_dir: str | Path) -> Cache:
         categories[h.dataset] = h.categories
         splits.setdefault(h.dataset, {})[h.split] = Split(h.dataset, h.split, emb, logits, labels, h.samples or None)
     return Cache(experts, categories, splits, heads)
+
+
+@dataclass(frozen=True)
+class CachedVideos:
+    """The videos (and labels) of one cached split, as the cache recorded them: what ``jedi
+    export --int8`` calibrates and evaluates on by default."""
+
+    dataset: str
+    split: str
+    paths: list[Path]
+    labels: list[int]
+    categories: list[str]
+
+
+def cached_videos(cache_dir: str | Path, dataset: str, split: str) -> CachedVideos:
+    """Read only the header and the labels of ``<cache>/<dataset>/<split>.safetensors``."""
+    from safetensors import safe_open
+
+    path = shard_path(cache_dir, dataset, split)
+    if not path.is_file():
+        raise InputError(f"cache has no split {dataset}/{split}: {path} not found")
+    h = read_cache_header(path)
+    if not h.root or not h.samples:
+        raise InputError(f"{path}: this cache does not record where its videos are (built before jedi-deploy "
+                         "recorded its data folder); rebuild it with `jedi cache`, or pass the video lists explicitly")
+    with safe_open(str(path), framework="numpy") as f:
+        labels = [int(v) for v in f.get_tensor("labels")]
+    if len(labels) != len(h.samples):
+        raise CacheMismatchError(f"{path}: {len(h.samples)} sample paths but {len(labels)} labels")
+    return CachedVideos(dataset, split, [Path(h.root) / s for s in h.samples], labels, list(h.categories))

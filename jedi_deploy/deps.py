@@ -8,6 +8,7 @@ from .errors import MissingDependencyError
 INSTALL_HINTS = {
     "onnxruntime": "pip install 'jedi-deploy[cpu]' (onnxruntime) or 'jedi-deploy[gpu]' (onnxruntime-gpu)",
     "tensorrt": "pip install 'jedi-deploy[gpu]' on a machine with an NVIDIA GPU",
+    "openvino": "pip install 'jedi-deploy[openvino]'",
 }
 
 

@@ -43,5 +43,16 @@ class ExportValidationError(JediError):
         self.report = report or {}
 
 
+class QuantizationGateError(JediError):
+    """An INT8 model lost more accuracy than allowed, even with its most sensitive nodes kept in
+    float; no INT8 file was written. ``reports`` holds the gate's tables."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, reports: list | None = None):
+        super().__init__(message)
+        self.reports = reports or []
+
+
 class MissingDependencyError(JediError):
     """An optional dependency (onnxruntime, tensorrt, ...) is not installed."""

@@ -17,3 +17,4 @@ class Runtime:
     name: str
     load: Callable[[Path], Callable[[np.ndarray], object]]
     info: dict = field(default_factory=dict)
+    runs_onnx: bool = True  # loads any ONNX file (an INT8 student too), not a PyTorch twin of it

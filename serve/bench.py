@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from jedi_deploy.errors import InputError
+from jedi_deploy.quant_report import GateReport, format_gate, gate_path, int8_path, read_gate_report
 from jedi_deploy.runtimes import Runtime
 
 from .runtime import PROVIDER_ALIASES, SESSION_CONFIG, OnnxModel
@@ -238,13 +239,18 @@ def bench_models(pairs: list[tuple[str, Path, Path]], runtimes: list[Runtime], *
     for name, student, expert in pairs:
         x_all = check_pair(student, expert).sample_input(max(batch_sizes), seed)
         x_all = next(iter(x_all.values()))  # students and experts have one input
+        quantized = int8_path(student)
         for rt in runtimes:
             runners = {"student": rt.load(student), "expert": rt.load(expert), "expert_copy": rt.load(expert)}
+            if quantized.is_file() and rt.runs_onnx and (rt.name != "tensorrt" or quantized.with_suffix(".plan").is_file()):
+                runners["student_int8"] = rt.load(quantized)
             for b in batch_sizes:
                 st = {k: stats(v, b) for k, v in time_block(runners, x_all[:b], warmup=warmup, runs=runs).items()}
                 row = {"name": name, "runtime": rt.name, "batch_size": b, "runs": runs, "warmup": warmup,
                        **st, "ratio": st["student"]["median_ms"] / st["expert"]["median_ms"],
                        "aa_ratio": st["expert_copy"]["median_ms"] / st["expert"]["median_ms"]}
+                if "student_int8" in st:  # the INT8 student's speed-up over the fp32 expert it replaces
+                    row["int8_speedup"] = st["expert"]["median_ms"] / st["student_int8"]["median_ms"]
                 if rt.name == "ort-cpu":  # the fold's own cost, which timing alone cannot resolve on a noisy machine
                     cost = extra_node_cost(student, expert, x_all[:b], runs=3, threads=rt.info.get("intra_op_threads"))
                     row.update(profiled_ratio=cost["ratio"], fold_ms=cost["extra_ms"])
@@ -253,6 +259,9 @@ def bench_models(pairs: list[tuple[str, Path, Path]], runtimes: list[Runtime], *
             del runners
     bar.close()
     report = {"machine": machine_info(runtimes), "results": results, "speedups": speedups(results)}
+    gates = [read_gate_report(gate_path(int8_path(s))) for _, s, _ in pairs if gate_path(int8_path(s)).is_file()]
+    if gates:
+        report["int8_gates"] = [g.to_dict() for g in gates]
     if teachers:
         report["teachers"] = bench_teachers(teachers, runtimes, batch_sizes=batch_sizes, runs=runs, warmup=warmup,
                                             seed=seed)
@@ -298,11 +307,13 @@ def bench_dir(model_dir: str | Path, *, batch_size: int = 1, warmup: int = 10, r
                         runs=runs, warmup=warmup, seed=seed)
 
 
-def format_bench(report: dict) -> str:
-    """Markdown: one row per model x runtime x batch size, then the ORT vs torch speedups."""
+def format_bench(report: dict, gates: bool = True) -> str:
+    """Markdown: one row per model x runtime x batch size, the INT8 students' speed-ups and (with
+    ``gates``) their accuracy-gate tables, the teachers, then the ORT vs torch speedups."""
     lines = ["| model | runtime | batch | expert median ms | p90 | p99 | student median ms | p90 | p99 "
              "| student/s | student/expert | A/A (expert/expert) | spread (max-min)/median | profiled student/expert |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    int8_rows = [r for r in report["results"] if "int8_speedup" in r]
     for r in report["results"]:
         e, s = r["expert"], r["student"]
         lines.append(f"| {r['name']} | {r['runtime']} | {r['batch_size']} | {e['median_ms']:.3f} | {e['p90_ms']:.3f} "
@@ -310,6 +321,14 @@ def format_bench(report: dict) -> str:
                      f"| {s['throughput_per_s']:.1f} | {r['ratio']:.3f} | {r['aa_ratio']:.3f} "
                      f"| {max(s['spread'], e['spread'], r['expert_copy']['spread']):.2f} "
                      f"| {format(r['profiled_ratio'], '.4f') if 'profiled_ratio' in r else '-'} |")
+    if int8_rows:
+        lines += ["", "| model | runtime | batch | expert (fp32) median ms | INT8 student median ms | p99 "
+                  "| INT8 student speed-up over the expert |", "|---|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['name']} | {r['runtime']} | {r['batch_size']} | {r['expert']['median_ms']:.3f} "
+                  f"| {r['student_int8']['median_ms']:.3f} | {r['student_int8']['p99_ms']:.3f} "
+                  f"| {r['int8_speedup']:.2f}x |" for r in int8_rows]
+    for g in report.get("int8_gates", []) if gates else []:
+        lines += ["", format_gate(GateReport.from_dict(g))]
     if report.get("teachers"):
         lines += ["", "| teacher ensemble (dataset) | runtime | batch | teacher median ms | p99 | student median ms "
                   "| p99 | teacher/student |", "|---|---|---:|---:|---:|---:|---:|---:|"]

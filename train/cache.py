@@ -299,7 +299,8 @@ def _join_split(d: VideoDataset, split: str, samples, cache_dir: Path, experts, 
         tensors[f"head.{e.name}.weight"] = store(e.head.weight.detach().clone())
         tensors[f"head.{e.name}.bias"] = store(e.head.bias.detach().clone())
     header = CacheHeader(SHARD_KIND, d.name, split, descs, failures, notes, categories=list(d.categories),
-                         samples=[str(samples[i].path.relative_to(d.root)) for i in index], dtype=dtype)
+                         samples=[str(samples[i].path.relative_to(d.root)) for i in index], dtype=dtype,
+                         root=str(Path(d.root).resolve()))
     out = write_cache_file(shard_path(cache_dir, d.name, split), tensors, header)
     shutil.rmtree(paths[0].parent)
     return out

@@ -13,11 +13,21 @@ from .. import __version__
 from ..clitools import CONTEXT, EXISTING, JediGroup, progress as _progress
 from ..config import DISTILL_DATA, KD_LOSSES, TEACHER_INPUTS, JEDIConfig
 from ..devices import DEVICE_HELP
+from ..export.quantize import METHODS as INT8_METHODS, Int8Options
 from ..serve.cli import infer, serve
 
 GRID_NAMES = ("table3", "variants", "semi")  # train.ablate.GRIDS (kept torch-free here)
 
 device_option = click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+
+
+def _optional_names(values: tuple[str, ...]) -> dict[str, str]:
+    """``[NAME=]PATH`` values: ``{NAME: PATH}``, a bare PATH under the key "" (the only student)."""
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        out[name if sep else ""] = path if sep else v
+    return out
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -331,25 +341,63 @@ def evaluate_cmd(bundle, cache_dir, split, as_json, device):
 @click.option("--device", default="cpu", show_default=True,
               help="Where the PyTorch reference runs during validation: cpu, auto, cuda or cuda:N (graphs are traced "
                    "on the CPU; ONNX Runtime validates on the CPU).")
+@click.option("--int8", is_flag=True, help="Also write <name>.student.int8.onnx: static INT8 quantization (ONNX Runtime "
+              "QDQ, per-channel weights) calibrated on real decoded videos, behind an accuracy gate.")
+@click.option("--calib-method", type=click.Choice(list(INT8_METHODS)), default=Int8Options.method, show_default=True,
+              help="How activation ranges are calibrated.")
+@click.option("--calib-videos", default=Int8Options.calib_videos, show_default=True,
+              help="Calibration videos: a class-balanced sample of the student's training videos (from the "
+                   "bundle's cache).")
+@click.option("--calib-list", "calib_lists", multiple=True, metavar="[NAME=]LIST",
+              help="Calibrate on these videos instead (a .txt/.csv list or a folder); NAME= picks the student.")
+@click.option("--eval-list", "eval_lists", multiple=True, metavar="[NAME=]LIST",
+              help="Labelled held-out videos for the gate (default: the dataset's test split from the cache).")
+@click.option("--max-drop", default=Int8Options.max_drop, show_default=True,
+              help="Largest acc@1 loss (points) the INT8 model may have against fp32.")
+@click.option("--float-budget", default=Int8Options.float_budget, show_default=True,
+              help="Most nodes the gate may keep in float (the most sensitive first) to pass.")
+@click.option("--int8-activations", type=click.Choice(["uint8", "int8"]), default=Int8Options.activations,
+              show_default=True, help="Activation type (uint8: ONNX Runtime's advice for x86 CPUs; int8: for "
+                                      "TensorRT).")
 def export(bundle, out, students, expert_paths, no_experts, teachers, clip, uint8_input, views, fp16, simplify,
            exporter, atol, opset, trt, trt_batch, trt_timing_cache, triton, triton_max_batch, triton_instances,
-           force, device):
+           force, device, int8, calib_method, calib_videos, calib_lists, eval_lists, max_drop, float_budget,
+           int8_activations):
     """Fuse encoder + adjustment + head into one ONNX graph per student (and export each
     initial expert the same way), validated with ONNX Runtime against PyTorch before it is
-    written: a failed check writes nothing and exits 1. Optionally TensorRT engines and a
-    Triton model repository."""
+    written: a failed check writes nothing and exits 1. Optionally INT8 students, TensorRT
+    engines and a Triton model repository.
+
+    With --int8, each student is quantized and evaluated against its fp32 model on labelled
+    held-out videos (acc@1, acc@5, top-1 agreement, paired bootstrap 95% interval). If acc@1
+    drops by more than --max-drop, the nodes reading the noisiest activations are kept in float
+    (up to --float-budget); if it still fails, no INT8 file is written for that student, the
+    table is printed and the exit status is 3. The report is saved as
+    <name>.student.int8.gate.json and shown by `jedi bench`.
+    """
     from jedi_deploy.export.onnx import OnnxExportConfig
-    from jedi_deploy.export.pipeline import TritonOptions, TrtOptions, export_all
+    from jedi_deploy.export.pipeline import Int8Request, TritonOptions, TrtOptions, export_all
     from jedi_deploy.export.trt import parse_profile
 
     cfg = OnnxExportConfig(atol=atol, opset=opset, exporter=exporter, uint8_input=uint8_input, views=views,
                            fp16=fp16, simplify=simplify, reference_device=device)
     trt_opts = TrtOptions(parse_profile(trt_batch), trt_timing_cache) if trt else None
     triton_opts = TritonOptions(triton, triton_max_batch, triton_instances, force) if triton else None
+    int8_req = Int8Request(Int8Options(method=calib_method, calib_videos=calib_videos, max_drop=max_drop,
+                                       float_budget=float_budget, activations=int8_activations),
+                           _optional_names(calib_lists), _optional_names(eval_lists)) if int8 else None
     reports = export_all(bundle, out, cfg=cfg, students=list(students) or None,
                          expert_paths=_pairs(expert_paths, "--expert"), with_experts=not no_experts,
-                         teachers=tuple(teachers), clip=clip, trt=trt_opts, triton=triton_opts, progress=_progress())
+                         teachers=tuple(teachers), clip=clip, trt=trt_opts, triton=triton_opts, int8=int8_req,
+                         progress=_progress())
     for r in reports:
+        if "gate_report" in r:
+            g = r["gate_report"].final
+            ev = r["gate_report"].evaluation
+            click.echo(f"{r['path']}: INT8 gate passed: acc@1 {ev['acc1']:.2f} -> {g.acc1:.2f} (int8 - fp32 95% CI "
+                       f"[{g.ci95[0]:+.2f}, {g.ci95[1]:+.2f}] on {ev['videos']} videos), top-1 agreement "
+                       f"{g.agreement:.1f}%, {len(g.float_nodes)} node(s) kept float; report {r['gate']}")
+            continue
         click.echo(f"{r['path']}: max abs diff {r['max_abs_diff']:.2e}"
                    + (f", top-1 agreement {100 * r['top1_agreement']:.0f}% on {r['num_inputs']} inputs"
                       if "top1_agreement" in r else ""))

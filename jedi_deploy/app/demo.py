@@ -38,7 +38,7 @@ RUN_LAYOUT = {
     "experts": "initial expert checkpoints (safetensors)",
     "cache": "embedding cache (<dataset>/<split>.safetensors)",
     "train": "JEDI bundle jedi.safetensors + metrics.jsonl",
-    "onnx": "exported students and experts + validation reports",
+    "onnx": "exported students and experts + validation reports; INT8 students + their gate reports",
     "eval.json": "Table-2 metrics", "bench.json": "latency figures",
     "report.md": "the report", "accuracy_curves.png": "Figure-3-style plot",
 }
@@ -66,7 +66,9 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     """Run every stage into ``out``; returns the path of ``report.md``."""
     import torch
 
+    from jedi_deploy.export.quantize import Int8Options, quantize_exported
     from jedi_deploy.export.students import export_bundle
+    from jedi_deploy.quant_report import format_gate
     from jedi_deploy.serve.bench import bench_dir, format_bench
     from jedi_deploy.serve.infer import run_infer
     from jedi_deploy.cache_format import load_cache
@@ -117,7 +119,8 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     t = stage(4, "training JEDI (students + teachers, jointly)")
     cfg = JEDIConfig(epochs=settings.jedi_epochs, burn_in=settings.burn_in, lr=settings.lr,
                      batch_size=settings.batch_size, seed=settings.seed)
-    result, bundle = train_to_dir(cache, out / "train", cfg, progress=progress)
+    result, bundle = train_to_dir(cache, out / "train", cfg, progress=progress,
+                                  extra={"cache": str((out / "cache").resolve())})
     timings["train JEDI"] = time.perf_counter() - t
 
     t = stage(5, "evaluating experts, students and teachers")
@@ -125,9 +128,13 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     (out / "eval.json").write_text(json.dumps(table, indent=2))
     timings["evaluate"] = time.perf_counter() - t
 
-    t = stage(6, "exporting students and initial experts to ONNX (validated)")
+    t = stage(6, "exporting students and initial experts to ONNX (validated), INT8 students (gated)")
     parity = export_bundle(bundle, out / "onnx", progress=progress)
     timings["export ONNX"] = time.perf_counter() - t
+    t = time.perf_counter()
+    gates = quantize_exported(bundle, out / "onnx", [e["name"] for e in result.experts], Int8Options(seed=settings.seed),
+                              progress=progress)
+    timings["quantize INT8 (gated)"] = time.perf_counter() - t
 
     t = stage(7, "classifying a test video with serve (ONNX Runtime, no torch)")
     first = datasets[0]
@@ -156,8 +163,9 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
                           f"--seed {settings.seed}", machine=machine, timings=timings, data_rows=data_rows,
                           table_md=format_table(table) + "\n\n" + format_gains(table), table=table, parity=parity,
                           history=result.history,
-                          bench_md=format_bench(bench), bench=bench, infer_text=infer_text,
-                          config=cfg.to_dict(), plot_name=plot.name)
+                          bench_md=format_bench(bench, gates=False), bench=bench, infer_text=infer_text,
+                          config=cfg.to_dict(), plot_name=plot.name,
+                          int8_md="\n\n".join(format_gate(g) for g in gates))
     return report
 
 

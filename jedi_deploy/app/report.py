@@ -65,7 +65,8 @@ def verdicts(table: dict, history: list[dict] | None = None, last: int = 10) -> 
 
 def write_report(path: str | Path, *, command: str, machine: dict, timings: dict[str, float],
                  data_rows: list[dict], table_md: str, table: dict, parity: list[dict], history: list[dict] | None = None,
-                 bench_md: str, bench: dict, infer_text: str, config: dict, plot_name: str) -> Path:
+                 bench_md: str, bench: dict, infer_text: str, config: dict, plot_name: str,
+                 int8_md: str = "") -> Path:
     ratios = [r["ratio"] for r in bench["results"]]
     aa = [r["aa_ratio"] for r in bench["results"]]
     extra_us = [1e3 * (r["student"]["median_ms"] - r["expert"]["median_ms"]) for r in bench["results"]]
@@ -99,6 +100,11 @@ def write_report(path: str | Path, *, command: str, machine: dict, timings: dict
         "tens of GFLOPs it is far below the noise floor. "
         f"(ONNX Runtime, {bench['machine']['runtimes']['ort-cpu']['intra_op_threads']} intra-op thread, no spinning, "
         f"{bench['results'][0]['runs']} interleaved runs after {bench['results'][0]['warmup']} warm-up.)", "",
+        *(["## INT8 students behind the accuracy gate (`jedi export --int8`)", "",
+           "Static INT8 quantization (ONNX Runtime QDQ, per-channel weights) calibrated on decoded training "
+           "videos, then compared with the fp32 student on the test videos; the INT8 file is written only when "
+           "acc@1 drops by at most the gate's limit. The INT8 students' latency is in the table above.", "",
+           int8_md, ""] if int8_md else []),
         "## Inference with `serve` (no torch)", "",
         "```", infer_text.rstrip(), "```", "",
         "## Stage timings", "",
