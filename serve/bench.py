@@ -61,6 +61,24 @@ def ort_runtimes(threads: int | None = 1, wanted: list[str] | None = None) -> li
     return out
 
 
+def openvino_runtimes(threads: int | None = 1) -> list[Runtime]:
+    """OpenVINO on the CPU. Each model is first compiled and run once in a child process
+    (:func:`jedi_deploy.serve.probe.pick_runtime`): a graph OpenVINO crashes on is reported as
+    skipped instead of taking the benchmark down."""
+    from jedi_deploy.deps import require
+
+    from .probe import pick_runtime
+
+    ov = require("openvino")
+
+    def load(path):
+        pick_runtime(path, threads=threads, candidates={"openvino": "openvino"}, runs=1, warn=lambda _m: None)
+        return OnnxModel(path, threads=threads, runtime="openvino").run
+
+    return [Runtime("openvino-cpu", load, {"openvino": ov.__version__, "device": "CPU",
+                                            "inference_num_threads": threads, "CPU_DENORMALS_OPTIMIZATION": True})]
+
+
 def discover_pairs(model_dir: str | Path) -> list[tuple[str, Path, Path]]:
     """``(name, student, expert)`` for every ``<name>.student.onnx`` with an ``<name>.expert.onnx``."""
     model_dir = Path(model_dir)
@@ -234,16 +252,22 @@ def bench_models(pairs: list[tuple[str, Path, Path]], runtimes: list[Runtime], *
         raise InputError("no runtime to benchmark")
     if runs < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
         raise InputError(f"need runs >= 1, warmup >= 0 and batch sizes >= 1 (got {runs}, {warmup}, {batch_sizes})")
-    results = []
+    results, skipped = [], []
     bar = tqdm(total=len(pairs) * len(runtimes) * len(batch_sizes), desc="benchmarking", disable=not progress)
     for name, student, expert in pairs:
         x_all = check_pair(student, expert).sample_input(max(batch_sizes), seed)
         x_all = next(iter(x_all.values()))  # students and experts have one input
         quantized = int8_path(student)
         for rt in runtimes:
-            runners = {"student": rt.load(student), "expert": rt.load(expert), "expert_copy": rt.load(expert)}
-            if quantized.is_file() and rt.runs_onnx and (rt.name != "tensorrt" or quantized.with_suffix(".plan").is_file()):
-                runners["student_int8"] = rt.load(quantized)
+            try:
+                runners = {"student": rt.load(student), "expert": rt.load(expert), "expert_copy": rt.load(expert)}
+                if quantized.is_file() and rt.runs_onnx and (rt.name != "tensorrt"
+                                                             or quantized.with_suffix(".plan").is_file()):
+                    runners["student_int8"] = rt.load(quantized)
+            except InputError as e:  # e.g. a runtime that cannot compile (or crashed on) this graph
+                skipped.append({"name": name, "runtime": rt.name, "reason": str(e)})
+                bar.update(len(batch_sizes))
+                continue
             for b in batch_sizes:
                 st = {k: stats(v, b) for k, v in time_block(runners, x_all[:b], warmup=warmup, runs=runs).items()}
                 row = {"name": name, "runtime": rt.name, "batch_size": b, "runs": runs, "warmup": warmup,
@@ -259,6 +283,8 @@ def bench_models(pairs: list[tuple[str, Path, Path]], runtimes: list[Runtime], *
             del runners
     bar.close()
     report = {"machine": machine_info(runtimes), "results": results, "speedups": speedups(results)}
+    if skipped:
+        report["skipped"] = skipped
     gates = [read_gate_report(gate_path(int8_path(s))) for _, s, _ in pairs if gate_path(int8_path(s)).is_file()]
     if gates:
         report["int8_gates"] = [g.to_dict() for g in gates]
@@ -327,6 +353,7 @@ def format_bench(report: dict, gates: bool = True) -> str:
         lines += [f"| {r['name']} | {r['runtime']} | {r['batch_size']} | {r['expert']['median_ms']:.3f} "
                   f"| {r['student_int8']['median_ms']:.3f} | {r['student_int8']['p99_ms']:.3f} "
                   f"| {r['int8_speedup']:.2f}x |" for r in int8_rows]
+    lines += [f"\n{r['name']} on {r['runtime']}: skipped ({r['reason']})" for r in report.get("skipped", [])]
     for g in report.get("int8_gates", []) if gates else []:
         lines += ["", format_gate(GateReport.from_dict(g))]
     if report.get("teachers"):

@@ -11,7 +11,7 @@ import click
 
 from jedi_deploy.clitools import CONTEXT, JediCommand, progress
 
-from .runtime import PROVIDER_ALIASES
+from .runtime import PROVIDER_ALIASES, RUNTIME_HELP, RUNTIMES
 
 
 def _serve_defaults():
@@ -24,6 +24,7 @@ def _serve_defaults():
 #: Paths are checked by the library, whose errors name what was expected there ("ONNX model not
 #: found: ...", "input not found: ...").
 PATH = click.Path(path_type=Path)
+RUNTIME_CHOICE = click.Choice([*RUNTIMES, "auto"])
 PROVIDERS_HELP = (f"ONNX Runtime providers: {', '.join(k for k in PROVIDER_ALIASES if k != 'trt')} or a comma list "
                   "(default: the best available, TensorRT > CUDA > CPU).")
 
@@ -42,8 +43,9 @@ PROVIDERS_HELP = (f"ONNX Runtime providers: {', '.join(k for k in PROVIDER_ALIAS
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable video (default: record an error, go on, "
               "exit 1 at the end).")
 @click.option("--providers", help=PROVIDERS_HELP)
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core).")
-def infer(model, inputs, out, fmt, as_json, topk, batch_size, workers, strict, providers, threads):
+@click.option("--threads", type=int, help="Runtime threads (default: one per core).")
+@click.option("--runtime", type=RUNTIME_CHOICE, default="ort", show_default=True, help=RUNTIME_HELP)
+def infer(model, inputs, out, fmt, as_json, topk, batch_size, workers, strict, providers, threads, runtime):
     """Classify videos with an exported MODEL (ONNX Runtime, no torch).
 
     MODEL is a student, an expert or a teacher ensemble written by `jedi export`. INPUTS are
@@ -55,7 +57,11 @@ def infer(model, inputs, out, fmt, as_json, topk, batch_size, workers, strict, p
 
     text, summary = run_infer(model, list(inputs), out=out, fmt="jsonl" if as_json else fmt, topk=topk,
                               batch_size=batch_size, workers=workers, strict=strict, providers=providers,
-                              threads=threads, progress=progress())
+                              threads=threads, runtime=runtime, progress=progress())
+    if "picked_by_probe" in summary["runtime"]:
+        from .probe import describe_pick
+
+        click.echo(f"{Path(model).name}: {describe_pick(summary['runtime']['picked_by_probe'])}", err=True)
     if text:
         click.echo(text, nl=False)
     click.echo(format_summary(summary) + (f" -> {out}" if out else ""), err=True)
@@ -79,7 +85,9 @@ _D = _serve_defaults()
 @click.option("--max-upload-mb", default=_D.max_upload_mb, show_default=True, help="Larger uploads get 413.")
 @click.option("--decode-workers", default=_D.decode_workers, show_default=True, help="Threads decoding uploads.")
 @click.option("--providers", help=PROVIDERS_HELP)
-@click.option("--threads", type=int, help="ONNX Runtime intra-op threads per model (default: one per core).")
+@click.option("--threads", type=int, help="Runtime threads per model (default: one per core).")
+@click.option("--runtime", type=RUNTIME_CHOICE, default=_D.runtime, show_default=True,
+              help=RUNTIME_HELP + " The probe runs before the service starts listening.")
 @click.option("--topk", default=_D.topk, show_default=True, help="Labels per answer unless the request says.")
 @click.option("--max-inflight", default=_D.max_inflight, show_default=True,
               help="Predictions being uploaded, decoded or run at once; more get 503 with Retry-After.")
@@ -89,8 +97,8 @@ _D = _serve_defaults()
               help="Longest pause while an upload is arriving (else 408).")
 @click.option("--keep-alive-s", default=_D.keep_alive_s, show_default=True,
               help="Idle keep-alive connections are closed after this.")
-def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decode_workers, providers, threads, topk,
-          max_inflight, header_timeout_s, body_timeout_s, keep_alive_s):
+def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decode_workers, providers, threads, runtime,
+          topk, max_inflight, header_timeout_s, body_timeout_s, keep_alive_s):
     """Serve exported MODELS over HTTP (FastAPI + uvicorn, no torch).
 
     \b
@@ -114,6 +122,6 @@ def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decod
 
     run_server(ServeConfig(models=list(models), host=host, port=port, max_batch_size=max_batch_size,
                            max_delay_ms=max_delay_ms, max_upload_mb=max_upload_mb, decode_workers=decode_workers,
-                           providers=providers, threads=threads, topk=topk, max_inflight=max_inflight,
+                           providers=providers, threads=threads, runtime=runtime, topk=topk, max_inflight=max_inflight,
                            header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
                            keep_alive_s=keep_alive_s), echo=click.echo)

@@ -20,6 +20,7 @@ class ServeConfig:
     decode_workers: int = 2
     threads: int | None = None  # ONNX Runtime intra-op threads (None: one per core)
     providers: str | None = None
+    runtime: str = "ort"  # ort, openvino, or auto (a probe per model, in child processes)
     topk: int = 5
     max_inflight: int = 64  # /v1/predict requests being uploaded, decoded or run; more get 503
     header_timeout_s: float = 10.0  # a request head must arrive within this

@@ -227,24 +227,27 @@ def output_format(out: Path | None, fmt: str | None) -> str:
 
 def run_infer(model_path: str | Path, inputs: list[str | Path], *, out: Path | None = None, fmt: str | None = None,
               topk: int = 5, batch_size: int = 8, workers: int = 2, strict: bool = False,
-              providers: str | None = None, threads: int | None = None, progress: bool = False) -> tuple[str, dict]:
+              providers: str | None = None, threads: int | None = None, runtime: str = "ort",
+              progress: bool = False) -> tuple[str, dict]:
     """Classify every input; write the records to ``out`` (atomically) or return them as text.
-    Returns ``(text for stdout, summary)``."""
+    Returns ``(text for stdout, summary)``; the summary's ``runtime`` says what ran the model
+    (for ``runtime="auto"``: the probe's pick, timings and skipped runtimes)."""
     from jedi_deploy.meta import atomic_path, require_writable_dir
 
     fmt = output_format(out, fmt)
     if out is not None:
         require_writable_dir(Path(out).parent)
     items = collect_inputs(inputs)
-    model = OnnxModel(model_path, providers=providers, threads=threads)
+    model = OnnxModel(model_path, providers=providers, threads=threads, runtime=runtime)
     records = list(classify_items(model, items, topk=topk, batch_size=batch_size, workers=workers, strict=strict,
                                   progress=progress))
     text = format_records(records, fmt)
+    summary = {**summarize(records), "runtime": model.runtime_info}
     if out is None:
-        return text, summarize(records)
+        return text, summary
     with atomic_path(out) as tmp:
         Path(tmp).write_text(text)
-    return "", summarize(records)
+    return "", summary
 
 
 def infer(model_path: str | Path, videos: list[str | Path], topk: int = 5,

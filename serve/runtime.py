@@ -91,6 +91,51 @@ class Prepared:
     warning: str | None = None
 
 
+class OrtSession:
+    """ONNX Runtime behind :class:`OnnxModel` (the default runtime)."""
+
+    runtime = "ort"
+
+    def __init__(self, path: Path, providers: str | list[str] | None = None, threads: int | None = None):
+        ort = require("onnxruntime")
+        providers = select_providers(providers)
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+            raise InputError(f"{path}: ONNX Runtime cannot load this model ({e})") from None
+        self.info = {"runtime": "ort", "onnxruntime": ort.__version__, "providers": self.session.get_providers(),
+                     "intra_op_threads": threads}
+
+    def metadata(self) -> dict[str, str]:
+        return self.session.get_modelmeta().custom_metadata_map
+
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs()]
+
+    def run(self, feed: Feed, output: str) -> np.ndarray:
+        return self.session.run([output], feed)[0]
+
+
+#: Runtimes :class:`OnnxModel` can run a graph on: name -> "module:class" (imported lazily, so a
+#: runtime that is not installed costs nothing). ``auto`` picks one per model by a timed probe
+#: in child processes (:func:`jedi_deploy.serve.probe.pick_runtime`).
+RUNTIMES = {"ort": "jedi_deploy.serve.runtime:OrtSession", "openvino": "jedi_deploy.serve.openvino:OpenVinoSession"}
+RUNTIME_HELP = ("Runtime: ort (ONNX Runtime), openvino (needs the [openvino] extra), or auto (a short timed probe "
+                "of every installed one, each in a child process - one that crashes on the model is skipped - "
+                "and the fastest runs it).")
+
+
+def session_class(runtime: str):
+    """The session class of a runtime name from :data:`RUNTIMES`, or of a ``module:class`` spec."""
+    import importlib
+
+    spec = RUNTIMES.get(runtime, runtime)
+    module, sep, cls = spec.partition(":")
+    if not sep:
+        raise InputError(f"unknown runtime {runtime!r}; choose from {', '.join([*RUNTIMES, 'auto'])}")
+    return getattr(importlib.import_module(module), cls)
+
+
 class OnnxModel:
     """``OnnxModel(path).classify(video)`` -> top-k :class:`Prediction` list.
 
@@ -98,18 +143,25 @@ class OnnxModel:
     (:class:`jedi_deploy.model_card.ModelCard`): a student or expert has one input; a teacher
     ensemble has one per expert, each with that expert's own preprocessing. A video is decoded
     once for all inputs (:func:`jedi_deploy.video.decode_clips`) and each input's views
-    are cut from that one decode."""
+    are cut from that one decode. ``runtime`` runs the graph (:data:`RUNTIMES`, or ``auto``);
+    ``runtime_info`` says which, and for ``auto`` what the probe measured and skipped."""
 
-    def __init__(self, path: str | Path, providers: str | list[str] | None = None, threads: int | None = None):
-        ort = require("onnxruntime")
+    def __init__(self, path: str | Path, providers: str | list[str] | None = None, threads: int | None = None,
+                 runtime: str = "ort"):
         self.path = require_file(path, "ONNX model")
-        providers = select_providers(providers)
-        try:
-            self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=providers)
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            raise InputError(f"{self.path}: ONNX Runtime cannot load this model ({e})") from None
-        self.card = ModelCard.from_props(self.session.get_modelmeta().custom_metadata_map, str(self.path))
-        names = [i.name for i in self.session.get_inputs()]
+        pick = None
+        if runtime == "auto":
+            from .probe import pick_runtime
+
+            pick = pick_runtime(self.path, threads=threads, providers=providers)
+            runtime = pick["runtime"]
+        cls = session_class(runtime)
+        if providers and cls.runtime != "ort":
+            raise InputError(f"--providers chooses ONNX Runtime execution providers; runtime {cls.runtime!r} has none")
+        self.session = cls(self.path, providers, threads)
+        self.runtime_info = {**self.session.info, **({"picked_by_probe": pick} if pick else {})}
+        self.card = ModelCard.from_props(self.session.metadata(), str(self.path))
+        names = self.session.input_names()
         if sorted(names) != sorted(s.name for s in self.card.inputs):
             raise InputError(f"{self.path}: the graph's inputs {names} are not the ones its model card describes "
                              f"{[s.name for s in self.card.inputs]}")
@@ -118,6 +170,10 @@ class OnnxModel:
             raise InputError(f"{self.path}: the model card lists no categories")
         self.output_name = self.card.output
         self._specs = [s.preprocess for s in self.card.inputs]
+
+    @property
+    def runtime(self) -> str:
+        return self.session.runtime
 
     @property
     def name(self) -> str:
@@ -142,7 +198,7 @@ class OnnxModel:
         if not isinstance(feed, dict):
             feed = {self.card.input.name: feed}
         x = {s.name: np.ascontiguousarray(feed[s.name], np.uint8 if s.uint8 else np.float32) for s in self.card.inputs}
-        return self.session.run([self.output_name], x)[0]
+        return self.session.run(x, self.output_name)
 
     def input_signature(self) -> tuple:
         """Per input: (name, sample shape without batch, dtype)."""

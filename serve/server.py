@@ -54,7 +54,8 @@ class Service:
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg.check()
         self.metrics = Metrics()
-        loaded = [OnnxModel(path, providers=cfg.providers, threads=cfg.threads) for path in cfg.models]
+        loaded = [OnnxModel(path, providers=cfg.providers, threads=cfg.threads, runtime=cfg.runtime)
+                  for path in cfg.models]
         self.models: dict[str, OnnxModel] = {}
         for m in loaded:  # served under its name; a student and its expert under their file stems
             shared = sum(x.name == m.name for x in loaded) > 1
@@ -103,7 +104,8 @@ class Service:
                 "num_classes": len(m.categories), "categories": m.categories,
                 "preprocess": inputs[0]["preprocess"], "views_in_graph": inputs[0]["views_in_graph"],
                 "input": inputs[0], "inputs": inputs, "output": m.output_name,
-                "precision": m.card.precision, "providers": m.session.get_providers(),
+                "precision": m.card.precision, "runtime": m.runtime, "runtime_info": m.runtime_info,
+                "providers": m.runtime_info.get("providers", []),
                 "max_batch_size": self.cfg.max_batch_size, "max_delay_ms": self.cfg.max_delay_ms}
 
     def pick_model(self, name: str | None) -> str:
@@ -311,6 +313,11 @@ def serve(cfg: ServeConfig, echo=print) -> None:
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         echo(f"warning: listening on {cfg.host}, reachable from other machines; there is no authentication")
     names = ", ".join(app.state.service.models)
+    if cfg.runtime == "auto":
+        from .probe import describe_pick
+
+        for name, m in app.state.service.models.items():
+            echo(f"{name}: {describe_pick(m.runtime_info['picked_by_probe'])}")
     echo(f"serving {names} on http://{host}:{port} (max batch {cfg.max_batch_size}, max delay {cfg.max_delay_ms} ms)")
     sys.stdout.flush()
     from .protocol import protocol_class

@@ -7,20 +7,24 @@ from pathlib import Path
 from ..errors import InputError
 from ..runtimes import Runtime
 
-RUNTIMES = ("ort-cpu", "ort-cuda", "ort-tensorrt", "torch-cpu", "torch-cuda", "tensorrt")
+RUNTIMES = ("ort-cpu", "ort-cuda", "ort-tensorrt", "openvino-cpu", "torch-cpu", "torch-cuda", "tensorrt")
 
 
 def resolve_runtimes(wanted: list[str] | None = None, *, threads: int = 1, bundle: str | Path | None = None,
                      expert_paths: dict[str, str] | None = None) -> list[Runtime]:
-    """``wanted`` names from :data:`RUNTIMES`; None = every ONNX Runtime provider available, plus
-    torch-cpu (and torch-cuda with a GPU) when ``bundle`` is given."""
-    from ..serve.bench import ort_runtimes
+    """``wanted`` names from :data:`RUNTIMES`; None = every ONNX Runtime provider available,
+    OpenVINO when installed, plus torch-cpu (and torch-cuda with a GPU) when ``bundle`` is given."""
+    import importlib.util
+
+    from ..serve.bench import openvino_runtimes, ort_runtimes
 
     unknown = sorted(set(wanted or []) - set(RUNTIMES))
     if unknown:
         raise InputError(f"unknown runtime(s) {unknown}; choose from {', '.join(RUNTIMES)}")
     ort_wanted = None if wanted is None else [r for r in wanted if r.startswith("ort-")]
     rts = ort_runtimes(threads, ort_wanted) if ort_wanted is None or ort_wanted else []
+    if (wanted is None and importlib.util.find_spec("openvino")) or (wanted and "openvino-cpu" in wanted):
+        rts += openvino_runtimes(threads)
     torch_wanted = None if wanted is None else [r.split("-", 1)[1] for r in wanted if r.startswith("torch-")]
     if torch_wanted and not bundle:
         raise InputError("torch runtimes need --bundle (the bundle the models were exported from)")

@@ -1,0 +1,57 @@
+"""OpenVINO behind :class:`jedi_deploy.serve.runtime.OnnxModel` (extra ``[openvino]``; torch-free).
+
+OpenVINO reads our ONNX files directly - fp32 and the Q/DQ INT8 students alike (it runs Q/DQ
+graphs with int8 kernels) - and compiles them for the CPU. The model card is read from the ONNX
+file itself (:func:`jedi_deploy.model_card.read_card`). OpenVINO has taken the process down on
+some graphs (a segfault in ``compile_model``); ``--runtime auto`` therefore probes it in a child
+process first (:mod:`jedi_deploy.serve.probe`).
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from jedi_deploy.deps import require
+from jedi_deploy.errors import InputError
+
+
+class OpenVinoSession:
+    runtime = "openvino"
+
+    def __init__(self, path: Path, providers=None, threads: int | None = None):
+        ov = require("openvino")
+        config = {"PERFORMANCE_HINT": "LATENCY",
+                  # like ONNX Runtime's set_denormal_as_zero: masked attention makes subnormals
+                  "CPU_DENORMALS_OPTIMIZATION": True}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
+        try:
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses with its own messages
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"{path}: OpenVINO cannot compile this model ({first})") from None
+        self.path = Path(path)
+        self._local = threading.local()
+        self._outputs = {o.get_any_name(): o for o in self.compiled.outputs}
+        self.info = {"runtime": "openvino", "openvino": ov.__version__, "device": "CPU",
+                     "inference_num_threads": threads}
+
+    def metadata(self) -> dict[str, str]:
+        from jedi_deploy.model_card import read_card
+
+        return read_card(self.path).to_props()
+
+    def input_names(self) -> list[str]:
+        return [i.get_any_name() for i in self.compiled.inputs]
+
+    def run(self, feed: dict, output: str) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:  # one infer request per thread: a request is not thread-safe
+            request = self._local.request = self.compiled.create_infer_request()
+        if output not in self._outputs:
+            raise InputError(f"{self.path}: OpenVINO finds no output {output!r} (has {sorted(self._outputs)})")
+        result = request.infer(feed)
+        return np.array(result[self._outputs[output]], copy=True)  # the request reuses its buffers
