@@ -206,27 +206,37 @@ def quantize_once(float_path: Path, out: Path, feeds: list[dict], opts: Int8Opti
     return out
 
 
+def centered_sqnr(before: np.ndarray, after: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB, the signal being the tensor's variation about
+    its mean: a tensor with a large offset and small informative variations (which int8 erases,
+    because its range must include 0) scores low, as it should, where plain SQNR scores high."""
+    noise = float(np.mean((before - after) ** 2))
+    signal = float(np.var(before))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * float(np.log10(max(signal, 1e-30) / noise))
+
+
 def sensitive_nodes(float_path: Path, int8: Path, feeds: list[dict], work: Path) -> list[dict]:
-    """Quantized nodes, noisiest first: for every activation with a QDQ round trip in ``int8``, its
-    signal-to-quantization-noise ratio (dB, ONNX Runtime's ``qdq_loss_debug``) on ``feeds``; a node's
-    score is the lowest SQNR among its inputs. ``[{"node", "tensor", "sqnr_db"}]``."""
+    """Quantized nodes, noisiest first: for every activation with a Q/DQ round trip in ``int8``, its
+    :func:`centered_sqnr` between the values before and after the round trip (collected with ONNX
+    Runtime's ``qdq_loss_debug`` on ``feeds``); a node's score is the lowest among its inputs.
+    ``[{"node", "tensor", "sqnr_db"}]``."""
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as dbg
 
-    aug_f, aug_q = work / "float.aug.onnx", work / "int8.aug.onnx"
-    dbg.modify_model_output_intermediate_tensors(str(float_path), str(aug_f))
+    aug_q = work / "int8.aug.onnx"
     dbg.modify_model_output_intermediate_tensors(str(int8), str(aug_q))
-    matching = dbg.create_activation_matching(dbg.collect_activations(str(aug_q), _Reader(feeds)),
-                                              dbg.collect_activations(str(aug_f), _Reader(feeds)))
-    errors = dbg.compute_activation_error(matching)
+    matching = dbg.create_activation_matching(dbg.collect_activations(str(aug_q), _Reader(feeds)))
+    errors = {t: centered_sqnr(np.concatenate([np.ravel(a) for a in m["pre_qdq"]]),
+                               np.concatenate([np.ravel(a) for a in m["post_qdq"]]))
+              for t, m in matching.items()}
     graph = onnx.load(str(float_path), load_external_data=False).graph
     worst: dict[str, tuple[float, str]] = {}
     for node in graph.node:
         for t in node.input:
-            if t in errors:
-                sqnr = float(np.min(errors[t]["qdq_err"]))
-                if node.name not in worst or sqnr < worst[node.name][0]:
-                    worst[node.name] = (sqnr, t)
+            if t in errors and (node.name not in worst or errors[t] < worst[node.name][0]):
+                worst[node.name] = (errors[t], t)
     ranked = sorted(worst.items(), key=lambda kv: kv[1][0])
     return [{"node": n, "tensor": t, "sqnr_db": round(s, 2)} for n, (s, t) in ranked]
 
@@ -285,7 +295,7 @@ def quantize_student(fp32: str | Path, calib: VideoList, evaluation: VideoList, 
         if not report.attempts[-1].passed and opts.float_budget:
             ranked = sensitive_nodes(float_path, candidate, cal.feeds[:opts.sensitivity_inputs], work)
             report.calibration["sensitive_nodes"] = ranked[:opts.float_budget]
-            for k in _budget_steps(opts.float_budget, len(ranked)):
+            for k in _budget_steps(opts.float_budget, len(ranked) - 1):  # never all: that is the fp32 model
                 keep_float = [r["node"] for r in ranked[:k]]
                 quantize_once(float_path, candidate, cal.feeds, opts, keep_float, ranges)
                 report.attempts.append(compare(p32, video_probs(candidate, ev.feeds), labels, keep_float,
@@ -333,12 +343,13 @@ def default_lists(meta, name: str, opts: Int8Options, calib_list=None, eval_list
         raise InputError(f"the bundle records no cache to take {dataset}'s videos from; pass {' and '.join(need)} "
                          f"{name}=LIST")
     if calib_list:
-        calib = read_video_list(calib_list, "calibration")
+        pool = read_video_list(calib_list, "calibration")
     else:
         train = cached_videos(cache, dataset, "train")
-        pick = balanced_sample(train.labels, opts.calib_videos, opts.seed)
-        calib = VideoList([train.paths[i] for i in pick], [train.labels[i] for i in pick],
-                          f"cache {dataset}/train (class-balanced sample)")
+        pool = VideoList(train.paths, train.labels, f"cache {dataset}/train")
+    pick = balanced_sample(pool.labels, opts.calib_videos, opts.seed)
+    calib = VideoList([pool.paths[i] for i in pick], [pool.labels[i] for i in pick],
+                      f"{pool.source} (class-balanced sample)" if len(pick) < len(pool.paths) else pool.source)
     if eval_list:
         evaluation = read_video_list(eval_list, "held-out")
     else:

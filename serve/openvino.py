@@ -34,7 +34,8 @@ class OpenVinoSession:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InputError(f"{path}: OpenVINO cannot compile this model ({first})") from None
         self.path = Path(path)
-        self._local = threading.local()
+        self._idle: list = []  # infer requests not in use (a request is not thread-safe; one per caller)
+        self._lock = threading.Lock()
         self._outputs = {o.get_any_name(): o for o in self.compiled.outputs}
         self.info = {"runtime": "openvino", "openvino": ov.__version__, "device": "CPU",
                      "inference_num_threads": threads}
@@ -48,10 +49,21 @@ class OpenVinoSession:
         return [i.get_any_name() for i in self.compiled.inputs]
 
     def run(self, feed: dict, output: str) -> np.ndarray:
-        request = getattr(self._local, "request", None)
-        if request is None:  # one infer request per thread: a request is not thread-safe
-            request = self._local.request = self.compiled.create_infer_request()
         if output not in self._outputs:
             raise InputError(f"{self.path}: OpenVINO finds no output {output!r} (has {sorted(self._outputs)})")
-        result = request.infer(feed)
-        return np.array(result[self._outputs[output]], copy=True)  # the request reuses its buffers
+        with self._lock:
+            request = self._idle.pop() if self._idle else self.compiled.create_infer_request()
+        try:
+            result = request.infer(feed)
+            return np.array(result[self._outputs[output]], copy=True)  # the request reuses its buffers
+        finally:
+            with self._lock:
+                self._idle.append(request)
+
+    def __del__(self):
+        # Requests must go before the compiled model they run on: freed the other way round (as
+        # attribute clean-up may do), OpenVINO corrupts memory and the process crashes later.
+        idle = getattr(self, "_idle", None)
+        if idle is not None:
+            idle.clear()
+        self.__dict__.pop("compiled", None)

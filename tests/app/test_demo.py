@@ -1,5 +1,6 @@
 """End to end: `jedi demo --quick` as a new user runs it."""
 import json
+from pathlib import Path
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,14 @@ def test_demo_quick_end_to_end(tmp_path):
         assert f"{rows['student']['acc1']:.2f}" in report
     bench = json.loads((out_dir / "bench.json").read_text())
     assert all(f"{r['ratio']:.3f}" in report for r in bench["results"])
+    # INT8 students: gated, timed against their experts, their gate tables in the report
+    assert "## INT8 students behind the accuracy gate" in report
+    for g in (out_dir / "onnx").glob("*.student.int8.gate.json"):
+        gate = json.loads(g.read_text())
+        assert f"INT8 gate for `{Path(gate['fp32_model']).name}`: {'PASSED' if gate['passed'] else 'FAILED'}" in report
+        assert gate["calibration"]["source"].startswith("cache ")
+    assert all(f"{r['int8_speedup']:.2f}x" in report for r in bench["results"] if "int8_speedup" in r)
+    assert len(list((out_dir / "onnx").glob("*.student.int8.onnx"))) == len(list((out_dir / "onnx").glob("*.gate.json")))
 
     again = subprocess.run([sys.executable, "-m", "jedi_deploy.app.cli", "demo", "--quick", "--out", str(out_dir)],
                            cwd=CWD, capture_output=True, text=True, timeout=120)

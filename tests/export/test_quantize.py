@@ -1,0 +1,196 @@
+"""``jedi export --int8``: static INT8 students behind the accuracy gate."""
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from jedi_deploy.errors import InputError, QuantizationGateError
+from jedi_deploy.export.quantize import (Int8Options, VideoList, balanced_sample, centered_sqnr, per_student,
+                                         quantize_student)
+from jedi_deploy.model_card import InputSpec, ModelCard, embed_card, read_card
+from jedi_deploy.quant_report import gate_path, int8_path, read_gate_report
+from jedi_deploy.serve.runtime import OnnxModel
+from jedi_deploy.video import Preprocess
+
+CWD = tempfile.gettempdir()
+
+
+def jedi(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "jedi_deploy.app.cli", *map(str, args)], cwd=CWD,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_balanced_sample_visits_every_class_before_any_twice():
+    labels = [0] * 10 + [1] * 3 + [2] * 1
+    pick = balanced_sample(labels, 5, seed=0)
+    assert len(pick) == 5 and len(set(pick)) == 5
+    assert sorted(labels[i] for i in pick) == [0, 0, 1, 1, 2]
+    assert balanced_sample(labels, 100) == list(range(14))  # asks for more than there is: all, once
+
+
+def test_centered_sqnr_sees_an_erased_variation_behind_an_offset():
+    rng = np.random.default_rng(0)
+    x = 1000 + rng.normal(0, 1, 1000)
+    step = 1000 / 255  # uint8 over [0, max]: the range must include 0
+    q = np.round(x / step) * step
+    plain = 10 * np.log10(np.mean(x ** 2) / np.mean((x - q) ** 2))
+    assert plain > 50  # plain SQNR calls this tensor fine ...
+    assert centered_sqnr(x, q) < 3  # ... though its information is gone (noise as large as the variation)
+
+
+# --- a constructed model whose int8 failure has one cause ------------------------------------
+
+class Offset(torch.nn.Module):
+    """``c1`` adds 1000 to every activation and ``c2`` removes it again: int8 must span [0, ~1000]
+    at c2's input (zero must be representable), erasing the variations that carry the class."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.c1, self.c2 = torch.nn.Conv3d(3, 8, 3, padding=1), torch.nn.Conv3d(8, 8, 3)
+        self.fc = torch.nn.Linear(8, classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+            self.c1.bias += 1000.0
+            self.c2.bias -= 1000.0 * self.c2.weight.sum(dim=(1, 2, 3, 4))
+
+    def forward(self, x):  # [B, T, C, H, W]
+        return self.fc(self.c2(self.c1(x.transpose(1, 2))).mean(dim=(2, 3, 4)))
+
+
+@pytest.fixture(scope="module")
+def offset_case(tmp_path_factory):
+    from jedi_deploy.footage import write_video
+
+    root = tmp_path_factory.mktemp("offset")
+    t, s = 4, 32
+    pre = Preprocess(num_frames=t, crop=s, short_side=s)
+    path = root / "offset.student.onnx"
+    torch.onnx.export(Offset().eval(), torch.randn(1, t, 3, s, s), str(path), input_names=["video"],
+                      output_names=["logits"], dynamic_axes={"video": {0: "batch"}, "logits": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    proto = onnx.load(str(path))
+    embed_card(proto, ModelCard(kind="student", name="offset", dataset="toy", arch="toy", categories=tuple("abcd"),
+                                inputs=(InputSpec("video", "float32", ("batch", t, 3, s, s), "NTCHW", pre),)))
+    onnx.save(proto, str(path))
+    rng = np.random.default_rng(0)
+    tints = [[40, 200, 120], [200, 40, 120], [120, 120, 40], [60, 60, 220]]
+    videos = []
+    for i in range(24):
+        tint = np.array(tints[i % 4]) * (0.6 + 0.4 * rng.random())
+        frames = [np.clip(rng.normal(0, 30, (48, 64, 3)) + tint, 0, 255).astype(np.uint8) for _ in range(8)]
+        videos.append(write_video(root / f"{i}.mp4", 8, frames=frames))
+    model = OnnxModel(path)
+    labels = [int(model.video_probs(v).argmax()) for v in videos]  # fp32 is right by definition
+    assert len(set(labels)) > 1
+    return path, VideoList(videos[:12], [None] * 12, "toy calibration"), VideoList(videos, labels, "toy test")
+
+
+def test_gate_keeps_the_sensitive_node_in_float_and_passes(offset_case):
+    path, calib, held = offset_case
+    report = quantize_student(path, calib, held, Int8Options(max_drop=10.0, float_budget=4, reduce_range=False))
+    first, last = report.attempts[0], report.attempts[-1]
+    assert not first.passed and first.drop > 30 and first.agreement < 70  # all-int8 breaks this model
+    ranked = report.calibration["sensitive_nodes"]
+    assert ranked[0]["node"] == "/c2/Conv" and ranked[0]["tensor"] == "/c1/Conv_output_0"
+    assert report.attempts[1].float_nodes == ["/c2/Conv"] and report.attempts[1].agreement > first.agreement + 40
+    assert report.passed and last is report.attempts[1] and last.drop <= 10.0
+    out = int8_path(path)
+    card = read_card(out)
+    assert card.precision == "int8"
+    q = card.extra["quantization"]
+    assert q["float_nodes"] == last.float_nodes and q["method"] == "minmax" and q["videos"] == 12
+    graph = onnx.load(str(out)).graph
+    kept = {n.name: n for n in graph.node}
+    for name in last.float_nodes:  # a node kept in float reads float weights, not a DequantizeLinear output
+        producers = {o: n.op_type for n in graph.node for o in n.output}
+        assert all(producers.get(i) != "DequantizeLinear" for i in kept[name].input[1:2])
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 0
+    assert read_gate_report(gate_path(out)).passed
+    m8 = OnnxModel(out)
+    agree = np.mean([m8.video_probs(v).argmax() == y for v, y in zip(held.paths, held.labels)])
+    assert agree == pytest.approx(last.acc1 / 100)
+
+
+def test_gate_refuses_and_writes_nothing(offset_case, tmp_path):
+    path, calib, held = offset_case
+    fp32 = tmp_path / path.name
+    fp32.write_bytes(path.read_bytes())
+    with pytest.raises(QuantizationGateError) as e:
+        quantize_student(fp32, calib, held, Int8Options(max_drop=1.0, float_budget=0, reduce_range=False))
+    assert "no INT8 file written" in str(e.value) and "| int8 | 0 |" in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fp32.name]  # no int8 model, report or temp files
+    assert e.value.reports[0].attempts[0].drop > 30
+
+
+def test_option_and_list_errors(offset_case):
+    path, calib, held = offset_case
+    with pytest.raises(InputError, match="calibration method"):
+        Int8Options(method="kl")
+    with pytest.raises(InputError, match="label for every held-out video"):
+        quantize_student(path, calib, VideoList(held.paths, [None] * len(held.paths), "x"))
+    with pytest.raises(InputError, match="ambiguous"):
+        per_student({"": "list.txt"}, ["a", "b"], "--eval-list")
+    with pytest.raises(InputError, match="not exported here"):
+        per_student({"c": "list.txt"}, ["a", "b"], "--eval-list")
+    assert per_student({"": "l.txt"}, ["a"], "--eval-list") == {"a": "l.txt"}
+
+
+# --- the real pipeline: the session's bundle, with its cache recorded -------------------------
+
+@pytest.fixture(scope="module")
+def cached_bundle(trained, cache_dir, tmp_path_factory):
+    from jedi_deploy.bundle import save_bundle
+
+    path = tmp_path_factory.mktemp("int8run") / "jedi.safetensors"
+    return save_bundle(trained.model, path, experts=trained.experts, datasets=trained.datasets,
+                       config=trained.config, extra={"cache": str(cache_dir)})
+
+
+def test_cli_export_int8_writes_gated_students(cached_bundle, tmp_path):
+    out = jedi("export", "--bundle", cached_bundle, "--out", tmp_path, "--student", "ucf-mini", "--no-experts",
+               "--int8", "--calib-videos", "8")
+    assert out.returncode == 0, out.stderr
+    fp32, q = tmp_path / "ucf-mini.student.onnx", tmp_path / "ucf-mini.student.int8.onnx"
+    assert fp32.is_file() and q.is_file()
+    assert "INT8 gate passed" in out.stdout
+    report = json.loads(gate_path(q).read_text())
+    assert report["passed"] and report["calibration"]["videos"] == 8
+    assert report["calibration"]["source"].startswith("cache ucf-mini/train")
+    assert report["evaluation"]["source"] == "cache ucf-mini/test" and report["evaluation"]["videos"] > 0
+    assert report["attempts"][-1]["drop"] <= 1.0
+    assert read_card(q).precision == "int8" and read_card(fp32).precision == "fp32"
+
+
+def test_cli_export_int8_refusal(cached_bundle, tmp_path):
+    out = jedi("export", "--bundle", cached_bundle, "--out", tmp_path, "--student", "ucf-mini", "--no-experts",
+               "--int8", "--calib-videos", "4", "--max-drop", "-101", "--float-budget", "1")
+    assert out.returncode == 3, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "no INT8 file written" in out.stderr and "| fp32 |" in out.stderr and "| int8 | 1 |" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ucf-mini.student.onnx", "ucf-mini.student.validation.json"]
+
+
+def test_cli_export_int8_input_errors(bundle_path, cached_bundle, tmp_path, datasets):
+    out = jedi("export", "--bundle", bundle_path, "--out", tmp_path / "a", "--int8")
+    assert out.returncode == 1 and "records no cache" in out.stderr and "--calib-list" in out.stderr
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())  # refused before any work
+    out = jedi("export", "--bundle", cached_bundle, "--out", tmp_path / "b", "--int8", "--fp16")
+    assert out.returncode == 1 and "drop --fp16" in out.stderr
+    out = jedi("export", "--bundle", cached_bundle, "--out", tmp_path / "c", "--int8", "--eval-list", "x.txt")
+    assert out.returncode == 1 and "ambiguous" in out.stderr
+    # explicit lists work without a cache
+    ucf = next(d for d in datasets if d.name == "ucf-mini")
+    out = jedi("export", "--bundle", bundle_path, "--out", tmp_path / "d", "--student", "ucf-mini", "--no-experts",
+               "--int8", "--calib-list", ucf.root / "train.txt", "--eval-list", ucf.root / "test.txt")
+    assert out.returncode == 0, out.stderr
+    report = read_gate_report(gate_path(tmp_path / "d" / "ucf-mini.student.int8.onnx"))
+    assert report.evaluation["source"].endswith("test.txt")
+    assert report.calibration["videos"] == min(32, len(ucf.samples("train")))
