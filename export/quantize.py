@@ -202,7 +202,9 @@ def quantize_once(float_path: Path, out: Path, feeds: list[dict], opts: Int8Opti
                           activation_type=getattr(q.QuantType, ACTIVATIONS[opts.activations]),
                           weight_type=q.QuantType.QInt8, nodes_to_exclude=list(exclude),
                           calibrate_method=getattr(q.CalibrationMethod, METHODS[opts.method]),
-                          calibration_cache_path=str(ranges))
+                          calibration_cache_path=str(ranges),
+                          # ranges merged every 4 inputs: the calibrator's memory stays bounded on big models
+                          extra_options={"CalibMaxIntermediateOutputs": 4})
     return out
 
 

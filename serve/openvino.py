@@ -15,6 +15,7 @@ import numpy as np
 
 from jedi_deploy.deps import require
 from jedi_deploy.errors import InputError
+from jedi_deploy.model_card import read_card
 
 
 class OpenVinoSession:
@@ -34,19 +35,27 @@ class OpenVinoSession:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InputError(f"{path}: OpenVINO cannot compile this model ({first})") from None
         self.path = Path(path)
+        self._card = read_card(self.path)  # the ONNX file's own card (OpenVINO does not expose it)
         self._idle: list = []  # infer requests not in use (a request is not thread-safe; one per caller)
         self._lock = threading.Lock()
-        self._outputs = {o.get_any_name(): o for o in self.compiled.outputs}
+        # A tensor may carry several names (OpenVINO merges the names of tensors it fuses), so every
+        # name maps to its port; the card's names are among them.
+        self._inputs = {n: i for i in self.compiled.inputs for n in i.get_names()}
+        self._outputs = {n: o for o in self.compiled.outputs for n in o.get_names()}
+        self._input_names = [self._card_name(i) for i in self.compiled.inputs]
         self.info = {"runtime": "openvino", "openvino": ov.__version__, "device": "CPU",
                      "inference_num_threads": threads}
 
     def metadata(self) -> dict[str, str]:
-        from jedi_deploy.model_card import read_card
+        return self._card.to_props()
 
-        return read_card(self.path).to_props()
+    def _card_name(self, port) -> str:
+        """The port's name as the model card (and the ONNX graph) spells it."""
+        wanted = {s.name for s in self._card.inputs}
+        return next((n for n in sorted(port.get_names()) if n in wanted), port.get_any_name())
 
     def input_names(self) -> list[str]:
-        return [i.get_any_name() for i in self.compiled.inputs]
+        return list(self._input_names)
 
     def run(self, feed: dict, output: str) -> np.ndarray:
         if output not in self._outputs:
@@ -54,7 +63,7 @@ class OpenVinoSession:
         with self._lock:
             request = self._idle.pop() if self._idle else self.compiled.create_infer_request()
         try:
-            result = request.infer(feed)
+            result = request.infer({self._inputs[k]: v for k, v in feed.items()})
             return np.array(result[self._outputs[output]], copy=True)  # the request reuses its buffers
         finally:
             with self._lock:

@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from jedi_deploy.config import JEDIConfig
 from jedi_deploy.errors import ConfigError
 
@@ -122,7 +124,8 @@ def run_ablation(cache, out_dir: str | Path, grid: str = "table3", base: JEDICon
             result = {"name": s.name, "eval": r.history[-1]["eval"], "gains": gains(run)}
         done.setdefault(key, result)
         rows.append({"scenario": s.name, "section": s.section, "run": str(run), "eval": result["eval"],
-                     "gains": result["gains"], "overrides": dict(s.overrides)})
+                     "gains": result["gains"], "last_epochs": last_epochs(run / "metrics.jsonl", LAST_EPOCHS),
+                     "overrides": dict(s.overrides)})
     datasets = list(rows[0]["eval"]) if rows else []
     experts = {}
     for d in datasets:
@@ -137,6 +140,24 @@ def run_ablation(cache, out_dir: str | Path, grid: str = "table3", base: JEDICon
     plot_ablation(report, out / f"{grid}.png")
     report["table"], report["plot"] = str(md), str(out / f"{grid}.png")
     return report
+
+
+#: Epochs whose test acc@1 gives the mean ± sd shown beside each run's last-epoch figure.
+LAST_EPOCHS = 10
+
+
+def last_epochs(log: Path, n: int = LAST_EPOCHS) -> dict:
+    """``{dataset: {"student"|"teacher": {"mean", "sd", "epochs"}}}``: test acc@1 over the last ``n``
+    logged epochs of a run (its ``metrics.jsonl``); empty when the log is missing."""
+    if not log.is_file():
+        return {}
+    evals = [r["eval"] for r in map(json.loads, log.read_text().splitlines()) if r.get("eval")][-n:]
+    out: dict = {}
+    for d in (evals[-1] if evals else {}):
+        for k in ("student", "teacher"):
+            v = [e[d][k]["acc1"] for e in evals if d in e and k in e[d]]
+            out.setdefault(d, {})[k] = {"mean": float(np.mean(v)), "sd": float(np.std(v)), "epochs": len(v)}
+    return out
 
 
 def format_ablation(report: dict) -> str:
@@ -157,6 +178,16 @@ def format_ablation(report: dict) -> str:
                 for k in ("teacher", "student"):
                     v = r["eval"][d][k]["acc1"]
                     cells.append(f"**{v:.2f}**" if v == best[(d, k)] and len(rows) > 1 else f"{v:.2f}")
+            lines.append(f"| {r['scenario']} | " + " | ".join(cells) + " |")
+    if any(r.get("last_epochs") for r in report["rows"]):
+        n = max(x["epochs"] for r in report["rows"] for d in r.get("last_epochs", {}).values() for x in d.values())
+        lines += ["", f"Mean ± sd of acc@1 over each run's last {n} epochs (the table above shows the last epoch; "
+                  "a difference smaller than these spreads is not a finding).", "", head,
+                  "|---|" + "---:|" * (2 * len(ds))]
+        for r in report["rows"]:
+            le = r.get("last_epochs") or {}
+            cells = [f"{le[d][k]['mean']:.2f} ± {le[d][k]['sd']:.2f}" if d in le and k in le[d] else "–"
+                     for d in ds for k in ("teacher", "student")]
             lines.append(f"| {r['scenario']} | " + " | ".join(cells) + " |")
     if report.get("skipped"):
         lines += ["", f"Skipped (no unlabeled pool in the cache; pass --pool): {', '.join(report['skipped'])}."]

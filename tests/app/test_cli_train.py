@@ -1,6 +1,8 @@
 """`jedi train` configuration, `jedi ablate` and `jedi analyze cka` as a user runs them."""
 import json
 
+import pytest
+
 from jedi_deploy.bundle import load_bundle
 
 from .test_cli import assert_clean_error, jedi
@@ -45,7 +47,15 @@ def test_ablate_writes_the_table3_grid(cache_dir, tmp_path):
                 "All Datasets"):
         assert f"| {row} |" in table
     assert "ucf-mini Teacher" in table and "kinetics-mini Teacher" not in table  # the pool has no expert row
-    assert "paired bootstrap 95% interval" in table and table.count("| Adjusted Features | ") == 2  # + the gains
+    # + the gains with intervals, + the last epochs' mean ± sd, read from each run's metrics.jsonl
+    assert "paired bootstrap 95% interval" in table and table.count("| Adjusted Features | ") == 3
+    results = json.loads((tmp_path / "results.json").read_text())
+    row = next(r for r in results["rows"] if r["scenario"] == "Adjusted Features")
+    log = [json.loads(x).get("eval") for x in (tmp_path / "adjusted_features" / "metrics.jsonl").read_text().splitlines()]
+    want = [e["ucf-mini"]["student"]["acc1"] for e in log if e][-10:]
+    got = row["last_epochs"]["ucf-mini"]["student"]
+    assert got["epochs"] == len(want) and got["mean"] == pytest.approx(sum(want) / len(want))
+    assert f"{got['mean']:.2f} ± {got['sd']:.2f}" in table
     assert (tmp_path / "table3.png").read_bytes()[:4] == b"\x89PNG"
     assert "same config as Adjusted Features, reused" in out.stdout
     again = jedi("ablate", "--cache", cache_dir, "--out", tmp_path, "--pool", "kinetics-mini", *QUICK)
