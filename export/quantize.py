@@ -98,60 +98,112 @@ def balanced_sample(labels: list[int | None], n: int, seed: int = 0) -> list[int
     return sorted(out)
 
 
-@dataclass
+#: Decoded feeds kept in memory per list; past this a list is decoded again on each pass
+#: (a held-out list of thousands of multi-view videos does not fit).
+FEED_MEMORY_BYTES = 2 << 30
+
+
 class Decoded:
-    feeds: list[dict]
-    labels: list[int | None]
-    paths: list[Path]
-    skipped: list[dict]  # {"path", "error"} of videos that could not be read
+    """The readable videos of a list as ``model`` feeds them (its card's preprocessing), their
+    labels, and the unreadable ones (``skipped``: ``{"path", "error"}``). Iterating yields the
+    feeds in order: from memory when they fit in ``budget`` bytes, else decoded again."""
 
+    def __init__(self, model, videos: VideoList, what: str, progress: bool = False, budget: int = FEED_MEMORY_BYTES):
+        from tqdm.auto import tqdm
 
-def decode_list(model, videos: VideoList, what: str, progress: bool = False) -> Decoded:
-    """Every readable video of ``videos`` as ``model`` feeds it (its card's preprocessing)."""
-    from tqdm.auto import tqdm
+        self.model, self.what = model, what
+        self.paths: list[Path] = []
+        self.labels: list[int | None] = []
+        self.skipped: list[dict] = []
+        self._feeds: list[dict] | None = []
+        size = 0
+        for path, label in tqdm(list(zip(videos.paths, videos.labels)), desc=f"decoding {what} videos",
+                                unit="video", disable=not progress, leave=False):
+            try:
+                feed = model.prepare(path)
+            except JediError as e:
+                self.skipped.append({"path": str(path), "error": str(e)})
+                continue
+            self.paths.append(Path(path))
+            self.labels.append(label)
+            if self._feeds is not None:
+                size += sum(x.nbytes for x in feed.values())
+                if size <= budget:
+                    self._feeds.append(feed)
+                else:  # too big to keep: every pass decodes again
+                    self._feeds = None
+        if not self.paths:
+            first = self.skipped[0]["error"] if self.skipped else "the list is empty"
+            raise InputError(f"no readable {what} video ({len(self.skipped)} unreadable; first: {first})")
 
-    out = Decoded([], [], [], [])
-    for path, label in tqdm(list(zip(videos.paths, videos.labels)), desc=f"decoding {what} videos", unit="video",
-                            disable=not progress, leave=False):
-        try:
-            out.feeds.append(model.prepare(path))
-        except JediError as e:
-            out.skipped.append({"path": str(path), "error": str(e)})
-            continue
-        out.labels.append(label)
-        out.paths.append(Path(path))
-    if not out.feeds:
-        first = out.skipped[0]["error"] if out.skipped else "the list is empty"
-        raise InputError(f"no readable {what} video ({len(out.skipped)} unreadable; first: {first})")
-    return out
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self):
+        if self._feeds is not None:
+            return iter(self._feeds)
+        return (self.model.prepare(p) for p in self.paths)
+
+    def subset(self, keep: list[int]) -> "Decoded":
+        out = object.__new__(Decoded)
+        out.model, out.what, out.skipped = self.model, self.what, self.skipped
+        out.paths, out.labels = [self.paths[i] for i in keep], [self.labels[i] for i in keep]
+        out._feeds = None if self._feeds is None else [self._feeds[i] for i in keep]
+        return out
+
+    def head(self, n: int) -> list[dict]:
+        return [f for f, _ in zip(self, range(n))]
 
 
 class _Reader:
-    """ONNX Runtime's CalibrationDataReader over decoded feeds (one video per call)."""
+    """ONNX Runtime's CalibrationDataReader over decoded feeds (one video per call), with the
+    ``__len__`` / ``set_range`` that its strided calibration reads windows through."""
 
-    def __init__(self, feeds: list[dict]):
-        self.feeds, self.i = feeds, 0
+    def __init__(self, feeds):
+        self.feeds = feeds
+        self.rewind()
 
-    def get_next(self):
-        if self.i >= len(self.feeds):
-            return None
-        self.i += 1
-        return self.feeds[self.i - 1]
+    def __len__(self) -> int:
+        return len(self.feeds)
 
     def rewind(self):
-        self.i = 0
+        self._it, self._pos, self._stop = iter(self.feeds), 0, None
+
+    def set_range(self, start_index: int, end_index: int):
+        if start_index < self._pos:
+            self.rewind()
+        while self._pos < start_index:
+            next(self._it)
+            self._pos += 1
+        self._stop = end_index
+
+    def get_next(self):
+        if self._stop is not None and self._pos >= self._stop:
+            return None
+        feed = next(self._it, None)
+        self._pos += feed is not None
+        return feed
 
     def __iter__(self):
         self.rewind()
         return iter(lambda: self.get_next(), None)
 
 
-def video_probs(path: Path, feeds: list[dict], batch: int = 8) -> np.ndarray:
-    """``[N, C]`` class probabilities of each decoded video under the model at ``path`` (ORT CPU)."""
+def video_probs(path: Path, feeds, batch: int = 8) -> np.ndarray:
+    """``[N, C]`` class probabilities of each decoded video under the model at ``path`` (ORT CPU);
+    ``feeds`` is any iterable of feeds (a :class:`Decoded` list streams)."""
     from jedi_deploy.serve.runtime import OnnxModel
 
     model = OnnxModel(path, providers="cpu")
-    return np.stack([p for a in range(0, len(feeds), batch) for p in model.run_many(feeds[a:a + batch])])
+    probs, pending = [], []
+    for feed in feeds:
+        pending.append(feed)
+        if len(pending) == batch:
+            probs += model.run_many(pending)
+            pending = []
+    if pending:
+        probs += model.run_many(pending)
+    return np.stack(probs)
 
 
 def compare(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray, float_nodes: list[str], max_drop: float) -> Attempt:
@@ -191,7 +243,7 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-def quantize_once(float_path: Path, out: Path, feeds: list[dict], opts: Int8Options, exclude: list[str],
+def quantize_once(float_path: Path, out: Path, feeds, opts: Int8Options, exclude: list[str],
                   ranges: Path) -> Path:
     """One static QDQ quantization; calibration ranges are computed once into ``ranges`` and reused."""
     q = require("onnxruntime.quantization")
@@ -203,8 +255,11 @@ def quantize_once(float_path: Path, out: Path, feeds: list[dict], opts: Int8Opti
                           weight_type=q.QuantType.QInt8, nodes_to_exclude=list(exclude),
                           calibrate_method=getattr(q.CalibrationMethod, METHODS[opts.method]),
                           calibration_cache_path=str(ranges),
-                          # ranges merged every 4 inputs: the calibrator's memory stays bounded on big models
-                          extra_options={"CalibMaxIntermediateOutputs": 4})
+                          # calibrate one video at a time, merging ranges (histograms) as it goes: the
+                          # calibrator keeps every intermediate tensor of the inputs it holds (tens of
+                          # GB over a few Video Swin-B inputs). (CalibMaxIntermediateOutputs would
+                          # drop data: ORT 1.32's min-max calibrator clears it without merging.)
+                          extra_options={"CalibStridedMinMax": 1})
     return out
 
 
@@ -272,35 +327,34 @@ def quantize_student(fp32: str | Path, calib: VideoList, evaluation: VideoList, 
     if any(lab is None for lab in evaluation.labels):
         raise InputError(f"{evaluation.source}: the accuracy gate needs a label for every held-out video")
     out = int8_path(fp32)
-    cal = decode_list(model, calib, "calibration", progress)
-    ev = decode_list(model, evaluation, "held-out", progress)
+    cal = Decoded(model, calib, "calibration", progress)
+    ev = Decoded(model, evaluation, "held-out", progress)
     if opts.eval_videos is not None:
-        keep = balanced_sample(ev.labels, opts.eval_videos, opts.seed)
-        ev = Decoded([ev.feeds[i] for i in keep], [ev.labels[i] for i in keep], [ev.paths[i] for i in keep], ev.skipped)
+        ev = ev.subset(balanced_sample(ev.labels, opts.eval_videos, opts.seed))
     labels = np.asarray(ev.labels)
     reduce_range = (not has_vnni()) if opts.reduce_range is None else opts.reduce_range
-    calibration = {"method": opts.method, "videos": len(cal.feeds), "source": calib.source,
+    calibration = {"method": opts.method, "videos": len(cal), "source": calib.source,
                    "skipped": len(cal.skipped), "activations": opts.activations, "weights": "int8",
                    "per_channel": opts.per_channel, "reduce_range": reduce_range, "format": "QDQ",
                    "onnxruntime": require("onnxruntime").__version__}
     with tempfile.TemporaryDirectory(prefix=".jedi-int8-", dir=fp32.parent) as tmp:
         work = Path(tmp)
         float_path = prepare_float(fp32, work / "float.onnx")
-        p32 = video_probs(fp32, ev.feeds)
-        evaluation_info = {"source": evaluation.source, "videos": len(ev.feeds), "skipped": len(ev.skipped),
+        p32 = video_probs(fp32, ev)
+        evaluation_info = {"source": evaluation.source, "videos": len(ev), "skipped": len(ev.skipped),
                            "acc1": float(100 * (p32.argmax(1) == labels).mean()),
                            "acc5": 100 * topk_accuracy(p32, labels, 5)}
         report = GateReport(str(out), str(fp32), opts.max_drop, opts.float_budget, calibration, evaluation_info)
         ranges, candidate = work / "ranges.json", work / "int8.onnx"
-        quantize_once(float_path, candidate, cal.feeds, opts, [], ranges)
-        report.attempts.append(compare(p32, video_probs(candidate, ev.feeds), labels, [], opts.max_drop))
+        quantize_once(float_path, candidate, cal, opts, [], ranges)
+        report.attempts.append(compare(p32, video_probs(candidate, ev), labels, [], opts.max_drop))
         if not report.attempts[-1].passed and opts.float_budget:
-            ranked = sensitive_nodes(float_path, candidate, cal.feeds[:opts.sensitivity_inputs], work)
+            ranked = sensitive_nodes(float_path, candidate, cal.head(opts.sensitivity_inputs), work)
             report.calibration["sensitive_nodes"] = ranked[:opts.float_budget]
             for k in _budget_steps(opts.float_budget, len(ranked) - 1):  # never all: that is the fp32 model
                 keep_float = [r["node"] for r in ranked[:k]]
-                quantize_once(float_path, candidate, cal.feeds, opts, keep_float, ranges)
-                report.attempts.append(compare(p32, video_probs(candidate, ev.feeds), labels, keep_float,
+                quantize_once(float_path, candidate, cal, opts, keep_float, ranges)
+                report.attempts.append(compare(p32, video_probs(candidate, ev), labels, keep_float,
                                                opts.max_drop))
                 if report.attempts[-1].passed:
                     break

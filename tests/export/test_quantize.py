@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -194,3 +193,39 @@ def test_cli_export_int8_input_errors(bundle_path, cached_bundle, tmp_path, data
     report = read_gate_report(gate_path(tmp_path / "d" / "ucf-mini.student.int8.onnx"))
     assert report.evaluation["source"].endswith("test.txt")
     assert report.calibration["videos"] == min(32, len(ucf.samples("train")))
+
+
+def test_a_list_too_big_for_memory_is_decoded_again_on_each_pass(offset_case):
+    from jedi_deploy.export.quantize import Decoded
+
+    path, _, held = offset_case
+    model = OnnxModel(path)
+    kept, streamed = Decoded(model, held, "held-out"), Decoded(model, held, "held-out", budget=0)
+    assert streamed._feeds is None and kept._feeds is not None and len(streamed) == len(kept) == len(held.paths)
+    for _ in range(2):  # every pass re-decodes the same feeds
+        for a, b in zip(kept, streamed):
+            np.testing.assert_array_equal(a["video"], b["video"])
+    sub = streamed.subset([0, 2])
+    assert sub.paths == [held.paths[0], held.paths[2]] and len(list(sub)) == 2
+
+
+def test_calibration_ranges_cover_every_calibration_video(offset_case, tmp_path):
+    """The input's int8 scale spans the min and max over ALL calibration videos (ORT's
+    CalibMaxIntermediateOutputs would have kept only the last few)."""
+    from onnx import numpy_helper
+
+    path, calib, held = offset_case
+    fp32 = tmp_path / path.name
+    fp32.write_bytes(path.read_bytes())
+    model = OnnxModel(fp32)
+    x = np.stack([model.prepare(v)["video"] for v in calib.paths])
+    quantize_student(fp32, calib, held, Int8Options(max_drop=100.0, float_budget=0))
+    g = onnx.load(str(int8_path(fp32))).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    first_q = next(n for n in g.node if n.op_type == "QuantizeLinear"
+                   and (n.input[0] == "video" or producers.get(n.input[0], n).op_type == "Transpose"))
+    lo, hi = min(0.0, float(x.min())), max(0.0, float(x.max()))
+    assert float(inits[first_q.input[1]]) == pytest.approx((hi - lo) / 255, rel=1e-3)
+    last = x[-1]  # what a calibration of the last video alone would give
+    assert (max(0.0, float(last.max())) - min(0.0, float(last.min()))) / 255 < 0.97 * (hi - lo) / 255
