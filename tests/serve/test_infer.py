@@ -115,6 +115,7 @@ def test_batched_inference_equals_one_video_at_a_time(onnx_dir, datasets, tmp_pa
         assert rec["label"] == s.label
     probs = [one.video_probs(s.path) for s in samples]
     acc1 = np.mean([np.argmax(p) == s.label for p, s in zip(probs, samples)])
+    assert summary.pop("runtime")["runtime"] == "ort"  # what ran the model (the default runtime)
     assert summary == {"videos": 7, "failed": 0, "labeled": 7, "acc1": pytest.approx(acc1),
                        "acc5": pytest.approx(np.mean([(p > p[s.label]).sum() < 5 for p, s in zip(probs, samples)]))}
 

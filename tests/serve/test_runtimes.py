@@ -37,6 +37,7 @@ def torch_free(code: str, timeout=300) -> str:
 @needs_openvino
 def test_openvino_matches_onnx_runtime(onnx_dir, test_video, teacher_path):
     torch_free(f"""
+import numpy as np
 from jedi_deploy.serve.runtime import OnnxModel
 for path in {[str(onnx_dir / n) for n in ("hmdb-mini.student.onnx", "hmdb-mini.expert.onnx")]!r}:
     ort, ov = OnnxModel(path), OnnxModel(path, runtime="openvino", threads=1)
