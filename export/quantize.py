@@ -55,6 +55,9 @@ class Int8Options:
     sensitivity_inputs: int = 4
     seed: int = 0
 
+    def resolved_reduce_range(self) -> bool:
+        return (not has_vnni()) if self.reduce_range is None else self.reduce_range
+
     def __post_init__(self):
         if self.method not in METHODS:
             raise InputError(f"calibration method {self.method!r}: choose from {', '.join(METHODS)}")
@@ -247,7 +250,7 @@ def quantize_once(float_path: Path, out: Path, feeds, opts: Int8Options, exclude
                   ranges: Path) -> Path:
     """One static QDQ quantization; calibration ranges are computed once into ``ranges`` and reused."""
     q = require("onnxruntime.quantization")
-    reduce_range = (not has_vnni()) if opts.reduce_range is None else opts.reduce_range
+    reduce_range = opts.resolved_reduce_range()
     with _quiet_root_logger():
         q.quantize_static(str(float_path), str(out), None if ranges.is_file() else _Reader(feeds),
                           quant_format=q.QuantFormat.QDQ, per_channel=opts.per_channel, reduce_range=reduce_range,
@@ -332,7 +335,7 @@ def quantize_student(fp32: str | Path, calib: VideoList, evaluation: VideoList, 
     if opts.eval_videos is not None:
         ev = ev.subset(balanced_sample(ev.labels, opts.eval_videos, opts.seed))
     labels = np.asarray(ev.labels)
-    reduce_range = (not has_vnni()) if opts.reduce_range is None else opts.reduce_range
+    reduce_range = opts.resolved_reduce_range()
     calibration = {"method": opts.method, "videos": len(cal), "source": calib.source,
                    "skipped": len(cal.skipped), "activations": opts.activations, "weights": "int8",
                    "per_channel": opts.per_channel, "reduce_range": reduce_range, "format": "QDQ",
