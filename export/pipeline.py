@@ -83,7 +83,7 @@ def export_all(bundle: str | Path, out: str | Path, *, cfg: OnnxExportConfig = O
     reports += [export_teacher(bundle, out, d, expert_paths=expert_paths, cfg=cfg) for d in teachers]
     refused = []
     if int8 is not None:
-        from jedi_deploy.quant_report import format_gate, gate_path
+        from jedi_deploy.quant_report import gate_path, refusal
 
         from .quantize import quantize_exported
 
@@ -114,8 +114,6 @@ def export_all(bundle: str | Path, out: str | Path, *, cfg: OnnxExportConfig = O
                 onnx_path, triton.repo, plan_path=plan, max_batch_size=triton.max_batch_size,
                 instances=triton.instances, gpu=trt is not None, force=triton.force)]
     if refused:
-        raise QuantizationGateError(
-            "\n\n".join(f"{Path(g.fp32_model).name}: the INT8 model loses more than {g.max_drop:g} points of acc@1 "
-                         f"even with {len(g.final.float_nodes)} node(s) kept in float; no INT8 file written for it "
-                         f"(everything else is written)\n\n{format_gate(g)}" for g in refused), refused)
+        raise QuantizationGateError("\n\n".join(refusal(g) for g in refused)
+                                    + "\n\n(everything else is written)", refused)
     return reports

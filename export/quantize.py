@@ -33,7 +33,7 @@ import numpy as np
 
 from jedi_deploy.deps import require
 from jedi_deploy.errors import InputError, JediError, QuantizationGateError
-from jedi_deploy.quant_report import Attempt, GateReport, format_gate, gate_path, int8_path, write_gate_report
+from jedi_deploy.quant_report import Attempt, GateReport, gate_path, int8_path, refusal, write_gate_report
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 ACTIVATIONS = {"uint8": "QUInt8", "int8": "QInt8"}
@@ -364,9 +364,7 @@ def quantize_student(fp32: str | Path, calib: VideoList, evaluation: VideoList, 
         report.passed = report.attempts[-1].passed
         report.seconds = time.perf_counter() - t0
         if not report.passed:
-            raise QuantizationGateError(f"{fp32.name}: the INT8 model loses more than {opts.max_drop:g} points of "
-                                        f"acc@1 even with {len(report.attempts[-1].float_nodes)} node(s) kept in "
-                                        f"float; no INT8 file written\n\n{format_gate(report)}", [report])
+            raise QuantizationGateError(refusal(report), [report])
         final = onnx.load(str(candidate))
         facts = {**calibration, "float_nodes": report.final.float_nodes, "gate": gate_path(out).name,
                  "max_drop": opts.max_drop, "acc1_drop": report.final.drop}

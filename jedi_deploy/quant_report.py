@@ -98,6 +98,13 @@ def read_gate_report(path: str | Path) -> GateReport:
     return GateReport.from_dict(d, str(path))
 
 
+def refusal(report: GateReport) -> str:
+    """The message of a failed gate: what was refused, and the table."""
+    kept = len(report.final.float_nodes) if report.final else 0
+    return (f"{Path(report.fp32_model).name}: the INT8 model loses more than {report.max_drop:g} points of acc@1 "
+            f"even with {kept} node(s) kept in float; no INT8 file written\n\n{format_gate(report)}")
+
+
 def format_gate(report: GateReport) -> str:
     """Markdown: the fp32 reference, then one row per attempt."""
     ev, cal = report.evaluation, report.calibration

@@ -70,9 +70,12 @@ def openvino_runtimes(threads: int | None = 1) -> list[Runtime]:
     from .probe import pick_runtime
 
     ov = require("openvino")
+    probed: set[Path] = set()
 
     def load(path):
-        pick_runtime(path, threads=threads, candidates={"openvino": "openvino"}, runs=1, warn=lambda _m: None)
+        if Path(path) not in probed:  # once per file (the expert and its A/A copy are one file)
+            pick_runtime(path, threads=threads, candidates={"openvino": "openvino"}, runs=1, warn=lambda _m: None)
+            probed.add(Path(path))
         return OnnxModel(path, threads=threads, runtime="openvino").run
 
     return [Runtime("openvino-cpu", load, {"openvino": ov.__version__, "device": "CPU",
