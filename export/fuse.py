@@ -18,8 +18,11 @@ class StudentReference(nn.Module):
         super().__init__()
         self.encoder, self.adjust, self.head = encoder, adjust, head
 
+    def classify(self, e: torch.Tensor) -> torch.Tensor:
+        return self.head(self.adjust(e))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.adjust(self.encoder(x)))
+        return self.classify(self.encoder(x))
 
 
 class FusedStudent(nn.Module):
@@ -40,9 +43,11 @@ class FusedStudent(nn.Module):
             self.head.bias.copy_((head.bias.double() + wh @ adjust.fc2.bias.double()).float())
             self.fold.weight.copy_((wh @ adjust.fc2.weight.double()).float())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e = self.encoder(x)
+    def classify(self, e: torch.Tensor) -> torch.Tensor:
         return self.head(e) + self.fold(F.silu(self.fc1(e)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.encoder(x))
 
 
 class ExpertGraph(nn.Module):
@@ -52,5 +57,8 @@ class ExpertGraph(nn.Module):
         super().__init__()
         self.encoder, self.head = encoder, head
 
+    def classify(self, e: torch.Tensor) -> torch.Tensor:
+        return self.head(e)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+        return self.classify(self.encoder(x))

@@ -73,9 +73,13 @@ def export_model(module, reference, expert: Expert, path: Path, kind: str, cfg: 
     """Wrap (uint8 input, views) and export one graph for ``expert``'s input, validated
     against ``reference`` on random inputs and, given ``clip``, on that decoded video; the
     report is also written next to the model as ``<stem>.validation.json``."""
+    from dataclasses import replace
+
     from jedi_deploy.registry import ARCHS
 
     pre = expert.preprocess
+    if pre.average == "feature" and pre.views > 1 and cfg.views != pre.views:
+        cfg = replace(cfg, views=pre.views)  # consensus over every view needs them all in one graph
     wrap = dict(uint8_input=cfg.uint8_input, views=cfg.views, average=pre.average)
     card = model_card(kind, expert, cfg, bundle_sha256)
     shape, dtype = card.input.sample_shape(), card.input.dtype

@@ -18,6 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from . import zoo  # noqa: F401  (registers the real architectures; builds lazily)
+from .zoo import factory_search
 from .archs import ARCHS, ArchEntry, build_expert, get_arch, register_arch
 from .errors import CheckpointError, ConfigError
 from .meta import atomic_path, dump_metadata, read_safetensors_metadata, sha256_file
@@ -114,7 +115,8 @@ def load_expert(path: str | Path, expected_sha256: str | None = None) -> Expert:
                               f"({expected_sha256[:12]}); it is not the expert this was built with")
     try:
         arch, num_classes = meta["arch"], int(meta["num_classes"])
-        model = build_expert(arch, num_classes, **meta.get("arch_kwargs", {}))
+        with factory_search(path.resolve().parent):  # generic: its factory may sit beside the expert file
+            model = build_expert(arch, num_classes, **meta.get("arch_kwargs", {}))
         preprocess = Preprocess.from_dict(meta["preprocess"])
         categories = tuple(meta["categories"])
         name, dataset = meta["name"], meta["dataset"]

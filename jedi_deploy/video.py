@@ -8,6 +8,7 @@ video file into the model input ``float32[T, 3, S, S]``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,26 +19,41 @@ from .meta import checked_fields
 
 SAMPLING_MODES = ("segments", "clip")
 CROP_VIEWS = (1, 3, 10)
-AVERAGING = ("score", "prob")
+AVERAGING = ("score", "prob", "feature")
+LAYOUTS = ("NTCHW", "NCTHW")
+RULES = ("mmaction2", "torchvision", "transformers")
+OUT_OF_BOUND = ("loop", "repeat_last")
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How a video becomes a model input (MMAction2's test protocols).
+    """How a video becomes a model input, as the upstream that trained the model tests it.
 
-    sampling (frame indices of one *clip*; MMAction2 ``SampleFrames`` in test mode):
-      * ``segments`` (TSN/TSM): the video is split into ``num_frames`` equal segments and one
-        frame is taken from each (the centre when ``num_clips`` is 1; with ``num_clips`` K,
-        clip k takes the frame at (k + 1/2)/K of every segment).
-      * ``clip`` (3D CNNs, transformers): ``num_frames`` frames ``frame_interval`` apart; the
-        ``num_clips`` clips are spread evenly over the video (one clip: centred). Indices
-        past the end repeat the last frame.
-    Frames are resized so the short side is ``short_side`` (0 = keep), then cut into
-    ``crops`` spatial views of ``crop`` x ``crop`` (1: centre; 3: MMAction2 ``ThreeCrop``, three
-    squares along the long side; 10: ``TenCrop``, four corners + centre and their horizontal
-    flips), scaled to [0, 255] floats and normalised with ``mean``/``std`` (RGB).
-    A video gives ``num_clips * crops`` views ``[T, 3, crop, crop]``; the model's scores over the
-    views are averaged (``average`` "score") or its softmax probabilities are ("prob").
+    The numbers live in the fields; ``rules`` names whose rounding and clip placement they follow
+    (``mmaction2``: MMAction2 1.x ``SampleFrames``/``Resize``/``CenterCrop``/``ThreeCrop``/``TenCrop``
+    in test mode; ``torchvision``: torchvision's video weights - ``VideoClips`` at ``target_fps`` with
+    ``UniformClipSampler`` and the weights' ``VideoClassification`` transform; ``transformers``: a
+    Hugging Face image processor's resize and crop, frames placed by MMAction2's rule).
+
+    sampling (frame indices of every *clip*, :func:`clip_indices`):
+      * ``segments`` (TSN/TSM; MMAction2 ``clip_len=1, num_clips=num_frames``): the video is split
+        into ``num_frames`` equal segments and the middle frame of each is taken; ``twice_sample``
+        adds a second clip of each segment's first frame (TSM's accurate protocol). ``num_clips``
+        K > 1 (not an MMAction2 option) takes the frame at (k + 1/2)/K of every segment.
+      * ``clip`` (3D CNNs, transformers): ``num_frames`` frames ``frame_interval`` apart. mmaction2
+        rules: one clip starts at ``(N - span) // 2``; K clips at ``round(k (N - span) / (K - 1))``,
+        the first at frame 0 and the last ending on the last frame; indices past the end loop
+        (``out_of_bound``: ``loop``, MMAction2's default, or ``repeat_last``); ``target_fps`` > 0
+        resamples as MMAction2 does with ``target_fps``. torchvision rules: the video is resampled
+        to ``target_fps`` and the K clips of consecutive frames start at ``floor(linspace(0, L - 1,
+        K))`` of the L possible starts (a video too short for one clip loops; torchvision drops it).
+    Frames are resized (``resize`` (H, W) when given, aspect not kept; else the short side to
+    ``short_side``, 0 = kept), then cut into ``crops`` views of ``crop`` x ``crop`` (1: centre;
+    3: ``ThreeCrop``, which needs ``crop == short_side``; 10: ``TenCrop``, corners + centre, each
+    followed by its horizontal flip), scaled to [0, 255] floats and normalised with ``mean``/``std``
+    (RGB). A video gives ``views`` = clips x crops inputs ``[T, 3, crop, crop]``, combined by
+    ``average``: mean of the scores ("score"), of the softmax probabilities ("prob"), or of the
+    embeddings before the classifier ("feature": TSN's segmental consensus over every view).
     """
 
     num_frames: int = 8
@@ -51,6 +67,11 @@ class Preprocess:
     num_clips: int = 1
     crops: int = 1
     average: str = "score"
+    rules: str = "mmaction2"
+    resize: tuple[int, int] = (0, 0)
+    target_fps: float = 0.0
+    twice_sample: bool = False
+    out_of_bound: str = "loop"
 
     def __post_init__(self):
         if self.sampling not in SAMPLING_MODES:
@@ -63,13 +84,43 @@ class Preprocess:
             raise ConfigError(f"preprocess.average must be one of {AVERAGING}, got {self.average!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("preprocess.mean/std must be 3 values each, std > 0")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"preprocess.layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.rules not in RULES:
+            raise ConfigError(f"preprocess.rules must be one of {RULES}, got {self.rules!r}")
+        if self.out_of_bound not in OUT_OF_BOUND:
+            raise ConfigError(f"preprocess.out_of_bound must be one of {OUT_OF_BOUND}, got {self.out_of_bound!r}")
+        if len(self.resize) != 2 or min(self.resize) < 0 or (0 in self.resize and any(self.resize)):
+            raise ConfigError(f"preprocess.resize must be [height, width] > 0 (or [0, 0]: none), got {list(self.resize)}")
+        if self.target_fps < 0:
+            raise ConfigError(f"preprocess.target_fps must be >= 0 (0: the video's own rate), got {self.target_fps}")
+        if self.crops == 3 and self.crop not in ((self.short_side,) if not any(self.resize) else self.resize):
+            raise ConfigError(f"preprocess.crops=3 (ThreeCrop) needs the crop to span the short side: crop={self.crop} "
+                              f"but short_side={self.short_side}{f', resize={list(self.resize)}' if any(self.resize) else ''}"
+                              " (MMAction2 refuses it too); use crops=1 or 10, or set short_side to the crop")
+        if self.sampling == "segments" and (self.target_fps or (self.twice_sample and self.num_clips > 1)):
+            raise ConfigError("preprocess: segments sampling takes neither target_fps nor twice_sample with num_clips > 1")
+        if self.sampling == "clip" and self.twice_sample and self.num_clips < 2:
+            raise ConfigError("preprocess.twice_sample with clip sampling needs num_clips >= 2 "
+                              "(MMAction2 divides by num_clips - 1)")
+        if self.rules == "torchvision" and self.sampling == "clip" and self.target_fps and (
+                self.frame_interval != 1 or self.twice_sample):
+            raise ConfigError("preprocess: torchvision's clips at target_fps are consecutive frames "
+                              "(frame_interval 1, no twice_sample)")
+
+    @property
+    def clips(self) -> int:
+        """Clips (temporal views) per video."""
+        return self.num_clips * (2 if self.twice_sample else 1)
 
     @property
     def views(self) -> int:
-        return self.num_clips * self.crops
+        return self.clips * self.crops
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["resize"] = list(self.resize)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
@@ -77,10 +128,13 @@ class Preprocess:
         for k in ("mean", "std"):
             if k in d:
                 d[k] = tuple(float(v) for v in d[k])
+        if "resize" in d:
+            d["resize"] = tuple(int(v) for v in d["resize"])
         return cls(**d)
 
     def input_shape(self) -> tuple[int, int, int, int]:
-        """Shape of one sample (without batch): ``(T, 3, crop, crop)``."""
+        """Shape of one sample (without batch) as our pipeline produces it: ``(T, 3, crop, crop)``
+        (``layout`` is the *model's* order, applied by the expert's encoder)."""
         return (self.num_frames, 3, self.crop, self.crop)
 
 
@@ -91,17 +145,36 @@ def _open_checked(p: Path):
         raise VideoDecodeError(f"video is empty (0 bytes): {p}")
 
 
-def _rgb(frame, short_side: int, reformatter, orient=None) -> np.ndarray:
-    """``uint8[H, W, 3]`` RGB of a decoded frame (FFmpeg swscale), resized so its short side is
-    ``short_side`` (0: kept) and turned upright by ``orient`` (:func:`orientation`). One
-    ``reformatter`` per video keeps swscale's context across frames (``frame.to_ndarray(format=...)``
-    builds a new one per frame: much slower on small videos, same pixels; see
-    benchmarks/RESULTS.md)."""
+def resize_shape(h: int, w: int, spec: "Preprocess") -> tuple[int, int]:
+    """(height, width) a ``h`` x ``w`` upright frame is resized to, by ``spec.rules``:
+    ``resize`` when given; else the short side becomes ``short_side`` - MMAction2 (``Resize(-1, S)``
+    through mmcv's ``rescale_size``) rounds both sides as ``int(x * S / short + 0.5)``; torchvision
+    (``Resize(S)``) and transformers (``shortest_edge``) keep S and truncate the long side
+    ``int(S * long / short)``."""
+    if any(spec.resize):
+        return int(spec.resize[0]), int(spec.resize[1])
+    s = spec.short_side
+    if not s or min(h, w) == s:
+        return h, w
+    if spec.rules == "mmaction2":
+        scale = s / min(h, w)
+        return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+    return (int(s * h / w), s) if w <= h else (s, int(s * w / h))
+
+
+def _rgb(frame, spec: "Preprocess | None", reformatter, orient=None) -> np.ndarray:
+    """``uint8[H, W, 3]`` RGB of a decoded frame (FFmpeg swscale, bilinear), turned upright by
+    ``orient`` (:func:`orientation`) and resized as :func:`resize_shape` says for ``spec`` (None:
+    kept). One ``reformatter`` per video keeps swscale's context across frames
+    (``frame.to_ndarray(format=...)`` builds a new one per frame: much slower on small videos, same
+    pixels; see benchmarks/RESULTS.md)."""
     w, h = frame.width, frame.height
+    turned = bool(orient) and orient[0] == 0  # a quarter turn: the upright frame is h wide, w high
+    uh, uw = (w, h) if turned else (h, w)
+    th, tw = resize_shape(uh, uw, spec) if spec is not None else (uh, uw)
     size = {}
-    if short_side and min(w, h) != short_side:
-        scale = short_side / min(w, h)
-        size = {"width": max(1, round(w * scale)), "height": max(1, round(h * scale))}
+    if (th, tw) != (uh, uw):
+        size = {"width": th, "height": tw} if turned else {"width": tw, "height": th}
     img = reformatter.reformat(frame, format="rgb24", **size).to_ndarray()
     return upright(img, orient) if orient else img
 
@@ -156,6 +229,7 @@ def decode_video(path: str | Path, short_side: int = 0) -> np.ndarray:
     p = Path(path)
     _open_checked(p)
     frames, reformatter, orient = [], VideoReformatter(), None
+    spec = Preprocess(short_side=short_side) if short_side else None
     try:
         with av.open(str(p)) as container:
             if not container.streams.video:
@@ -164,7 +238,7 @@ def decode_video(path: str | Path, short_side: int = 0) -> np.ndarray:
             for frame in container.decode(stream):
                 if not frames:
                     orient = orientation(frame, stream)
-                frames.append(_rgb(frame, short_side, reformatter, orient))
+                frames.append(_rgb(frame, spec, reformatter, orient))
     except VideoDecodeError:
         raise
     except Exception as e:  # av.error.* for corrupt/truncated/non-video data
@@ -324,6 +398,7 @@ def decode_clips(path: str | Path, specs: list["Preprocess"]) -> Decoded:
                 raise VideoDecodeError(f"{p}: file has no video stream")
             stream = container.streams.video[0]
             declared = int(stream.frames or 0)
+            fps = _avg_fps(stream)
             index = frame_timestamps(container, stream)
             problem = index[1] if index else None
             if index is not None and not len(index[0]):
@@ -332,12 +407,12 @@ def decode_clips(path: str | Path, specs: list["Preprocess"]) -> Decoded:
                 pts = index[0]
                 n = len(pts)
                 try:
-                    frames, failed = _sample_by_timestamp(container, stream, pts, n, specs)
+                    frames, failed = _sample_by_timestamp(container, stream, pts, n, specs, fps)
                     if failed is not None:  # sample again from the frames before the failure
                         problem, n = str(failed.error), failed.index
                         if n < 1:
                             raise VideoDecodeError(f"{p}: video has no decodable frames ({problem})")
-                        frames, again = _sample_by_timestamp(container, stream, pts, n, specs)
+                        frames, again = _sample_by_timestamp(container, stream, pts, n, specs, fps)
                         if again is not None:
                             raise VideoDecodeError(f"{p}: cannot decode video ({again.error})")
                 except ValueError:  # decoded frames carry no timestamps: count them instead
@@ -348,15 +423,15 @@ def decode_clips(path: str | Path, specs: list["Preprocess"]) -> Decoded:
                 if n < 1:
                     raise VideoDecodeError(f"{p}: video has no decodable frames" + (f" ({problem})" if problem else ""))
                 container.seek(0, stream=stream)
-                frames = _decode_in_order(container, stream, _targets(n, specs))
+                frames = _decode_in_order(container, stream, _targets(n, specs, fps))
             if not frames:
                 raise VideoDecodeError(f"{p}: video has no decodable frames")
             first = frames[min(frames)]
             orient = orientation(first, stream)
             out, reformatter = [], VideoReformatter()
             for s in specs:
-                ix = clip_indices(n, s)
-                rgb = {i: _rgb(frames[i], s.short_side, reformatter, orient) for i in np.unique(ix).tolist()}
+                ix = clip_indices(n, s, fps)
+                rgb = {i: _rgb(frames[i], s, reformatter, orient) for i in np.unique(ix).tolist()}
                 out.append(np.stack([np.stack([rgb[i] for i in row]) for row in ix.tolist()]))
     except VideoDecodeError:
         raise
@@ -370,13 +445,20 @@ def decode_clips(path: str | Path, specs: list["Preprocess"]) -> Decoded:
     return Decoded(out, n, warning)
 
 
-def _targets(n: int, specs) -> list[int]:
-    return np.unique(np.concatenate([clip_indices(n, s).ravel() for s in specs])).tolist()
+def _avg_fps(stream) -> float | None:
+    """The stream's average frame rate (FFmpeg's ``avg_frame_rate``, as decord's ``get_avg_fps`` and
+    torchvision's ``read_video_timestamps`` report it), None when the container does not say."""
+    rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate else None
 
 
-def _sample_by_timestamp(container, stream, pts, n, specs) -> tuple[dict, _DecodeFailed | None]:
+def _targets(n: int, specs, fps: float | None = None) -> list[int]:
+    return np.unique(np.concatenate([clip_indices(n, s, fps).ravel() for s in specs])).tolist()
+
+
+def _sample_by_timestamp(container, stream, pts, n, specs, fps) -> tuple[dict, _DecodeFailed | None]:
     try:
-        return _Seeker(container, stream, pts[:n]).frames_at(_targets(n, specs)), None
+        return _Seeker(container, stream, pts[:n]).frames_at(_targets(n, specs, fps)), None
     except _DecodeFailed as f:
         return {}, f
 
@@ -391,22 +473,101 @@ def decode_frames(path: str | Path, spec: "Preprocess") -> np.ndarray:
     return decode_frames_multi(path, [spec])[0]
 
 
-def clip_indices(num_total: int, spec: "Preprocess") -> np.ndarray:
-    """Frame indices ``int64[num_clips, num_frames]`` of every test clip (deterministic)."""
-    t, k = spec.num_frames, spec.num_clips
+def clip_indices(num_total: int, spec: "Preprocess", fps: float | None = None) -> np.ndarray:
+    """Frame indices ``int64[clips, num_frames]`` of every test clip of a video of ``num_total``
+    frames at ``fps`` (only read when ``spec.target_fps`` is set), by ``spec.rules`` (see
+    :class:`Preprocess`). Deterministic."""
+    if num_total < 1:
+        raise ValueError("a video has at least one frame")
     if spec.sampling == "segments":
-        seg = num_total / t
-        within = (np.arange(k) + 0.5) / k  # clip j's position inside each segment
-        idx = np.floor(seg * (np.arange(t)[None, :] + within[:, None])).astype(np.int64)
+        idx = _segment_indices(num_total, spec)
+    elif spec.rules == "torchvision" and spec.target_fps:
+        idx = _torchvision_clips(num_total, spec, fps)
     else:
-        span = (t - 1) * spec.frame_interval + 1
-        if num_total > span - 1:
-            step = (num_total - span + 1) / k
-            starts = (np.arange(k) * step + step / 2).astype(np.int64)
-        else:
-            starts = np.zeros(k, np.int64)
-        idx = starts[:, None] + np.arange(t, dtype=np.int64)[None, :] * spec.frame_interval
-    return np.clip(idx, 0, num_total - 1)
+        idx = _mmaction_clips(num_total, spec, fps)
+    return idx.astype(np.int64)
+
+
+def _segment_indices(n: int, spec: "Preprocess") -> np.ndarray:
+    """MMAction2 ``SampleFrames(clip_len=1, num_clips=T, test_mode=True)``: the middle of each of T
+    equal segments (``twice_sample``: then their starts), truncated to int as MMAction2 does."""
+    t, k = spec.num_frames, spec.num_clips
+    avg = n / float(t)
+    base = np.arange(t) * avg
+    if k == 1:
+        rows = [base + avg / 2.0] + ([base] if spec.twice_sample else [])
+        return np.mod(np.stack(rows), n).astype(np.int32)
+    within = (np.arange(k) + 0.5) / k  # our extension: clip j at (j + 1/2)/K of every segment
+    return np.minimum(np.floor(avg * (np.arange(t)[None, :] + within[:, None])), n - 1).astype(np.int32)
+
+
+def _mmaction_clips(n: int, spec: "Preprocess", fps: float | None) -> np.ndarray:
+    """MMAction2 1.x ``SampleFrames(clip_len=T, frame_interval, num_clips=K, twice_sample,
+    target_fps, out_of_bound_opt, test_mode=True)`` for a 3D recognizer."""
+    t, iv, k = spec.num_frames, spec.frame_interval, spec.num_clips
+    ratio = fps / spec.target_fps if spec.target_fps and fps else 1.0
+    if spec.target_fps:
+        span = max(1.0, t * iv * ratio)
+    else:
+        span = (t - 1) * iv + 1
+    max_offset = max(n - span, 0)
+    clips = k * (2 if spec.twice_sample else 1)
+    if clips > 1:
+        between = max_offset / float(k - 1)  # MMAction2 spaces by num_clips - 1 even when twice_sample doubles them
+        offsets = np.arange(clips) * (np.floor(between) if spec.target_fps else between)
+        if not spec.target_fps:
+            offsets = np.round(offsets)
+    else:
+        offsets = np.array([max_offset // 2])
+    if spec.target_fps:
+        idx = offsets[:, None] + np.linspace(0, span - 1, t).astype(np.int32)[None, :]
+    else:
+        idx = offsets[:, None] + np.arange(t)[None, :] * iv
+    if spec.out_of_bound == "loop":
+        idx = np.mod(idx, n)
+    else:  # repeat_last: past the end -> the clip's last index inside the video
+        safe = idx < n
+        last = np.max(safe * idx, axis=1)
+        idx = safe * idx + ((1 - safe).T * last).T
+    return idx.astype(np.int32)
+
+
+def _linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
+    """``torch.linspace(start, end, steps)`` in float32 as torch's CPU kernel computes it (the first
+    half forward from ``start``, the second half back from ``end``), so its floor matches."""
+    if steps == 1:
+        return np.array([start], np.float32)
+    start32, end32 = np.float32(start), np.float32(end)
+    step = np.float32((end32 - start32) / np.float32(steps - 1))
+    i = np.arange(steps)
+    fwd = start32 + step * i.astype(np.float32)
+    back = end32 - step * (steps - 1 - i).astype(np.float32)
+    return np.where(i < steps // 2, fwd, back).astype(np.float32)
+
+
+def _torchvision_clips(n: int, spec: "Preprocess", fps: float | None) -> np.ndarray:
+    """torchvision's video evaluation: ``VideoClips(clip_length_in_frames=T, frames_between_clips=1,
+    frame_rate=target_fps)`` resamples the N frames to the target rate (``_resample_video_idx``), and
+    ``UniformClipSampler(K)`` takes the clips at ``floor(linspace(0, L - 1, K))`` of the L clips. A
+    video with fewer resampled frames than T has no clip there (torchvision skips it); here it loops."""
+    t, k = spec.num_frames, spec.num_clips
+    fps = fps or spec.target_fps
+    total = int(math.floor(n * spec.target_fps / fps))
+    step = fps / spec.target_fps
+    if float(step).is_integer():
+        frames = np.arange(n)[::int(step)]
+    else:
+        frames = np.floor(np.arange(total, dtype=np.float32) * np.float32(step)).astype(np.int64)
+    frames = frames[frames < n]
+    if not len(frames):
+        frames = np.zeros(1, np.int64)
+    count = len(frames) - t + 1
+    if count >= 1:
+        starts = np.floor(_linspace_f32(0, count - 1, k)).astype(np.int64)
+    else:
+        starts = np.zeros(k, np.int64)
+    pos = starts[:, None] + np.arange(t)[None, :]
+    return frames[np.mod(pos, len(frames))]
 
 
 def sample_indices(num_total: int, spec: "Preprocess") -> np.ndarray:
@@ -414,19 +575,26 @@ def sample_indices(num_total: int, spec: "Preprocess") -> np.ndarray:
     return clip_indices(num_total, spec)[0]
 
 
-def crop_offsets(h: int, w: int, c: int, crops: int) -> list[tuple[int, int, bool]]:
-    """(top, left, flip) of every spatial view, as MMAction2's CenterCrop/ThreeCrop/TenCrop."""
+def crop_offsets(h: int, w: int, c: int, crops: int, rules: str = "mmaction2") -> list[tuple[int, int, bool]]:
+    """(top, left, flip) of every spatial view: the centre (MMAction2 and transformers floor
+    ``(h - c) // 2``; torchvision's ``center_crop`` rounds ``(h - c) / 2``), MMAction2's
+    ``ThreeCrop`` (the crop spans the short side; two ends and the middle of the long side) and
+    ``TenCrop`` (four corners and the centre, each followed by its horizontal flip)."""
     if crops == 1:
+        if rules == "torchvision":
+            return [(int(round((h - c) / 2.0)), int(round((w - c) / 2.0)), False)]
         return [((h - c) // 2, (w - c) // 2, False)]
     if crops == 3:
-        if w >= h:
+        if c == h:
             step = (w - c) // 2
-            return [((h - c) // 2, 0, False), ((h - c) // 2, 2 * step, False), ((h - c) // 2, step, False)]
-        step = (h - c) // 2
-        return [(0, (w - c) // 2, False), (2 * step, (w - c) // 2, False), (step, (w - c) // 2, False)]
+            return [(0, 0, False), (0, 2 * step, False), (0, step, False)]
+        if c == w:
+            step = (h - c) // 2
+            return [(0, 0, False), (2 * step, 0, False), (step, 0, False)]
+        raise ConfigError(f"ThreeCrop needs the {c}-pixel crop to span the frame's short side, but frames are {w}x{h}")
     hs, ws = (h - c) // 4, (w - c) // 4
     five = [(0, 0), (0, 4 * ws), (4 * hs, 0), (4 * hs, 4 * ws), (2 * hs, 2 * ws)]
-    return [(a, b, False) for a, b in five] + [(a, b, True) for a, b in five]
+    return [(a, b, flip) for a, b in five for flip in (False, True)]
 
 
 def crop_views(clips: np.ndarray, spec: "Preprocess", source: str | Path | None = None) -> np.ndarray:
@@ -445,7 +613,7 @@ def crop_views(clips: np.ndarray, spec: "Preprocess", source: str | Path | None 
     out = np.empty((clips.shape[0] * spec.crops, clips.shape[1], c, c, 3), np.uint8)
     v = 0
     for clip in clips:
-        for top, left, flip in crop_offsets(h, w, c, spec.crops):
+        for top, left, flip in crop_offsets(h, w, c, spec.crops, spec.rules):
             x = clip[:, top:top + c, left:left + c]
             out[v] = x[:, :, ::-1] if flip else x
             v += 1

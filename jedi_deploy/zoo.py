@@ -24,8 +24,13 @@ original model's output. Converting a foreign checkpoint file into an expert
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import re
+import sys
+from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -35,8 +40,7 @@ from .errors import CheckpointError, ConfigError, InputError
 from .models import TemporalShift
 from .video import Preprocess
 
-IMAGENET = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
-KINETICS_TV = dict(mean=(110.2008, 100.63983, 95.99475), std=(58.14765, 56.46975, 55.332195))  # (0.43216, ...)*255
+IMAGENET = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))  # MMAction2's data_preprocessor
 
 
 def _tv_models():
@@ -72,20 +76,46 @@ def head_features(head: nn.Module, where: str) -> int:
     raise ConfigError(f"{where}: the head must be an nn.Linear or a 1x1 convolution, got {type(head).__name__}")
 
 
+def logits_of(out, where: str = "the model") -> torch.Tensor:
+    """The class scores of a classifier's output: a tensor, a ``ModelOutput`` or dict (its
+    ``logits``), or a tuple/list (its first element)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise InputError(f"{where} returned {type(out).__name__}, not a tensor, a ModelOutput/dict with 'logits' "
+                     "or a tuple whose first element is a tensor")
+
+
 class HeadlessEncoder(nn.Module):
     """A classifier with its final linear layer replaced by ``Identity``: ``[B, T, 3, H, W]``
-    (permuted to ``NCTHW`` when the network wants it) -> ``[B, D]``."""
+    (permuted to ``NCTHW`` when the network wants it) -> ``[B, D]``. The network may return a
+    tensor, a ``ModelOutput``/dict (``logits``) or a tuple (first element): :func:`logits_of`."""
 
     def __init__(self, net: nn.Module, head_path: str, layout: str = "NCTHW"):
         super().__init__()
+        if layout not in ("NCTHW", "NTCHW"):
+            raise ConfigError(f"layout must be NCTHW or NTCHW, got {layout!r}")
         self.embed_dim = head_features(_get(net, head_path), head_path)
+        self.head_path = head_path
         _set(net, head_path, nn.Identity())
         self.net, self.layout = net, layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "NCTHW":
             x = x.permute(0, 2, 1, 3, 4)
-        return self.net(x).flatten(1)
+        return logits_of(self.net(x)).flatten(1)
+
+    def whole(self, x: torch.Tensor, head: nn.Module) -> torch.Tensor:
+        """The original classifier's scores on ``x`` (``head`` put back in place for one call)."""
+        _set(self.net, self.head_path, head)
+        try:
+            return logits_of(self.net(x.permute(0, 2, 1, 3, 4) if self.layout == "NCTHW" else x)).flatten(1)
+        finally:
+            _set(self.net, self.head_path, nn.Identity())
 
 
 def _head_tensors(state: dict, prefix: str, source: str) -> dict:
@@ -104,22 +134,91 @@ def split_head(state: dict, head_path: str, source: str, prefix: str = "encoder.
     return out
 
 
-# ----------------------------------------------------------------------------- torchvision
-RESNET3D = Preprocess(16, "clip", 1, 128, 112, **KINETICS_TV)  # torchvision's Kinetics-400 recipe
-SWIN = Preprocess(32, "clip", 2, 224, 224, **IMAGENET)  # MMAction2's Video Swin test clip
+# ------------------------------------------------------------------------------- presets
+@dataclass(frozen=True)
+class Preset:
+    """A named test protocol: the preprocessing that reproduces ``upstream`` (the config or weights
+    whose published accuracy it was measured with), and how our views differ, if they do."""
+
+    preprocess: Preprocess
+    upstream: str
+    note: str = ""
+
+
+def _tv_weights(name: str, frames: int, fps: float, clips: int, crop: int, resize: tuple, norm: dict) -> Preset:
+    fixed = len(resize) == 2
+    pre = Preprocess(frames, "clip", 1, 0 if fixed else resize[0], crop, layout="NCTHW", rules="torchvision",
+                     resize=tuple(resize) if fixed else (0, 0), target_fps=fps, num_clips=clips, average="prob",
+                     **norm)
+    return Preset(pre, f"torchvision {name}: VideoClassification(crop_size={crop}, resize_size={tuple(resize)}), "
+                       f"evaluated with frame_rate={fps:g}, clips_per_video={clips}, clip_len={frames}",
+                  "softmax averaged over the clips as torchvision's reference evaluation does; a video too short for "
+                  "one clip loops (torchvision skips it)")
+
+
+def _default(preset: Preset, **changes) -> Preprocess:
+    """An entry's default preprocessing: its preset's resize, crop and normalisation with one clip,
+    centred, at the video's own rate (cheap enough for caching; the preset is the published protocol)."""
+    from dataclasses import replace
+
+    return replace(preset.preprocess, **{"num_clips": 1, "crops": 1, "target_fps": 0.0, "average": "score",
+                                         **changes})
+
+
+KINETICS_TV = dict(mean=tuple(255 * m for m in (0.43216, 0.394666, 0.37645)),
+                   std=tuple(255 * s for s in (0.22803, 0.22145, 0.216989)))
+IMAGENET_TV = dict(mean=tuple(255 * m for m in (0.485, 0.456, 0.406)), std=tuple(255 * s for s in (0.229, 0.224, 0.225)))
+MVIT_TV = dict(mean=(0.45 * 255,) * 3, std=(0.225 * 255,) * 3)
+RESNET3D_WEIGHTS = {n: _tv_weights(f"{w}.KINETICS400_V1", 16, 15, 5, 112, (128, 171), KINETICS_TV)
+                    for n, w in (("r3d_18", "R3D_18_Weights"), ("mc3_18", "MC3_18_Weights"),
+                                 ("r2plus1d_18", "R2Plus1D_18_Weights"))}
+SWIN_WEIGHTS = {n: _tv_weights(f"{w}.KINETICS400_V1", 32, 15, 12, 224, (256,), IMAGENET_TV)
+                for n, w in (("swin3d_t", "Swin3D_T_Weights"), ("swin3d_s", "Swin3D_S_Weights"),
+                             ("swin3d_b", "Swin3D_B_Weights"))}
+
+
+def _mmaction_swin(size: str, note: str = "") -> Preset:
+    cfg = f"swin-{size}-p244-w877_in1k-pre_8xb8-amp-32x2x1-30e_kinetics400-rgb"
+    return Preset(Preprocess(32, "clip", 2, 224, 224, num_clips=4, crops=3, average="prob", layout="NCTHW", **IMAGENET),
+                  f"MMAction2 {cfg}.py test_pipeline: SampleFrames(32, 2, num_clips=4), Resize(-1, 224), "
+                  "ThreeCrop(224); I3DHead average_clips='prob'", note)
+
+
+#: name -> {preset name -> Preset}; each entry's "test" is an alias of its MMAction2 test config.
+PRESETS: dict[str, dict[str, Preset]] = {
+    **{n: {p.upstream.split()[1].split(":")[0]: p} for n, p in RESNET3D_WEIGHTS.items()},
+    "s3d": {"S3D_Weights.KINETICS400_V1": _tv_weights("S3D_Weights.KINETICS400_V1", 128, 15, 1, 224, (256, 256),
+                                                       KINETICS_TV)},
+    "mvit_v2_s": {"MViT_V2_S_Weights.KINETICS400_V1": _tv_weights("MViT_V2_S_Weights.KINETICS400_V1", 16, 7.5, 5, 224,
+                                                                   (256,), MVIT_TV)},
+    **{n: {p.upstream.split()[1].split(":")[0]: p,
+           f"swin-{size}-p244-w877_in1k-pre_8xb8-amp-32x2x1-30e_kinetics400-rgb": _mmaction_swin(size)}
+       for (n, p), size in zip(SWIN_WEIGHTS.items(), ("tiny", "small", "base"))},
+    "tsn_r50": {"tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_kinetics400-rgb": Preset(
+        Preprocess(25, "segments", 1, 256, 224, crops=10, average="feature", **IMAGENET),
+        "MMAction2 tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_kinetics400-rgb.py test_pipeline: "
+        "SampleFrames(1, 1, num_clips=25), Resize(-1, 256), TenCrop(224); TSNHead AvgConsensus over all 250 frames",
+        "the consensus over every view runs inside the exported graph (its input holds all 10 crops)")},
+    "tsm_r50": {"tsm_imagenet-pretrained-r50_8xb16-1x1x8-50e_kinetics400-rgb": Preset(
+        Preprocess(8, "segments", 1, 256, 224, crops=10, average="prob", **IMAGENET),
+        "MMAction2 tsm_imagenet-pretrained-r50_8xb16-1x1x8-50e_kinetics400-rgb.py test_pipeline: "
+        "SampleFrames(1, 1, num_clips=8), Resize(-1, 256), TenCrop(224); TSMHead average_clips='prob'")},
+}
+for _n in ("tsn_r50", "tsm_r50"):
+    PRESETS[_n]["test"] = next(iter(PRESETS[_n].values()))
 SWIN_DESC = "(torchvision SwinTransformer3d); reads torchvision and MMAction2 checkpoints"
+_RESNET3D_DEFAULT = _default(RESNET3D_WEIGHTS["r3d_18"])
 TV_VIDEO = {
-    # name: (head attribute, embed dim, preprocess, test input T/H, description)
-    "r3d_18": ("fc", 512, RESNET3D, (4, 32), "torchvision R3D-18 (3D ResNet): 16 frames, 112 crop"),
-    "mc3_18": ("fc", 512, RESNET3D, (4, 32), "torchvision MC3-18 (mixed 3D/2D convolutions)"),
-    "r2plus1d_18": ("fc", 512, RESNET3D, (4, 32), "torchvision R(2+1)D-18 (factorised 3D convolutions)"),
-    "s3d": ("classifier.1", 1024, Preprocess(32, "clip", 1, 256, 224, **KINETICS_TV), (16, 224),
+    # name: (head attribute, embed dim, default preprocess, test input T/H, description)
+    "r3d_18": ("fc", 512, _RESNET3D_DEFAULT, (4, 32), "torchvision R3D-18 (3D ResNet): 16 frames, 112 crop"),
+    "mc3_18": ("fc", 512, _RESNET3D_DEFAULT, (4, 32), "torchvision MC3-18 (mixed 3D/2D convolutions)"),
+    "r2plus1d_18": ("fc", 512, _RESNET3D_DEFAULT, (4, 32), "torchvision R(2+1)D-18 (factorised 3D convolutions)"),
+    "s3d": ("classifier.1", 1024, _default(PRESETS["s3d"]["S3D_Weights.KINETICS400_V1"], num_frames=32), (16, 224),
             "torchvision S3D (separable 3D Inception); needs >= 16 frames of 224 px"),
-    "mvit_v2_s": ("head.1", 768, Preprocess(16, "clip", 4, 256, 224, mean=(114.75,) * 3, std=(57.375,) * 3),
+    "mvit_v2_s": ("head.1", 768, _default(PRESETS["mvit_v2_s"]["MViT_V2_S_Weights.KINETICS400_V1"], frame_interval=4),
                   (16, 224), "torchvision MViT-v2-S (multiscale ViT); fixed input 16 x 224 x 224"),
-    "swin3d_t": ("head", 768, SWIN, (8, 64), f"Video Swin-T {SWIN_DESC}"),
-    "swin3d_s": ("head", 768, SWIN, (8, 64), f"Video Swin-S {SWIN_DESC}"),
-    "swin3d_b": ("head", 1024, SWIN, (8, 64), f"Video Swin-B {SWIN_DESC}"),
+    **{n: ("head", dim, _default(SWIN_WEIGHTS[n], frame_interval=2), (8, 64), f"Video Swin-{n[-1].upper()} {SWIN_DESC}")
+       for n, dim in (("swin3d_t", 768), ("swin3d_s", 768), ("swin3d_b", 1024))},
 }
 
 
@@ -258,16 +357,64 @@ def mmaction_resnet_to_ours(state: dict, source: str, shift: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------- generic
-def resolve_factory(spec: str):
+#: Folders :func:`resolve_factory` also looks in (besides the recorded ``factory_path``), e.g. the
+#: expert file's folder while :func:`jedi_deploy.registry.load_expert` builds it (:func:`factory_search`).
+FACTORY_SEARCH: list[str] = []
+
+
+@contextlib.contextmanager
+def factory_search(*folders):
+    """Let :func:`resolve_factory` also look in ``folders`` for the duration."""
+    added = [str(f) for f in folders if f]
+    FACTORY_SEARCH.extend(added)
+    try:
+        yield
+    finally:
+        for f in added:
+            FACTORY_SEARCH.remove(f)
+
+
+def _import_from(mod: str, folders: list[str]):
+    """Import ``mod`` from the normal path, else from the first of ``folders`` that has it (which then
+    stays on ``sys.path``, as a script's folder does)."""
+    try:
+        return importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+        if e.name is None or mod.split(".")[0] != e.name.split(".")[0]:
+            raise  # the module exists but one of ITS imports is missing
+    for folder in folders:
+        top = Path(folder) / mod.split(".")[0]
+        if top.is_dir() or top.with_suffix(".py").is_file():
+            sys.path.insert(0, folder)
+            importlib.invalidate_caches()
+            return importlib.import_module(mod)
+    return None
+
+
+def module_root(module) -> str:
+    """The ``sys.path`` folder ``module`` was imported from (recorded as ``factory_path``)."""
+    depth = module.__name__.count(".") + (1 if Path(module.__file__).name == "__init__.py" else 0)
+    return str(Path(module.__file__).resolve().parents[depth])
+
+
+def resolve_factory(spec: str, factory_path: str = ""):
+    """The callable ``package.module:callable``, imported from the normal path, the recorded
+    ``factory_path``, :data:`FACTORY_SEARCH` or the current folder."""
     mod, _, attr = spec.partition(":")
     if not mod or not attr:
         raise ConfigError(f"factory must be 'package.module:callable', got {spec!r}")
     if mod.split(".")[0] == "torchvision":
         _tv_models()  # through the compatibility step (tv_compat)
+    folders = [f for f in (factory_path, *FACTORY_SEARCH, os.getcwd()) if f]
     try:
-        obj = importlib.import_module(mod)
-    except ImportError as e:
-        raise ConfigError(f"factory {spec!r}: cannot import {mod!r} ({e})") from None
+        obj = _import_from(mod, folders)
+    except Exception as e:
+        raise ConfigError(f"factory {spec!r}: importing {mod!r} failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    if obj is None:
+        raise ConfigError(f"factory {spec!r}: cannot import {mod!r}; looked on PYTHONPATH and in "
+                          f"{', '.join(dict.fromkeys(folders))}. Put its package in one of those folders or "
+                          "add its folder to PYTHONPATH")
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"factory {spec!r}: {mod!r} has no attribute {attr!r}")
@@ -277,17 +424,39 @@ def resolve_factory(spec: str):
     return obj
 
 
-def build_generic_encoder(factory: str = "", head: str = "fc", factory_kwargs: dict | None = None,
-                          layout: str = "NCTHW") -> HeadlessEncoder:
+#: Where classifiers usually keep their final linear layer, tried in order when no head is given.
+HEAD_NAMES = ("fc", "classifier", "head", "classifier.1", "head.1", "fc_cls", "cls_head.fc_cls", "classifier.fc")
+
+
+def find_head(net: nn.Module, where: str) -> str:
+    """The attribute path of ``net``'s final linear layer: the first of :data:`HEAD_NAMES` that is an
+    ``nn.Linear``/1x1 conv, else the last ``nn.Linear`` in the module tree."""
+    for name in HEAD_NAMES:
+        try:
+            head_features(_get(net, name), name)
+            return name
+        except (AttributeError, IndexError, TypeError, ConfigError):
+            continue
+    linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{where}: the model has no nn.Linear to use as the head; pass --arg head=ATTRIBUTE")
+    return linears[-1]
+
+
+def build_generic_encoder(factory: str = "", head: str = "", factory_kwargs: dict | None = None,
+                          layout: str = "NCTHW", factory_path: str = "") -> HeadlessEncoder:
     if layout not in ("NCTHW", "NTCHW"):
         raise ConfigError(f"layout must be NCTHW or NTCHW, got {layout!r}")
-    net = resolve_factory(factory)(**(factory_kwargs or {}))
+    net = resolve_factory(factory, factory_path)(**(factory_kwargs or {}))
     if not isinstance(net, nn.Module):
         raise ConfigError(f"factory {factory!r} returned {type(net).__name__}, not an nn.Module")
+    head = head or find_head(net, factory)
     try:
         _get(net, head)
     except (AttributeError, IndexError, TypeError):
-        raise ConfigError(f"{factory}: the model has no head attribute {head!r}") from None
+        linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+        raise ConfigError(f"{factory}: the model has no head attribute {head!r}; its linear layers: "
+                          f"{linears[-5:] or 'none'}") from None
     return HeadlessEncoder(net, head, layout)
 
 
@@ -296,29 +465,42 @@ def _register() -> None:
     for name, (head, dim, pre, (t, s), desc) in TV_VIDEO.items():
         formats = ("jedi-safetensors", "torchvision") + (("mmaction2",) if name.startswith("swin3d") else ())
         register_arch(ArchEntry(name, "torchvision-video", lambda _n=name: build_torchvision_encoder(_n), {}, pre,
-                                desc, formats, extra={"head": head, "embed_dim": dim, "test_input": (t, 3, s, s)}))
-    tsn_test = Preprocess(25, "segments", 1, 256, 224, crops=10, average="prob", **IMAGENET)
-    tsm_test = Preprocess(8, "segments", 1, 256, 224, crops=3, num_clips=2, average="prob", **IMAGENET)
+                                desc, formats, extra={"head": head, "embed_dim": dim, "test_input": (t, 3, s, s),
+                                                      "presets": PRESETS[name]}))
+    segment_default = Preprocess(8, "segments", 1, 256, 224, **IMAGENET)
     register_arch(ArchEntry(
-        "tsn_r50", "mmaction2", lambda: SegmentResNet50(shift=False), {},
-        Preprocess(8, "segments", 1, 256, 224, **IMAGENET),
-        "TSN on ResNet-50 (MMAction2 checkpoints); test preset: 25 segments x 10 crops, prob averaging",
+        "tsn_r50", "mmaction2", lambda: SegmentResNet50(shift=False), {}, segment_default,
+        "TSN on ResNet-50 (MMAction2 checkpoints); presets: the MMAction2 test config (25 segments x 10 crops, "
+        "consensus before the classifier)",
         ("jedi-safetensors", "mmaction2"), extra={"embed_dim": 2048, "test_input": (3, 3, 32, 32),
-                                                  "presets": {"test": tsn_test}}))
+                                                  "presets": PRESETS["tsn_r50"]}))
     register_arch(ArchEntry(
         "tsm_r50", "mmaction2", lambda num_segments=8, shift_div=8: SegmentResNet50(True, num_segments, shift_div),
-        {"num_segments": 8, "shift_div": 8}, Preprocess(8, "segments", 1, 256, 224, **IMAGENET),
-        "TSM on ResNet-50 (temporal shift 1/8 in each block, MMAction2 checkpoints); test preset: "
-        "8 segments x 2 clips x 3 crops, prob averaging",
+        {"num_segments": 8, "shift_div": 8}, segment_default,
+        "TSM on ResNet-50 (temporal shift 1/8 in each block, MMAction2 checkpoints); presets: the MMAction2 test "
+        "config (8 segments x 10 crops, prob averaging)",
         ("jedi-safetensors", "mmaction2"), extra={"embed_dim": 2048, "test_input": (8, 3, 32, 32),
-                                                  "presets": {"test": tsm_test}}))
+                                                  "presets": PRESETS["tsm_r50"]}))
     register_arch(ArchEntry(
         "generic", "generic", build_generic_encoder,
-        {"factory": "", "head": "fc", "factory_kwargs": {}, "layout": "NCTHW"},
-        Preprocess(16, "clip", 1, 128, 112, **IMAGENET),
-        "any nn.Module from 'package.module:callable' (+ its head attribute); state_dict checkpoints",
+        {"factory": "", "head": "", "factory_kwargs": {}, "layout": "NCTHW", "factory_path": ""},
+        Preprocess(16, "clip", 1, 128, 112, layout="NCTHW", **IMAGENET),
+        "any nn.Module from 'package.module:callable' (head: its final linear layer, found or --arg head=); "
+        "state_dict checkpoints",
         ("jedi-safetensors", "state_dict"),
         extra={"test_input": (4, 3, 32, 32), "test_kwargs": {"factory": "torchvision.models.video:mc3_18"}}))
+    from .hf import build_hf_encoder
+
+    register_arch(ArchEntry(
+        "hf", "transformers", build_hf_encoder, {"config": {}, "head": "classifier"},
+        Preprocess(16, "clip", 4, 224, 224, layout="NTCHW", rules="transformers", **IMAGENET),
+        "Hugging Face *ForVideoClassification (VideoMAE, TimeSformer, ViViT, ...) from a local save_pretrained "
+        "folder; preprocessing from its processor config",
+        ("jedi-safetensors", "transformers"),
+        extra={"test_input": (4, 3, 32, 32), "test_kwargs": {"config": {
+            "model_type": "videomae", "architectures": ["VideoMAEForVideoClassification"], "hidden_size": 32,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32,
+            "patch_size": 8, "num_frames": 4, "tubelet_size": 2}}}))
 
 
 _register()

@@ -248,6 +248,9 @@ class OnnxModel:
             return softmax(logits[0])
         if self.card.average == "prob":
             return softmax(logits).mean(axis=0)
+        if self.card.average == "feature":
+            raise InputError(f"{self.path}: its card averages embeddings over the views, which only the graph "
+                             "itself can do, but the graph takes one view; re-export it with jedi export")
         return softmax(logits.mean(axis=0))
 
     def run_many(self, feeds: list[Feed]) -> list[np.ndarray]:

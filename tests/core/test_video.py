@@ -11,9 +11,12 @@ def test_segment_sampling_takes_segment_centres():
     assert idx.tolist() == [1, 3, 5, 7, 9, 11, 13, 15]
 
 
-def test_clip_sampling_is_centred_with_interval_and_clamped():
-    assert sample_indices(20, Preprocess(num_frames=4, sampling="clip", frame_interval=2)).tolist() == [7, 9, 11, 13]
-    assert sample_indices(3, Preprocess(num_frames=4, sampling="clip", frame_interval=2)).tolist() == [0, 2, 2, 2]
+def test_clip_sampling_starts_at_half_the_slack_and_loops_short_videos():
+    # MMAction2 test mode: span 7, start (20 - 7) // 2 = 6; a 3-frame video loops (out_of_bound_opt='loop')
+    assert sample_indices(20, Preprocess(num_frames=4, sampling="clip", frame_interval=2)).tolist() == [6, 8, 10, 12]
+    assert sample_indices(3, Preprocess(num_frames=4, sampling="clip", frame_interval=2)).tolist() == [0, 2, 1, 0]
+    last = Preprocess(num_frames=4, sampling="clip", frame_interval=2, out_of_bound="repeat_last")
+    assert sample_indices(3, last).tolist() == [0, 2, 2, 2]
 
 
 def test_preprocess_normalises_and_centre_crops():
