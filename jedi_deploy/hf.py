@@ -49,6 +49,8 @@ def import_transformers():
         import transformers
     except ImportError as e:
         raise ConfigError(f"the hf architecture needs transformers: pip install 'jedi-deploy[hf]' ({e})") from None
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     return transformers
 
 

@@ -99,8 +99,10 @@ class HeadlessEncoder(nn.Module):
         super().__init__()
         if layout not in ("NCTHW", "NTCHW"):
             raise ConfigError(f"layout must be NCTHW or NTCHW, got {layout!r}")
-        self.embed_dim = head_features(_get(net, head_path), head_path)
+        original = _get(net, head_path)
+        self.embed_dim = head_features(original, head_path)
         self.head_path = head_path
+        object.__setattr__(self, "_original_head", original)  # not a submodule: no state, only for whole()
         _set(net, head_path, nn.Identity())
         self.net, self.layout = net, layout
 
@@ -110,8 +112,17 @@ class HeadlessEncoder(nn.Module):
         return logits_of(self.net(x)).flatten(1)
 
     def whole(self, x: torch.Tensor, head: nn.Module) -> torch.Tensor:
-        """The original classifier's scores on ``x`` (``head`` put back in place for one call)."""
-        _set(self.net, self.head_path, head)
+        """The original classifier's scores on ``x``: its last layer put back for one call, holding
+        ``head``'s weights (reshaped for a 1x1 convolution)."""
+        original, layer = self._original_head, head
+        if not isinstance(original, nn.Linear):  # a 1x1 convolution with the head's weights
+            layer = type(original)(head.in_features, head.out_features, original.kernel_size,
+                                   bias=head.bias is not None)
+            with torch.no_grad():
+                layer.weight.copy_(head.weight.view_as(layer.weight))
+                if head.bias is not None:
+                    layer.bias.copy_(head.bias)
+        _set(self.net, self.head_path, layer)
         try:
             return logits_of(self.net(x.permute(0, 2, 1, 3, 4) if self.layout == "NCTHW" else x)).flatten(1)
         finally:

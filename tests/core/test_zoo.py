@@ -49,9 +49,10 @@ def test_torchvision_checkpoint_round_trip(arch, tmp_path):
     tv = torchvision_video_model(arch, num_classes=7).eval()
     path = tmp_path / f"{arch}.pth"
     torch.save(tv.state_dict(), path)  # exactly as torchvision users save
-    expert, fmt = import_checkpoint(path, arch, dataset="k", categories=[f"c{i}" for i in range(7)])
-    assert fmt == "torchvision" and expert.num_classes == 7 and expert.embed_dim == TV_VIDEO[arch][1]
     t, _, s, _ = ARCHS[arch].extra["test_input"]
+    small = {"num_frames": t, "crop": s, "short_side": s, "resize": [0, 0]}  # the import's forward check, at test size
+    expert, fmt = import_checkpoint(path, arch, dataset="k", categories=[f"c{i}" for i in range(7)], preprocess=small)
+    assert fmt == "torchvision" and expert.num_classes == 7 and expert.embed_dim == TV_VIDEO[arch][1]
     x = torch.randn(1, t, 3, s, s)
     with torch.no_grad():
         want = tv(x.permute(0, 2, 1, 3, 4))
@@ -92,7 +93,8 @@ def test_mmaction2_video_swin_checkpoint(tmp_path):
                 "backbone.layers.3.blocks.1.mlp.fc2.bias", "backbone.norm3.weight", "cls_head.fc_cls.weight"):
         assert key in state  # MMAction2's own names
     torch.save({"meta": {"mmaction_version": "1.2.0"}, "state_dict": state}, tmp_path / "swin.pth")
-    expert, fmt = import_checkpoint(tmp_path / "swin.pth", "swin3d_t", dataset="k")
+    expert, fmt = import_checkpoint(tmp_path / "swin.pth", "swin3d_t", dataset="k",
+                                    preprocess={"num_frames": 8, "crop": 64, "short_side": 64})
     assert fmt == "mmaction2"
     x = torch.randn(1, 8, 3, 64, 64)
     with torch.no_grad():
