@@ -54,14 +54,35 @@ from jedi_deploy.jedi_model import AdjustmentModule  # noqa: E402
 from jedi_deploy.registry import ARCHS, Expert, build_expert  # noqa: E402
 from jedi_deploy.zoo import TV_VIDEO  # noqa: E402
 
-DEFAULT_ARCHS = sorted(TV_VIDEO) + ["tsn_r50", "tsm_r50"]
+#: Hugging Face entries (``hf:<family>``) at their standard sizes: transformers' default config of each
+#: family is its base model (VideoMAE-B 16x224, TimeSformer-B 8x224, ViViT-B 32x224).
+HF_FAMILIES = {"videomae": ("VideoMAEConfig", "VideoMAEForVideoClassification"),
+               "timesformer": ("TimesformerConfig", "TimesformerForVideoClassification"),
+               "vivit": ("VivitConfig", "VivitForVideoClassification")}
+DEFAULT_ARCHS = sorted(TV_VIDEO) + ["tsn_r50", "tsm_r50"] + [f"hf:{f}" for f in HF_FAMILIES]
+
+
+def hf_standard(family: str, classes: int) -> tuple[dict, object]:
+    """(arch kwargs, preprocessing) of a standard-size Hugging Face model of ``family``."""
+    from jedi_deploy.hf import import_transformers, preprocess_for, stored_config
+
+    tf = import_transformers()
+    cfg_name, cls_name = HF_FAMILIES[family]
+    config = getattr(tf, cfg_name)(num_labels=classes).to_dict()
+    config["architectures"] = [cls_name]
+    return {"config": stored_config(config), "head": "classifier"}, preprocess_for(config, None, family)
 
 
 def make_student(arch: str, classes: int = 400):
     torch.manual_seed(0)
-    model = build_expert(arch, classes).eval().requires_grad_(False)
-    pre = replace(ARCHS[arch].preprocess, num_clips=1, crops=1)
-    ex = Expert(arch, arch, {}, "bench", tuple(f"c{i}" for i in range(classes)), pre, model, None, "0" * 64)
+    if arch.startswith("hf:"):
+        kwargs, pre = hf_standard(arch[3:], classes)
+        model = build_expert("hf", classes, **kwargs).eval().requires_grad_(False)
+    else:
+        model = build_expert(arch, classes).eval().requires_grad_(False)
+        pre = replace(ARCHS[arch].preprocess, num_clips=1, crops=1, twice_sample=False)
+    ex = Expert(arch.replace(":", "_"), arch, {}, "bench", tuple(f"c{i}" for i in range(classes)), pre, model, None,
+                "0" * 64)
     adjust = AdjustmentModule(ex.embed_dim, 256, 0.75).eval()
     torch.nn.init.normal_(adjust.fc2.weight, std=0.02)
     head = torch.nn.Linear(ex.embed_dim, classes)
@@ -102,7 +123,7 @@ def bench_arch(arch: str, exporters: list[str], runs: int, ratio_runs: int, work
     out = {"input": list(ex.preprocess.input_shape()), "exporters": {}}
     sessions = {}
     for name in exporters:
-        d = work / f"{arch}-{name}"
+        d = work / f"{ex.name}-{name}"
         d.mkdir()
         t0 = time.perf_counter()
         try:
@@ -115,8 +136,8 @@ def bench_arch(arch: str, exporters: list[str], runs: int, ratio_runs: int, work
             row[r["kind"]] = {"file_mb": round(Path(r["path"]).stat().st_size / 2 ** 20, 1),
                               "max_abs_diff": r["max_abs_diff"], "max_rel_diff": r["max_rel_diff"],
                               "parity_ok": r["passed"]}
-        sessions[name] = {k: ort_session(d / f"{arch}.{k}.onnx", threads) for k in ("student", "expert")}
-        sessions[name]["expert_copy"] = ort_session(d / f"{arch}.expert.onnx", threads)  # the A/A control
+        sessions[name] = {k: ort_session(d / f"{ex.name}.{k}.onnx", threads) for k in ("student", "expert")}
+        sessions[name]["expert_copy"] = ort_session(d / f"{ex.name}.expert.onnx", threads)  # the A/A control
         out["exporters"][name] = row
     if not sessions:
         return out
@@ -137,8 +158,8 @@ def bench_arch(arch: str, exporters: list[str], runs: int, ratio_runs: int, work
     for key in ("student_expert_ratio", "student_expert_ci95", "aa_ratio"):
         out[key] = out["exporters"][pick][key]
     # the fold's own cost, from ORT's profiler inside the student's runs (both parts from the same runs)
-    d = work / f"{arch}-{pick}"
-    cost = extra_node_cost(d / f"{arch}.student.onnx", d / f"{arch}.expert.onnx", xn, runs=3, threads=threads)
+    d = work / f"{ex.name}-{pick}"
+    cost = extra_node_cost(d / f"{ex.name}.student.onnx", d / f"{ex.name}.expert.onnx", xn, runs=3, threads=threads)
     out["profiled_student_expert_ratio"] = round(cost["ratio"], 5)
     out["fold_ms"] = round(cost["extra_ms"], 3)
     out["fold_nodes"], out["expert_nodes_missing"] = cost["extra_nodes"], cost["missing_nodes"]

@@ -14,8 +14,14 @@ Entries (registered into :mod:`jedi_deploy.archs` when this module is imported, 
   ``downsample.conv``/``.bn``; TSM's shifted convs ``layerL.i.conv1.conv.net``) and
   ``cls_head.fc_cls.*``;
 * ``generic``: any ``nn.Module`` built by ``package.module:callable`` (kwargs ``factory``,
-  ``head`` = attribute path of its final ``nn.Linear``/1x1 conv, ``factory_kwargs``,
-  ``layout`` ``NCTHW`` or ``NTCHW``), format ``state_dict`` (the module's own keys).
+  ``head`` = attribute path of its final ``nn.Linear``/1x1 conv, found when not given,
+  ``factory_kwargs``, ``layout`` ``NCTHW`` or ``NTCHW``, ``factory_path`` = where the factory was
+  found), format ``state_dict`` (the module's own keys);
+* ``hf``: Hugging Face ``*ForVideoClassification`` models (:mod:`jedi_deploy.hf`).
+
+:data:`PRESETS` names each entry's upstream test protocols (:class:`Preset`). One module, because
+the entries, their key mappings and their protocols are one table read together; what is not
+per-entry (HF loading, decoding) lives elsewhere.
 
 Every encoder takes ``float32[B, T, 3, H, W]`` (our layout) and returns ``[B, D]``; the head
 is an ``nn.Linear`` holding the checkpoint's classifier, so ``head(encoder(x))`` is exactly the

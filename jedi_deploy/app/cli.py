@@ -72,6 +72,8 @@ def archs():
         formats = ",".join(f for f in e.formats if f != "jedi-safetensors") or "-"
         click.echo(f"{name:<12} {e.family:<17} {p.num_frames:>2} frames ({p.sampling}), crop {p.crop:<3}  "
                    f"reads: {formats:<22} {e.description}")
+        for preset, spec in e.extra.get("presets", {}).items():
+            click.echo(f"{'':<14}--preset {preset}: {spec.upstream}" + (f" ({spec.note})" if spec.note else ""))
 
 
 @cli.command()
@@ -164,14 +166,17 @@ def cache(data, experts, out, splits, dtype, precision, device, batch_size, work
 @click.option("--name", help="Expert name (default: the checkpoint's file name).")
 @click.option("--format", "fmt", type=click.Choice(["torchvision", "mmaction2", "state_dict"]),
               help="Checkpoint format (default: detected from the key names).")
-@click.option("--preset", help="Named preprocessing of the architecture, e.g. 'test' (MMAction2 test views).")
+@click.option("--preset", help="The upstream test protocol to reproduce, named after its config or weights "
+                               "(listed by `jedi archs`), e.g. R3D_18_Weights.KINETICS400_V1.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Preprocessing field override, e.g. --set num_frames=16 --set crops=3.")
 @click.option("--arg", "arch_args", multiple=True, metavar="KEY=VALUE",
-              help="Architecture argument (generic: factory=pkg.mod:fn, head=fc, layout=NCTHW).")
+              help="Architecture argument (generic: factory=pkg.mod:fn, head=ATTR (found if omitted), "
+                   "layout=NCTHW|NTCHW; hf: head=ATTR).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Expert file to write (.safetensors).")
 def import_expert(checkpoint, arch, dataset, classes, name, fmt, preset, overrides, arch_args, out):
-    """Convert a torchvision / MMAction2 / plain state-dict CHECKPOINT into a jedi expert.
+    """Convert a torchvision / MMAction2 / plain state-dict CHECKPOINT (or a Hugging Face
+    save_pretrained folder, --arch hf) into a jedi expert, checked by one forward pass.
 
     .pth files are read with torch.load(weights_only=True). The result is a self-describing
     safetensors file (architecture, classes, preprocessing, source sha256) for `jedi cache`."""

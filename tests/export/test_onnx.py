@@ -88,9 +88,9 @@ def test_views_are_averaged_inside_the_graph(experts, test_video, tmp_path, aver
     from jedi_deploy.serve.runtime import OnnxModel, softmax
 
     ex, graph = _pair(experts, 1)
-    pre = replace(ex.preprocess, crops=3, short_side=40, average=average)
+    pre = replace(ex.preprocess, crops=10, short_side=40, average=average)
     ex = replace(ex, preprocess=pre)
-    rep = export_model(graph, graph, ex, tmp_path / "v.onnx", "expert", OnnxExportConfig(views=3, batch_sizes=(2, 1)),
+    rep = export_model(graph, graph, ex, tmp_path / "v.onnx", "expert", OnnxExportConfig(views=10, batch_sizes=(2, 1)),
                        clip=test_video)
     assert rep["passed"]
     with torch.no_grad():
