@@ -5,6 +5,7 @@ file, detects its format, converts its keys and builds the :class:`~jedi_deploy.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -151,9 +152,7 @@ def _generic_setup(path: Path, kwargs: dict, pre: Preprocess, overrides: dict) -
         raise ConfigError("generic needs --arg factory=package.module:callable (a function returning the nn.Module)")
     with factory_search(path.resolve().parent):
         fn = resolve_factory(kwargs["factory"], kwargs.get("factory_path", ""))
-    import sys
-
-    module = sys.modules[getattr(fn, "__module__", "")] if getattr(fn, "__module__", "") in sys.modules else None
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
     if module is not None and getattr(module, "__file__", None):
         kwargs.setdefault("factory_path", module_root(module))
     if "layout" in overrides:

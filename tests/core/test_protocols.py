@@ -124,7 +124,7 @@ def tv():
 
 
 def tv_clips(total, fps, target, clip_len, clips):
-    from torchvision.datasets.video_utils import VideoClips, unfold
+    from torchvision.datasets.video_utils import VideoClips
 
     pts = torch.arange(total)
     resampled, idxs = VideoClips.compute_clips_for_video(pts, clip_len, 1, fps, target)
