@@ -660,3 +660,58 @@ def load_clips(paths, spec: "Preprocess", progress: bool = False, desc: str = "d
     for i, p in enumerate(tqdm(paths, desc=desc, unit="video", disable=not progress, leave=False)):
         out[i] = load_clip(p, spec)
     return out
+
+
+class FrameStream:
+    """Every frame of a video in one sequential pass, for sliding-window inference: iterating yields
+    ``(seconds from the first frame, [uint8[H, W, 3] per spec])``, upright and resized as each of
+    ``specs`` says (:func:`resize_shape`), one frame at a time, so memory holds what the caller keeps.
+    ``fps`` is the stream's average rate (None when the container does not say); after iteration
+    ``warning`` says when decoding stopped early (a truncated or corrupt file: the frames before the
+    error were yielded)."""
+
+    def __init__(self, path: str | Path, specs: list["Preprocess"]):
+        import av
+
+        self.path = Path(path)
+        _open_checked(self.path)
+        self.specs, self.warning, self.frames = list(specs), None, 0
+        try:
+            self._container = av.open(str(self.path))
+        except Exception as e:
+            raise _decode_error(self.path, e) from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise VideoDecodeError(f"{self.path}: file has no video stream")
+        self._stream = self._container.streams.video[0]
+        self.fps = _avg_fps(self._stream)
+        s, c = self._stream, self._container
+        if s.duration and s.time_base:
+            self.duration = float(s.duration * s.time_base)  # seconds, as the container declares (may be None)
+        else:
+            self.duration = c.duration / 1e6 if c.duration else None
+
+    def __iter__(self):
+        from av.video.reformatter import VideoReformatter
+
+        stream, reformatter, orient, t0 = self._stream, VideoReformatter(), None, None
+        base = float(stream.time_base) if stream.time_base else None
+        try:
+            for frame in self._container.decode(stream):
+                if self.frames == 0:
+                    orient = orientation(frame, stream)
+                if frame.pts is not None and base:
+                    t = frame.pts * base
+                else:  # no timestamps: count frames at the declared rate
+                    t = self.frames / (self.fps or 25.0)
+                t0 = t if t0 is None else t0
+                self.frames += 1
+                yield t - t0, [_rgb(frame, s, reformatter, orient) for s in self.specs]
+        except Exception as e:  # av.error.*: the frames before it stand
+            if not self.frames:
+                raise _decode_error(self.path, e) from None
+            self.warning = f"{self.path.name}: decoding stopped after {self.frames} frames ({type(e).__name__}: {e})"
+        finally:
+            self._container.close()
+        if not self.frames:
+            raise VideoDecodeError(f"{self.path}: video has no decodable frames")

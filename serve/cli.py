@@ -45,15 +45,30 @@ PROVIDERS_HELP = (f"ONNX Runtime providers: {', '.join(k for k in PROVIDER_ALIAS
 @click.option("--providers", help=PROVIDERS_HELP)
 @click.option("--threads", type=int, help="Runtime threads (default: one per core).")
 @click.option("--runtime", type=RUNTIME_CHOICE, default="ort", show_default=True, help=RUNTIME_HELP)
-def infer(model, inputs, out, fmt, as_json, topk, batch_size, workers, strict, providers, threads, runtime):
+@click.option("--window", type=float, help="Sliding-window mode for one long VIDEO: classify every window of this "
+              "many seconds (the model's own sampling inside each); --out gets one row per window (start, end, "
+              "top-k) and <stem>.segments.json the merged segments.")
+@click.option("--stride", type=float, help="Seconds between window starts (default: half the window).")
+@click.option("--smooth", default=1, show_default=True, help="Average each window's probabilities with its "
+              "neighbours' (a centred moving average over this many windows) before segmenting.")
+@click.option("--plot", type=click.Path(path_type=Path), help="Sliding-window mode: write the timeline chart (PNG).")
+def infer(model, inputs, out, fmt, as_json, topk, batch_size, workers, strict, providers, threads, runtime, window,
+          stride, smooth, plot):
     """Classify videos with an exported MODEL (ONNX Runtime, no torch).
 
     MODEL is a student, an expert or a teacher ensemble written by `jedi export`. INPUTS are
     video files, folders (searched recursively) or manifests: an MMAction2 .txt list (`path
     [label]` per line) or a .csv with a `path` (and optional `label`) column. With labels,
     acc@1/acc@5 are reported. Same as `python -m jedi_deploy.serve.infer`.
+
+    With --window SEC, one long video is classified window by window in one streaming pass
+    (memory bounded by a window), giving a timeline and labelled segments.
     """
     from .infer import format_summary, run_infer
+
+    if window is not None or stride is not None or plot is not None:
+        return _timeline(model, inputs, out, fmt, as_json, topk, providers, threads, runtime, window, stride, smooth,
+                         plot)
 
     text, summary = run_infer(model, list(inputs), out=out, fmt="jsonl" if as_json else fmt, topk=topk,
                               batch_size=batch_size, workers=workers, strict=strict, providers=providers,
@@ -68,6 +83,28 @@ def infer(model, inputs, out, fmt, as_json, topk, batch_size, workers, strict, p
     if summary["failed"]:  # like cp/rsync: everything readable is done, the status says not all was
         click.echo(f"error: {summary['failed']} video(s) could not be read; first: {summary['first_error']}", err=True)
         sys.exit(1)
+
+
+def _timeline(model, inputs, out, fmt, as_json, topk, providers, threads, runtime, window, stride, smooth, plot):
+    from jedi_deploy.errors import ConfigError
+
+    from .timeline import format_segments, run_timeline
+
+    if window is None:
+        raise ConfigError("--stride and --plot belong to sliding-window mode: give --window SEC too")
+    if len(inputs) != 1:
+        raise ConfigError(f"--window takes one video, got {len(inputs)} inputs")
+    text, tl = run_timeline(model, inputs[0], window=window, stride=stride or window / 2, smooth_windows=smooth,
+                            topk=topk, out=out, fmt="jsonl" if as_json else fmt, plot=plot, providers=providers,
+                            threads=threads, runtime=runtime, progress=progress())
+    if text:
+        click.echo(text, nl=False)
+    click.echo(format_segments(tl), nl=False, err=True)
+    where = f" -> {out}, {Path(out).with_suffix('.segments.json')}" if out else ""
+    click.echo(f"{len(tl.starts)} windows of {tl.window:g} s every {tl.stride:g} s over {tl.duration:.1f} s, "
+               f"{len(tl.segments)} segment(s){where}" + (f", plot {plot}" if plot else ""), err=True)
+    if tl.warning:
+        click.echo(f"warning: {tl.warning}", err=True)
 
 
 _D = _serve_defaults()
@@ -97,13 +134,25 @@ _D = _serve_defaults()
               help="Longest pause while an upload is arriving (else 408).")
 @click.option("--keep-alive-s", default=_D.keep_alive_s, show_default=True,
               help="Idle keep-alive connections are closed after this.")
+@click.option("--jobs-root", type=click.Path(path_type=Path, file_okay=False),
+              help="POST /v1/jobs may name video files under this folder (default: uploads only).")
+@click.option("--max-jobs", default=_D.max_jobs, show_default=True,
+              help="Jobs queued or running at once; more get 503 with Retry-After.")
+@click.option("--job-ttl-s", default=_D.job_ttl_s, show_default=True, help="Finished jobs are kept this long.")
+@click.option("--job-workers", default=_D.job_workers, show_default=True, help="Threads running jobs.")
 def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decode_workers, providers, threads, runtime,
-          topk, max_inflight, header_timeout_s, body_timeout_s, keep_alive_s):
+          topk, max_inflight, header_timeout_s, body_timeout_s, keep_alive_s, jobs_root, max_jobs, job_ttl_s,
+          job_workers):
     """Serve exported MODELS over HTTP (FastAPI + uvicorn, no torch).
 
     \b
     POST /v1/predict   video upload: multipart field `video` (curl -F video=@clip.mp4 URL/v1/predict)
-                       or the raw file as the body; optional `model` and `topk` (query or form)
+                       or the raw file as the body; optional `model` and `topk` (query or form);
+                       `window`/`stride` (seconds), `smooth`: a sliding-window timeline instead
+    POST /v1/jobs      the same as an asynchronous job (or JSON {"path": ...} under --jobs-root);
+                       GET /v1/jobs/ID: status, progress, result; DELETE /v1/jobs/ID: cancel
+    /v2/...            the Open Inference Protocol (KServe v2): health, model metadata/ready, infer
+    GET /              a web page: upload a video, see the top-k and the timeline
     GET  /v1/models    metadata of the served models
     GET  /healthz      liveness
     GET  /metrics      Prometheus text (requests, latency, batch sizes, errors, queue depth)
@@ -124,4 +173,5 @@ def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decod
                            max_delay_ms=max_delay_ms, max_upload_mb=max_upload_mb, decode_workers=decode_workers,
                            providers=providers, threads=threads, runtime=runtime, topk=topk, max_inflight=max_inflight,
                            header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
-                           keep_alive_s=keep_alive_s), echo=click.echo)
+                           keep_alive_s=keep_alive_s, jobs_root=jobs_root, max_jobs=max_jobs, job_ttl_s=job_ttl_s,
+                           job_workers=job_workers), echo=click.echo)

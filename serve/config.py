@@ -27,12 +27,17 @@ class ServeConfig:
     body_timeout_s: float = 30.0  # longest pause while a request body is arriving
     keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
     graceful_timeout_s: float = 30.0
+    jobs_root: Path | None = None  # POST /v1/jobs may name files under this folder (None: uploads only)
+    max_jobs: int = 16  # jobs queued or running; more get 503
+    job_ttl_s: float = 3600.0  # finished jobs (and their results) are kept this long
+    job_workers: int = 1  # threads running jobs
 
     def check(self) -> "ServeConfig":
         if not self.models:
             raise InputError("no model given: pass one or more .onnx files written by `jedi export`")
         for name, value, low in (("max_batch_size", self.max_batch_size, 1), ("decode_workers", self.decode_workers, 1),
-                                 ("topk", self.topk, 1), ("max_inflight", self.max_inflight, 1)):
+                                 ("topk", self.topk, 1), ("max_inflight", self.max_inflight, 1),
+                                 ("max_jobs", self.max_jobs, 1), ("job_workers", self.job_workers, 1)):
             if int(value) < low:
                 raise InputError(f"{name} must be >= {low}, got {value}")
         if self.max_delay_ms < 0 or self.max_upload_mb <= 0:
@@ -40,6 +45,10 @@ class ServeConfig:
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
             if getattr(self, name) <= 0:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.job_ttl_s <= 0:
+            raise InputError(f"job_ttl_s must be > 0, got {self.job_ttl_s}")
+        if self.jobs_root is not None and not Path(self.jobs_root).is_dir():
+            raise InputError(f"--jobs-root {self.jobs_root}: not a folder")
         if not 0 <= self.port <= 65535:
             raise InputError(f"port must be in 0..65535, got {self.port}")
         return self

@@ -15,9 +15,9 @@ ENDPOINTS = ("/v1/predict", "/v1/models", "/healthz", "/metrics")
 class ApiError(Exception):
     """An error answered to the client as ``{"error": {...}}`` with an HTTP status."""
 
-    def __init__(self, status: int, kind: str, message: str):
+    def __init__(self, status: int, kind: str, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.kind, self.message = status, kind, message
+        self.status, self.kind, self.message, self.headers = status, kind, message, dict(headers or {})
 
 
 class UploadGuard:
@@ -39,7 +39,9 @@ class UploadGuard:
         from starlette.requests import ClientDisconnect
 
         m, path = self.metrics, scope["path"]
-        endpoint = path if path in ENDPOINTS else "other"
+        endpoint = path if path in ENDPOINTS else ("/v1/jobs" if path.startswith("/v1/jobs") else (
+            "/v2/infer" if path.startswith("/v2/models/") and path.endswith("/infer") else (
+                "/v2" if path.startswith("/v2") else "other")))
         status, seen, t0, body_done = 0, 0, time.perf_counter(), False
 
         async def limited_receive():
@@ -68,7 +70,7 @@ class UploadGuard:
             m.errors.labels(kind).inc()
             await json_response(send_status, code, error_body(code, kind, text), close, headers)
 
-        predict = path == "/v1/predict"
+        predict = path == "/v1/predict" or endpoint == "/v2/infer"
         m.in_flight.inc()
         try:
             length = dict(scope.get("headers") or []).get(b"content-length", b"")

@@ -225,9 +225,13 @@ class OnnxModel:
         ``warning`` says when the file is truncated or corrupt and only the frames before the
         first error were sampled."""
         decoded = decode_clips(video, self._specs)
+        return Prepared(self.feed_from_clips(decoded.clips, video), decoded.warning)
+
+    def feed_from_clips(self, clips: list[np.ndarray], source: str | Path) -> Feed:
+        """The graph's feed from sampled frames, ``uint8[K, T, H, W, 3]`` per input (resized)."""
         feed = {}
-        for s, c in zip(self.card.inputs, decoded.clips):
-            views = crop_views(c, s.preprocess, video)
+        for s, c in zip(self.card.inputs, clips):
+            views = crop_views(c, s.preprocess, source)
             x = views if s.uint8 else normalize_views(views, s.preprocess)
             if s.views > 1:
                 x = np.concatenate([x] * (-(-s.views // len(x))))[:s.views][None]
@@ -236,7 +240,7 @@ class OnnxModel:
         if len(rows) > 1:
             raise InputError(f"{self.path}: its inputs take different numbers of views per video "
                              f"({ {k: len(x) for k, x in feed.items()} }); re-export it")
-        return Prepared(feed, decoded.warning)
+        return feed
 
     def rows(self, feed: Feed) -> int:
         return len(next(iter(feed.values())))

@@ -32,6 +32,7 @@ from jedi_deploy.errors import InputError, VideoDecodeError
 from .batcher import MicroBatcher
 from .config import ServeConfig
 from .guard import ApiError, UploadGuard, error_body
+from .jobs import JobStore
 from .metrics import Metrics
 from .runtime import OnnxModel, Prepared
 
@@ -46,6 +47,25 @@ def _int_field(value, name: str, low: int, high: int) -> int:
     if not low <= n <= high:
         raise ApiError(422, "invalid_field", f"field {name!r} must be in {low}..{high}, got {n}")
     return n
+
+
+def _window_fields(params: dict) -> tuple[float, float, int] | None:
+    """``window``/``stride`` (seconds) and ``smooth`` (windows) of a sliding-window request, or None."""
+    if "window" not in params:
+        if "stride" in params or "smooth" in params:
+            raise ApiError(422, "invalid_field", "'stride' and 'smooth' belong to sliding-window requests: "
+                                                 "give 'window' (seconds) too")
+        return None
+    try:
+        window = float(params["window"])
+        stride = float(params.get("stride", window / 2))
+    except ValueError:
+        raise ApiError(422, "invalid_field", f"'window' and 'stride' must be seconds, got {params.get('window')!r} "
+                                             f"and {params.get('stride')!r}") from None
+    if not (0 < stride <= window <= 3600):
+        raise ApiError(422, "invalid_field", f"need 0 < stride <= window <= 3600 seconds, got window {window}, "
+                                             f"stride {stride}")
+    return window, stride, _int_field(params.get("smooth", 1), "smooth", 1, 99)
 
 
 class Service:
@@ -68,6 +88,8 @@ class Service:
         self.decode_pool: ThreadPoolExecutor | None = None
         self.tmp: tempfile.TemporaryDirectory | None = None
         self.stopping = False
+        self.jobs = JobStore(workers=cfg.job_workers, max_jobs=cfg.max_jobs, ttl_s=cfg.job_ttl_s,
+                             root=Path(cfg.jobs_root) if cfg.jobs_root else None)
 
     # lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -92,6 +114,7 @@ class Service:
             await b.stop()
         if self.decode_pool is not None:
             self.decode_pool.shutdown(wait=True)
+        self.jobs.close()  # running jobs stop at their next window; their uploads are removed
         if self.tmp is not None:
             self.tmp.cleanup()
         print("jedi serve: stopped cleanly (requests in flight were answered)", file=sys.stderr, flush=True)
@@ -173,7 +196,7 @@ class Service:
                     raise  # over the size limit, stalled, or the client went away: answered by the guard
                 except Exception as e:  # whatever the multipart parser makes of a malformed body
                     raise ApiError(400, "malformed_request", f"cannot parse the multipart body ({e})") from None
-                for k in ("model", "topk"):
+                for k in ("model", "topk", "window", "stride", "smooth"):
                     if k in form and not isinstance(form[k], UploadFile):
                         params.setdefault(k, form[k])
                 upload = form.get(UPLOAD_FIELD)
@@ -195,6 +218,10 @@ class Service:
                 source = await self._spool_body(request, filename)
             model = self.models[name]
             loop = asyncio.get_running_loop()
+            windowed = _window_fields(params)
+            if windowed is not None:  # a timeline: the windows run in the decode pool, outside the batcher
+                return await loop.run_in_executor(self.decode_pool, self._timeline_upload, model, name, source,
+                                                  filename, windowed, topk)
             batcher = self.batchers[name]
             t0 = time.perf_counter()
             batcher.incoming += 1
@@ -214,10 +241,87 @@ class Service:
             answer["warning"] = x.warning
         return answer
 
+    async def submit_job(self, request) -> dict:
+        """``POST /v1/jobs``: a path under the jobs root (JSON ``{"path": ...}``) or an upload (multipart
+        field ``video`` or the raw body), queued; the answer (202) names the job."""
+        import json
+
+        from starlette.datastructures import UploadFile
+
+        params = dict(request.query_params)
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("application/json"):
+            try:
+                body = json.loads(await request.body())
+            except ValueError as e:
+                raise ApiError(400, "malformed_request", f"the JSON body is not valid ({e})") from None
+            if not isinstance(body, dict) or not isinstance(body.get("path"), str):
+                raise ApiError(400, "missing_field", 'a JSON job needs {"path": "<file under the jobs root>"}')
+            params.update({k: str(v) for k, v in body.items() if k != "path"})
+            name, topk = self._request_model(params)
+            windowed = _window_fields(params)
+            source, video, owned = self.jobs.allowed_path(body["path"]), body["path"], False
+        elif ctype.startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=8)
+            try:
+                for k in ("model", "topk", "window", "stride", "smooth"):
+                    if k in form and not isinstance(form[k], UploadFile):
+                        params.setdefault(k, form[k])
+                upload = form.get(UPLOAD_FIELD)
+                if not isinstance(upload, UploadFile):
+                    raise ApiError(400, "missing_field", f"multipart field {UPLOAD_FIELD!r} (the video file) is missing")
+                name, topk = self._request_model(params)
+                windowed = _window_fields(params)
+                video = upload.filename or "upload"
+                source = self._temp_path(video)
+                with open(source, "wb") as f:
+                    upload.file.seek(0)
+                    while chunk := upload.file.read(1 << 20):
+                        f.write(chunk)
+                owned = True
+            finally:
+                await form.close()
+        else:
+            video = params.get("filename", "upload")
+            name, topk = self._request_model(params)
+            windowed = _window_fields(params)
+            source, owned = await self._spool_body(request, video), True
+        return self.jobs.submit(self, model=name, video=video, source=source, owned=owned, topk=topk,
+                                windowed=windowed).to_dict()
+
+    def _timeline_upload(self, model: OnnxModel, name: str, source, filename: str, windowed, topk: int) -> dict:
+        """Sliding-window inference over one upload (serve.timeline), in the decode pool."""
+        from .timeline import run_windows
+
+        window, stride, smooth = windowed
+        t0 = time.perf_counter()
+        tmp = source if isinstance(source, str) else self._temp_path(filename)
+        try:
+            if not isinstance(source, str):
+                with open(tmp, "wb") as f:
+                    source.seek(0)
+                    while chunk := source.read(1 << 20):
+                        f.write(chunk)
+            try:
+                tl = run_windows(model, tmp, window=window, stride=stride, smooth_windows=smooth)
+            except (VideoDecodeError, InputError) as e:
+                raise ApiError(422, "invalid_video", str(e).replace(tmp, filename)) from None
+        finally:
+            os.unlink(tmp)
+        answer = {"model": name, **tl.summary(), "video": filename, "windows": tl.rows(topk),
+                  "timing_ms": {"total": round(1e3 * (time.perf_counter() - t0), 3)}}
+        if tl.warning:
+            answer["warning"] = tl.warning.replace(Path(tmp).name, filename)
+        return answer
+
     def _request_model(self, params: dict) -> tuple[str, int]:
         name = self.pick_model(params.get("model"))
         n = len(self.models[name].categories)
         return name, _int_field(params.get("topk", min(self.cfg.topk, n)), "topk", 1, n)
+
+
+#: The web page at ``/``: one static file, no build step (package data of jedi_deploy.serve).
+PAGE = (Path(__file__).parent / "page.html").read_text()
 
 
 def create_app(cfg: ServeConfig):
@@ -242,13 +346,13 @@ def create_app(cfg: ServeConfig):
     app.state.service = service
     m = service.metrics
 
-    def error(status: int, kind: str, message: str) -> JSONResponse:
+    def error(status: int, kind: str, message: str, headers: dict | None = None) -> JSONResponse:
         m.errors.labels(kind).inc()
-        return JSONResponse(error_body(status, kind, message), status_code=status)
+        return JSONResponse(error_body(status, kind, message), status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
-        return error(e.status, e.kind, e.message)
+        return error(e.status, e.kind, e.message, e.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, e):
@@ -262,6 +366,36 @@ def create_app(cfg: ServeConfig):
     async def predict(request: Request):
         """Top-k labels of an uploaded video."""
         return await service.predict(request)
+
+    @app.post("/v1/jobs", status_code=202)
+    async def submit_job(request: Request):
+        """Queue a long video (upload, or a path under --jobs-root); poll GET /v1/jobs/{id}."""
+        job = await service.submit_job(request)
+        return JSONResponse(job, status_code=202, headers={"Location": job["url"]})
+
+    @app.get("/v1/jobs")
+    async def list_jobs():
+        """Every job kept (newest first), without results."""
+        service.jobs.purge()
+        jobs = sorted(service.jobs.jobs.values(), key=lambda j: -j.created)
+        return {"jobs": [{k: v for k, v in j.to_dict().items() if k != "result"} for j in jobs]}
+
+    @app.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: str):
+        """Status, progress and (when done) the result of a job."""
+        return service.jobs.get(job_id).to_dict()
+
+    @app.delete("/v1/jobs/{job_id}")
+    async def cancel_job(job_id: str):
+        """Cancel a job: a queued one never runs, a running one stops at its next window."""
+        return service.jobs.cancel(job_id).to_dict()
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        """The web page: upload a video, see the top-k and, with a window, the timeline (serve/page.html)."""
+        from starlette.responses import HTMLResponse
+
+        return HTMLResponse(PAGE)
 
     @app.get("/v1/models")
     async def models():
@@ -279,6 +413,10 @@ def create_app(cfg: ServeConfig):
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
+
+    from .kserve import add_routes
+
+    add_routes(app, service)  # the Open Inference Protocol (KServe v2) beside /v1
 
     app.add_middleware(UploadGuard, limit=int(cfg.max_upload_mb * 2**20), metrics=m, max_inflight=cfg.max_inflight,
                        body_timeout=cfg.body_timeout_s)

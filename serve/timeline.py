@@ -1,0 +1,255 @@
+"""Sliding-window inference over long videos (``jedi infer MODEL VIDEO --window SEC --stride SEC``).
+
+One sequential decoding pass (:class:`jedi_deploy.video.FrameStream`): frames are kept only while a
+window still needs them, so memory is bounded by one window's frames (resized as the model's
+preprocessing says), never by the video. Window k covers ``[k * stride, k * stride + window)``
+seconds; inside it the model's own sampling picks its frames (``clip_indices`` over the window's
+frames, as if the window were a video), and the model's views and averaging apply as for a whole
+video. Per window: class probabilities; then optional smoothing (a centred moving average over
+``smooth`` windows) and merging of consecutive windows with the same top-1 label into segments.
+
+Outputs: per-window rows (JSONL or CSV: start, end, top-k), the segments, and a PNG plot. Torch-free.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from jedi_deploy.errors import ConfigError, InputError
+from jedi_deploy.video import FrameStream, clip_indices
+
+from .runtime import OnnxModel
+
+
+@dataclass(frozen=True)
+class Window:
+    start: float
+    end: float
+    probs: np.ndarray
+    frames: int  # frames of the video inside the window
+
+
+def check_window(window: float, stride: float) -> None:
+    if not window > 0 or not stride > 0:
+        raise ConfigError(f"--window and --stride must be > 0 seconds, got {window} and {stride}")
+    if stride > window:
+        raise ConfigError(f"--stride {stride} s is longer than --window {window} s: frames between windows would "
+                          "never be looked at")
+
+
+def windows(model: OnnxModel, video: str | Path, window: float, stride: float,
+            stream: FrameStream | None = None) -> Iterator[Window]:
+    """Class probabilities of every window of ``video``, in order, from one decoding pass."""
+    check_window(window, stride)
+    specs = [s.preprocess for s in model.card.inputs]
+    stream = stream or FrameStream(video, specs)
+    buf: deque = deque()  # (t, [frame per spec]) of frames some later window still needs
+    k, last = 0, None
+
+    def classify(k: int, end: float) -> Window | None:
+        start = k * stride
+        inside = [f for f in buf if start <= f[0] < start + window]
+        if not inside:
+            return None
+        clips = []
+        for i, spec in enumerate(specs):
+            frames = np.stack([f[1][i] for f in inside])
+            clips.append(frames[clip_indices(len(frames), spec, stream.fps)])
+        feed = model.feed_from_clips(clips, video)
+        return Window(start, end, model.probs(model.run(feed)), len(inside))
+
+    for t, frames in stream:
+        while t >= k * stride + window:  # window k is complete
+            w = classify(k, k * stride + window)
+            if w is not None:
+                yield w
+            k += 1
+            while buf and buf[0][0] < k * stride:
+                buf.popleft()
+        if t >= k * stride:
+            buf.append((t, frames))
+        last = t
+    while last is not None and k * stride <= last:  # the tail: windows that start before the last frame
+        w = classify(k, min(k * stride + window, last + 1.0 / (stream.fps or 25.0)))
+        if w is not None:
+            yield w
+        k += 1
+        while buf and buf[0][0] < k * stride:
+            buf.popleft()
+
+
+def smooth(probs: np.ndarray, size: int) -> np.ndarray:
+    """Centred moving average over ``size`` windows (edges average what exists)."""
+    if size <= 1 or len(probs) < 2:
+        return probs
+    half = size // 2
+    c = np.cumsum(np.vstack([np.zeros((1, probs.shape[1])), probs]), axis=0)
+    lo = np.clip(np.arange(len(probs)) - half, 0, len(probs))
+    hi = np.clip(np.arange(len(probs)) + half + 1, 0, len(probs))
+    return (c[hi] - c[lo]) / (hi - lo)[:, None]
+
+
+def segments(starts: np.ndarray, ends: np.ndarray, probs: np.ndarray, categories, stride: float,
+             duration: float) -> list[dict]:
+    """Consecutive windows with the same top-1 label, merged: each window stands for the stride
+    around its centre, so boundaries fall midway between the centres of windows that disagree."""
+    top = probs.argmax(axis=1)
+    centres = (starts + ends) / 2
+    out = []
+    i = 0
+    while i < len(top):
+        j = i
+        while j + 1 < len(top) and top[j + 1] == top[i]:
+            j += 1
+        a = 0.0 if i == 0 else (centres[i - 1] + centres[i]) / 2
+        b = duration if j == len(top) - 1 else (centres[j] + centres[j + 1]) / 2
+        out.append({"start": round(float(a), 3), "end": round(float(b), 3), "label": categories[top[i]],
+                    "index": int(top[i]), "mean_prob": round(float(probs[i:j + 1, top[i]].mean()), 4),
+                    "windows": j - i + 1})
+        i = j + 1
+    return out
+
+
+@dataclass
+class Timeline:
+    video: str
+    window: float
+    stride: float
+    smooth: int
+    starts: np.ndarray
+    ends: np.ndarray
+    probs: np.ndarray  # smoothed
+    categories: tuple
+    segments: list
+    duration: float
+    warning: str | None = None
+
+    def rows(self, topk: int = 5) -> list[dict]:
+        out = []
+        for s, e, p in zip(self.starts, self.ends, self.probs):
+            order = np.argsort(-p, kind="stable")[:max(1, topk)]
+            out.append({"start": round(float(s), 3), "end": round(float(e), 3),
+                        "top": [{"label": self.categories[i], "index": int(i), "prob": round(float(p[i]), 5)}
+                                for i in order]})
+        return out
+
+    def summary(self) -> dict:
+        return {"video": self.video, "duration_s": round(self.duration, 3), "windows": len(self.starts),
+                "window_s": self.window, "stride_s": self.stride, "smooth": self.smooth,
+                "segments": self.segments, **({"warning": self.warning} if self.warning else {})}
+
+
+def run_windows(model: OnnxModel, video: str | Path, *, window: float, stride: float, smooth_windows: int = 1,
+                progress: bool = False, on_window=None) -> Timeline:
+    """Every window of ``video`` classified, smoothed and merged into segments. ``on_window(fraction)``
+    is called after each window with the share of the video done (by its declared duration); it may
+    raise to stop."""
+    from tqdm.auto import tqdm
+
+    if smooth_windows < 1:
+        raise ConfigError(f"--smooth must be >= 1 window, got {smooth_windows}")
+    stream = FrameStream(video, [s.preprocess for s in model.card.inputs])
+    found = []
+    for w in tqdm(windows(model, video, window, stride, stream), desc=Path(video).name, unit="window",
+                  disable=not progress, leave=False):
+        found.append(w)
+        if on_window is not None:
+            on_window(w.end / stream.duration if stream.duration else 0.0)
+    if not found:
+        raise InputError(f"{video}: no window of {window} s has a frame")
+    starts = np.array([w.start for w in found])
+    ends = np.array([w.end for w in found])
+    probs = smooth(np.stack([w.probs for w in found]), smooth_windows)
+    duration = float(ends[-1])
+    return Timeline(str(video), window, stride, smooth_windows, starts, ends, probs, model.categories,
+                    segments(starts, ends, probs, model.categories, stride, duration), duration, stream.warning)
+
+
+def format_rows(rows: list[dict], fmt: str) -> str:
+    if fmt == "csv":
+        buf = io.StringIO()
+        k = max(len(r["top"]) for r in rows)
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["start", "end"] + [c for i in range(1, k + 1) for c in (f"label{i}", f"prob{i}")])
+        for r in rows:
+            w.writerow([r["start"], r["end"]] + [v for t in r["top"] for v in (t["label"], t["prob"])])
+        return buf.getvalue()
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def plot_timeline(tl: Timeline, path: str | Path, classes: int = 6) -> Path:
+    """A PNG: the probability of the most frequent top-1 labels over time, segments as a bar below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centres = (tl.starts + tl.ends) / 2
+    top = tl.probs.argmax(axis=1)
+    shown = [int(c) for c, _ in sorted(zip(*np.unique(top, return_counts=True)), key=lambda x: -x[1])][:classes]
+    colours = plt.get_cmap("tab10")
+    fig, (ax, bar) = plt.subplots(2, 1, figsize=(10, 4), sharex=True, gridspec_kw={"height_ratios": [4, 1]})
+    for n, c in enumerate(shown):
+        ax.plot(centres, tl.probs[:, c], color=colours(n % 10), label=tl.categories[c])
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper right", fontsize="small")
+    ax.set_title(f"{Path(tl.video).name}: {tl.window:g} s windows every {tl.stride:g} s")
+    for s in tl.segments:
+        n = shown.index(s["index"]) if s["index"] in shown else len(shown)
+        bar.axvspan(s["start"], s["end"], color=colours(n % 10))
+        bar.text((s["start"] + s["end"]) / 2, 0.5, s["label"], ha="center", va="center", fontsize="x-small")
+    bar.set_yticks([])
+    bar.set_xlabel("seconds")
+    bar.set_xlim(0, tl.duration)
+    fig.tight_layout()
+    from jedi_deploy.meta import atomic_path
+
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def run_timeline(model_path: str | Path, video: str | Path, *, window: float, stride: float, smooth_windows: int = 1,
+                 topk: int = 5, out: Path | None = None, fmt: str | None = None, plot: Path | None = None,
+                 providers: str | None = None, threads: int | None = None, runtime: str = "ort",
+                 progress: bool = False) -> tuple[str, Timeline]:
+    """``jedi infer MODEL VIDEO --window``: the per-window rows to ``out`` (JSONL or CSV, atomically;
+    else returned as text), the segments beside it (``<out stem>.segments.json``) and the plot."""
+    from jedi_deploy.meta import atomic_path, require_writable_dir
+
+    from .infer import output_format
+
+    fmt = output_format(out, fmt)
+    fmt = "jsonl" if fmt == "text" else fmt
+    for p in (out, plot):
+        if p is not None:
+            require_writable_dir(Path(p).parent)
+    check_window(window, stride)
+    model = OnnxModel(model_path, providers=providers, threads=threads, runtime=runtime)
+    tl = run_windows(model, video, window=window, stride=stride, smooth_windows=smooth_windows, progress=progress)
+    text = format_rows(tl.rows(topk), fmt)
+    if plot is not None:
+        plot_timeline(tl, plot)
+    if out is None:
+        return text, tl
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(text)
+    seg = Path(out).with_suffix(".segments.json")
+    with atomic_path(seg) as tmp:
+        Path(tmp).write_text(json.dumps(tl.summary(), indent=1) + "\n")
+    return "", tl
+
+
+def format_segments(tl: Timeline) -> str:
+    lines = [f"{s['start']:9.2f} - {s['end']:9.2f} s  {s['label']}  (mean p {s['mean_prob']:.3f}, "
+             f"{s['windows']} windows)" for s in tl.segments]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,108 @@
+"""Async jobs for long videos: lifecycle, progress, cancel, client disconnects, the jobs root, a full
+queue and expiry - against a real `jedi serve` process (torch-free)."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+requests = pytest.importorskip("requests")
+
+from service_helpers import start, stop  # noqa: E402
+from test_timeline import coloured_video, colour_model  # noqa: E402
+
+
+def wait(url, job_id, states=("done", "failed", "cancelled"), timeout=120):
+    t0 = time.time()
+    seen = []
+    while time.time() - t0 < timeout:
+        j = requests.get(f"{url}/v1/jobs/{job_id}", timeout=10).json()
+        seen.append(j["progress"])
+        if j["status"] in states:
+            return j, seen
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {j['status']} after {timeout} s")
+
+
+def submit(url, video, **params):
+    return requests.post(f"{url}/v1/jobs", params=params, data=video.read_bytes(),
+                         headers={"Content-Type": "video/mp4"}, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("jobs")
+    root = d / "root"
+    root.mkdir()
+    return {"model": colour_model(d / "colour.onnx"),
+            "short": coloured_video(root / "short.mp4", [("red", 6.0), ("blue", 6.0)]),
+            "long": coloured_video(d / "long.mp4", [("red", 300.0), ("green", 300.0)], fps=8, size=(320, 240)),
+            "root": root, "outside": coloured_video(d / "outside.mp4", [("green", 2.0)])}
+
+
+def test_job_lifecycle_paths_and_cancel(files):
+    proc, addr = start([files["model"]], "--jobs-root", str(files["root"]))
+    url = f"http://{addr}"
+    try:
+        r = submit(url, files["short"], window=4, stride=2)
+        assert r.status_code == 202 and r.headers["Location"] == r.json()["url"]
+        job, progress = wait(url, r.json()["id"])
+        assert job["status"] == "done" and job["progress"] == 1.0
+        assert [s["label"] for s in job["result"]["segments"]] == ["red", "blue"]
+        assert all(0 <= p <= 1 for p in progress) and progress == sorted(progress)
+        # a whole-video job, from a path under the jobs root
+        r = requests.post(f"{url}/v1/jobs", json={"path": "short.mp4", "topk": 2}, timeout=10)
+        job, _ = wait(url, r.json()["id"])
+        assert job["status"] == "done" and len(job["result"]["predictions"]) == 2 and job["video"] == "short.mp4"
+        for path, code in ((str(files["outside"]), 403), ("../outside.mp4", 403), ("nope.mp4", 404)):
+            r = requests.post(f"{url}/v1/jobs", json={"path": path}, timeout=10)
+            assert r.status_code == code and r.json()["error"]["type"] in ("path_not_allowed", "not_found"), r.text
+        # cancel a running job: it stops at its next window
+        r = submit(url, files["long"], window=2, stride=1)
+        jid = r.json()["id"]
+        wait(url, jid, states=("running",))
+        time.sleep(0.5)
+        assert requests.delete(f"{url}/v1/jobs/{jid}", timeout=10).status_code == 200
+        job, _ = wait(url, jid, timeout=30)
+        assert job["status"] == "cancelled" and "result" not in job and 0 < job["progress"] < 1
+        assert requests.get(f"{url}/v1/jobs/unknown", timeout=10).status_code == 404
+        bad = requests.post(f"{url}/v1/jobs", data=b"not a video", headers={"Content-Type": "video/mp4"}, timeout=10)
+        job, _ = wait(url, bad.json()["id"])
+        assert job["status"] == "failed" and "upload" in job["error"]
+        ids = [j["id"] for j in requests.get(f"{url}/v1/jobs", timeout=10).json()["jobs"]]
+        assert jid in ids and bad.json()["id"] in ids
+    finally:
+        stop(proc)
+
+
+def test_jobs_survive_disconnects_queue_limit_and_expiry(files):
+    proc, addr = start([files["model"]], "--max-jobs", "1", "--job-ttl-s", "2")
+    url = f"http://{addr}"
+    try:
+        body = files["short"].read_bytes()
+        host, port = addr.rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as s:  # upload, then hang up without reading the answer
+            s.sendall(b"POST /v1/jobs?window=4 HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
+                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            time.sleep(0.3)
+        t0 = time.time()
+        while not requests.get(f"{url}/v1/jobs", timeout=10).json()["jobs"]:
+            assert time.time() - t0 < 10
+            time.sleep(0.05)
+        jid = requests.get(f"{url}/v1/jobs", timeout=10).json()["jobs"][0]["id"]
+        job, _ = wait(url, jid)
+        assert job["status"] == "done" and [s["label"] for s in job["result"]["segments"]] == ["red", "blue"]
+        # one job at most: a second while the first runs is refused
+        first = submit(url, files["long"], window=2)
+        full = submit(url, files["short"])
+        assert full.status_code == 503 and full.headers.get("Retry-After") and full.json()["error"]["type"] == "jobs_full"
+        requests.delete(f"{url}/v1/jobs/{first.json()['id']}", timeout=10)
+        wait(url, first.json()["id"], timeout=30)
+        # results are kept --job-ttl-s, then forgotten
+        time.sleep(2.5)
+        assert requests.get(f"{url}/v1/jobs/{jid}", timeout=10).status_code == 404
+        r = requests.post(f"{url}/v1/jobs", json={"path": "x.mp4"}, timeout=10)
+        assert r.status_code == 403  # no --jobs-root: paths are refused
+    finally:
+        stop(proc)

@@ -1,0 +1,153 @@
+"""Sliding-window inference on generated long videos with known segment boundaries, through
+`jedi infer --window` (torch-free), and its memory bound on a 10-minute video."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from jedi_deploy.errors import ConfigError
+from jedi_deploy.model_card import InputSpec, ModelCard, embed_card
+from jedi_deploy.video import Preprocess
+
+COLOURS = {"red": (220, 20, 20), "green": (20, 220, 20), "blue": (20, 20, 220)}
+
+
+def colour_model(path: Path, short_side: int = 0) -> Path:
+    """A hand-built ONNX classifier: logits = mean R, G, B of the clip / 20 (categories red, green, blue)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    pre = Preprocess(4, "clip", 1, short_side, 16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    x = helper.make_tensor_value_info("video", TensorProto.FLOAT, ["batch", 4, 3, 16, 16])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [0.05])
+    nodes = [helper.make_node("ReduceMean", ["video"], ["m"], axes=[1, 3, 4], keepdims=0),
+             helper.make_node("Mul", ["m", "scale"], ["logits"])]
+    model = helper.make_model(helper.make_graph(nodes, "colour", [x], [y], [scale]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    card = ModelCard(kind="expert", name="colour", dataset="synthetic", arch="hand", categories=tuple(COLOURS),
+                     inputs=(InputSpec("video", "float32", ("batch", 4, 3, 16, 16), "NTCHW", pre),))
+    embed_card(model, card)
+    onnx.save(model, str(path))
+    return path
+
+
+def coloured_video(path: Path, plan: list[tuple[str, float]], fps: int = 4, size=(48, 32)) -> Path:
+    """An H.264 video of solid colours: ``plan`` = [(colour, seconds), ...] in order."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
+        s.options = {"preset": "ultrafast"}
+        for colour, secs in plan:
+            img = np.zeros((size[1], size[0], 3), np.uint8)
+            img[:] = COLOURS[colour]
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            for _ in range(int(round(secs * fps))):
+                for pk in s.encode(frame):
+                    c.mux(pk)
+        for pk in s.encode():
+            c.mux(pk)
+    return path
+
+
+def infer(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "jedi_deploy.serve.infer", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def test_segments_are_found_within_one_stride(tmp_path):
+    model = colour_model(tmp_path / "colour.onnx")
+    plan = [("red", 37.0), ("green", 23.5), ("blue", 41.0), ("red", 18.0)]
+    video = coloured_video(tmp_path / "long.mp4", plan)
+    out = tmp_path / "timeline.jsonl"
+    r = infer(model, video, "--window", 4, "--stride", 2, "--topk", 2, "--out", out, "--plot", tmp_path / "t.png",
+              cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[0]["start"] == 0 and rows[1]["start"] == 2 and len(rows[0]["top"]) == 2
+    assert all(r["end"] - r["start"] <= 4 + 1e-6 for r in rows)
+    seg = json.loads(out.with_suffix(".segments.json").read_text())["segments"]
+    assert [s["label"] for s in seg] == [c for c, _ in plan]
+    bounds = np.cumsum([d for _, d in plan])[:-1]
+    for s, b in zip(seg[1:], bounds):
+        assert abs(s["start"] - b) <= 2.0, (s, b)  # within one stride
+    assert seg[-1]["end"] == pytest.approx(sum(d for _, d in plan), abs=0.5)
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "red" in r.stderr and "segment(s)" in r.stderr
+    # CSV rows, and smoothing keeps the segments
+    r = infer(model, video, "--window", 4, "--stride", 2, "--smooth", 3, "--out", tmp_path / "t.csv", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    assert lines[0].startswith("start,end,label1,prob1") and len(lines) == len(rows) + 1
+
+
+def test_window_errors_are_one_line(tmp_path):
+    model = colour_model(tmp_path / "colour.onnx")
+    video = coloured_video(tmp_path / "v.mp4", [("red", 3.0)])
+    for args, needle in ((["--window", 2, "--stride", 3], "longer than --window"),
+                         (["--stride", 1], "give --window"),
+                         (["--window", 0], "must be > 0"),
+                         (["--window", 2, video], "one video")):
+        r = infer(model, video, *args, cwd=tmp_path)
+        assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error:") and needle in r.stderr
+    from jedi_deploy.serve.timeline import check_window
+
+    with pytest.raises(ConfigError):
+        check_window(1, 2)
+
+
+@pytest.mark.slow
+def test_memory_is_bounded_by_the_window_on_a_ten_minute_video(tmp_path):
+    """Peak memory of `jedi infer --window` on a 10-minute 320x240 video stays within a few MB of the
+    same run on a 1-minute video: frames are kept only while a window needs them (holding every frame of
+    the long video would take ~550 MB)."""
+    model = colour_model(tmp_path / "colour.onnx", short_side=0)  # frames kept at full size
+    plan = [("red", 200.0), ("green", 200.0), ("blue", 200.0)]
+    long = coloured_video(tmp_path / "long.mp4", plan, size=(320, 240))
+    short = coloured_video(tmp_path / "short.mp4", [("red", 20.0), ("green", 20.0), ("blue", 20.0)], size=(320, 240))
+    peak = {}
+    for name, video in (("short", short), ("long", long)):
+        code = ("import resource, subprocess, sys; r = subprocess.run([sys.executable, '-m', "
+                "'jedi_deploy.serve.infer', sys.argv[1], sys.argv[2], '--window', '4', '--stride', '2', '--out', "
+                "sys.argv[3]]); assert r.returncode == 0; print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        r = subprocess.run([sys.executable, "-c", code, model, video, tmp_path / f"{name}.jsonl"], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+        peak[name] = int(r.stdout.split()[-1]) / 1024  # MB
+    seg = json.loads((tmp_path / "long.segments.json").read_text())
+    assert [s["label"] for s in seg["segments"]] == ["red", "green", "blue"] and seg["duration_s"] >= 599
+    assert peak["long"] - peak["short"] < 25, peak
+
+
+def test_the_service_returns_the_same_timeline(tmp_path):
+    """POST /v1/predict?window=..&stride=.. (raw body and multipart) answers with the windows and the
+    segments `jedi infer --window` finds; bad window fields are a 422 and the service goes on."""
+    import requests
+    from service_helpers import predict, start, stop
+
+    model = colour_model(tmp_path / "colour.onnx")
+    video = coloured_video(tmp_path / "v.mp4", [("green", 11.0), ("blue", 9.0)])
+    proc, addr = start([model])
+    try:
+        url = f"http://{addr}"
+        r = requests.post(f"{url}/v1/predict?window=4&stride=2&topk=1", data=video.read_bytes(),
+                          headers={"Content-Type": "video/mp4"}, timeout=60)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [s["label"] for s in body["segments"]] == ["green", "blue"] and abs(body["segments"][1]["start"] - 11) <= 2
+        assert body["windows"][0]["start"] == 0 and len(body["windows"][0]["top"]) == 1 and body["video"] == "upload"
+        r2 = predict(url, video, window="4", stride="2", name="v.mp4")
+        assert r2.status_code == 200 and r2.json()["segments"] == body["segments"] and r2.json()["video"] == "v.mp4"
+        for q in ("window=0", "window=4&stride=5", "stride=2", "window=abc"):
+            bad = requests.post(f"{url}/v1/predict?{q}", data=video.read_bytes(), headers={"Content-Type": "video/mp4"},
+                                timeout=60)
+            assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_field", (q, bad.text)
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
+    finally:
+        stop(proc)
