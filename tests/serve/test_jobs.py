@@ -55,7 +55,11 @@ def test_job_lifecycle_paths_and_cancel(files):
         r = requests.post(f"{url}/v1/jobs", json={"path": "short.mp4", "topk": 2}, timeout=10)
         job, _ = wait(url, r.json()["id"])
         assert job["status"] == "done" and len(job["result"]["predictions"]) == 2 and job["video"] == "short.mp4"
-        for path, code in ((str(files["outside"]), 403), ("../outside.mp4", 403), ("nope.mp4", 404)):
+        link = files["root"] / "escape.mp4"
+        if not link.exists():
+            link.symlink_to(files["outside"])  # a link inside the root that leads out of it
+        for path, code in ((str(files["outside"]), 403), ("../outside.mp4", 403), ("escape.mp4", 403),
+                           ("nope.mp4", 404)):
             r = requests.post(f"{url}/v1/jobs", json={"path": path}, timeout=10)
             assert r.status_code == code and r.json()["error"]["type"] in ("path_not_allowed", "not_found"), r.text
         # cancel a running job: it stops at its next window

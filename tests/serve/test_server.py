@@ -249,7 +249,7 @@ def test_load_benchmark_runs_and_reports(onnx_dir, test_video):
 
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--model",
                           str(onnx_dir / "hmdb-mini.student.onnx"), "--videos", str(test_video), "--seconds", "2",
-                          "--warmup-seconds", "0.5", "--concurrency", "1", "4", "--repeat", "3"], cwd=CWD,
+                          "--warmup-seconds", "0.5", "--concurrency", "1", "4", "--offline-seconds", "1"], cwd=CWD,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout.strip().splitlines()[-1])
