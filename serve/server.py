@@ -159,17 +159,28 @@ class Service:
             raise
         return tmp
 
+    def _as_file(self, source, filename: str) -> str:
+        """A spooled temp file's path as is, or a multipart file object copied into a new temp file
+        (removed again if the copy fails); the caller removes the file when done."""
+        if isinstance(source, str):
+            return source
+        tmp = self._temp_path(filename)
+        try:
+            with open(tmp, "wb") as f:
+                source.seek(0)
+                while chunk := source.read(1 << 20):
+                    f.write(chunk)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return tmp
+
     def _decode_upload(self, model: OnnxModel, source, filename: str) -> Prepared:
         """Decode one upload - a spooled temp file's path (removed here) or a multipart file object
         (copied to one) - in the decode pool."""
         t0 = time.perf_counter()
-        tmp = source if isinstance(source, str) else self._temp_path(filename)
+        tmp = self._as_file(source, filename)
         try:
-            if not isinstance(source, str):
-                with open(tmp, "wb") as f:
-                    source.seek(0)
-                    while chunk := source.read(1 << 20):
-                        f.write(chunk)
             try:
                 x = model.prepare_video(tmp)
             except VideoDecodeError as e:
@@ -273,12 +284,7 @@ class Service:
                 name, topk = self._request_model(params)
                 windowed = _window_fields(params)
                 video = upload.filename or "upload"
-                source = self._temp_path(video)
-                with open(source, "wb") as f:
-                    upload.file.seek(0)
-                    while chunk := upload.file.read(1 << 20):
-                        f.write(chunk)
-                owned = True
+                source, owned = self._as_file(upload.file, video), True
             finally:
                 await form.close()
         else:
@@ -295,13 +301,8 @@ class Service:
 
         window, stride, smooth = windowed
         t0 = time.perf_counter()
-        tmp = source if isinstance(source, str) else self._temp_path(filename)
+        tmp = self._as_file(source, filename)
         try:
-            if not isinstance(source, str):
-                with open(tmp, "wb") as f:
-                    source.seek(0)
-                    while chunk := source.read(1 << 20):
-                        f.write(chunk)
             try:
                 tl = run_windows(model, tmp, window=window, stride=stride, smooth_windows=smooth)
             except (VideoDecodeError, InputError) as e:

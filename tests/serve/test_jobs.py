@@ -51,6 +51,11 @@ def test_job_lifecycle_paths_and_cancel(files):
         assert job["status"] == "done" and job["progress"] == 1.0
         assert [s["label"] for s in job["result"]["segments"]] == ["red", "blue"]
         assert all(0 <= p <= 1 for p in progress) and progress == sorted(progress)
+        # the same as a multipart upload
+        r = requests.post(f"{url}/v1/jobs", files={"video": ("s.mp4", files["short"].read_bytes())},
+                          data={"window": "4", "stride": "2"}, timeout=60)
+        job, _ = wait(url, r.json()["id"])
+        assert job["status"] == "done" and job["video"] == "s.mp4" and len(job["result"]["segments"]) == 2
         # a whole-video job, from a path under the jobs root
         r = requests.post(f"{url}/v1/jobs", json={"path": "short.mp4", "topk": 2}, timeout=10)
         job, _ = wait(url, r.json()["id"])
