@@ -103,7 +103,7 @@ def import_checkpoint(path: str | Path, arch: str, *, dataset: str, name: str | 
     path = Path(path)
     pre = _base_preprocess(entry, arch, preset)
     if arch == "hf":
-        model, ours, pre, own_cats, fmt = _read_hf(path, kwargs, preprocess)
+        model, ours, pre, own_cats, fmt = _read_hf(path, kwargs)
         num_classes = ours["head.weight"].shape[0]
     else:
         state = read_state_dict(path)
@@ -163,9 +163,12 @@ def _generic_setup(path: Path, kwargs: dict, pre: Preprocess, overrides: dict) -
     return Preprocess.from_dict({**pre.to_dict(), **fields, "layout": layout})
 
 
-def _read_hf(path: Path, kwargs: dict, overrides: dict | None):
+def _read_hf(path: Path, kwargs: dict):
+    """The loaded model itself becomes the expert (no second, randomly initialised copy); its config is
+    recorded so :func:`~jedi_deploy.registry.load_expert` rebuilds it from the expert file."""
     from .hf import categories_from_config, preprocess_for, read_folder, stored_config
-    from .zoo import find_head, split_head
+    from .models import ExpertModel
+    from .zoo import HeadlessEncoder, find_head, split_head
 
     unknown = set(kwargs) - {"head"}
     if unknown:
@@ -174,7 +177,8 @@ def _read_hf(path: Path, kwargs: dict, overrides: dict | None):
     head = kwargs.get("head") or ("classifier" if hasattr(net, "classifier") else find_head(net, str(path)))
     kwargs.update(config=stored_config(config), head=head)
     state = split_head(net.state_dict(), head, str(path))
-    model = build_expert("hf", state["head.weight"].shape[0], **kwargs)
+    encoder = HeadlessEncoder(net, head, "NTCHW")
+    model = ExpertModel(encoder, encoder.embed_dim, state["head.weight"].shape[0])
     pre = preprocess_for(config, processor, str(path))
     return model, state, pre, categories_from_config(config, state["head.weight"].shape[0]), "transformers"
 
