@@ -222,31 +222,8 @@ def decode_video(path: str | Path, short_side: int = 0) -> np.ndarray:
     that length. Raises :class:`VideoDecodeError` naming the file for a missing, empty,
     corrupt or frameless video; a truncated tail keeps the frames that decoded cleanly.
     """
-    import av  # PyAV bundles FFmpeg
-
-    from av.video.reformatter import VideoReformatter
-
-    p = Path(path)
-    _open_checked(p)
-    frames, reformatter, orient = [], VideoReformatter(), None
     spec = Preprocess(short_side=short_side) if short_side else None
-    try:
-        with av.open(str(p)) as container:
-            if not container.streams.video:
-                raise VideoDecodeError(f"{p}: file has no video stream")
-            stream = container.streams.video[0]
-            for frame in container.decode(stream):
-                if not frames:
-                    orient = orientation(frame, stream)
-                frames.append(_rgb(frame, spec, reformatter, orient))
-    except VideoDecodeError:
-        raise
-    except Exception as e:  # av.error.* for corrupt/truncated/non-video data
-        if not frames:
-            raise _decode_error(p, e) from None
-    if not frames:
-        raise VideoDecodeError(f"{p}: video has no decodable frames")
-    return np.stack(frames)
+    return np.stack([frames[0] for _, frames in FrameStream(path, [spec])])
 
 
 #: FFmpeg decoding threads per video (0 = FFmpeg's choice, one per core). Decode worker
@@ -665,12 +642,12 @@ def load_clips(paths, spec: "Preprocess", progress: bool = False, desc: str = "d
 class FrameStream:
     """Every frame of a video in one sequential pass, for sliding-window inference: iterating yields
     ``(seconds from the first frame, [uint8[H, W, 3] per spec])``, upright and resized as each of
-    ``specs`` says (:func:`resize_shape`), one frame at a time, so memory holds what the caller keeps.
+    ``specs`` says (:func:`resize_shape`; None: kept), one frame at a time, so memory holds what the caller keeps.
     ``fps`` is the stream's average rate (None when the container does not say); after iteration
     ``warning`` says when decoding stopped early (a truncated or corrupt file: the frames before the
     error were yielded)."""
 
-    def __init__(self, path: str | Path, specs: list["Preprocess"]):
+    def __init__(self, path: str | Path, specs: list["Preprocess | None"]):
         import av
 
         self.path = Path(path)

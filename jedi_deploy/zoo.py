@@ -186,12 +186,18 @@ KINETICS_TV = dict(mean=tuple(255 * m for m in (0.43216, 0.394666, 0.37645)),
                    std=tuple(255 * s for s in (0.22803, 0.22145, 0.216989)))
 IMAGENET_TV = dict(mean=tuple(255 * m for m in (0.485, 0.456, 0.406)), std=tuple(255 * s for s in (0.229, 0.224, 0.225)))
 MVIT_TV = dict(mean=(0.45 * 255,) * 3, std=(0.225 * 255,) * 3)
-RESNET3D_WEIGHTS = {n: _tv_weights(f"{w}.KINETICS400_V1", 16, 15, 5, 112, (128, 171), KINETICS_TV)
-                    for n, w in (("r3d_18", "R3D_18_Weights"), ("mc3_18", "MC3_18_Weights"),
-                                 ("r2plus1d_18", "R2Plus1D_18_Weights"))}
-SWIN_WEIGHTS = {n: _tv_weights(f"{w}.KINETICS400_V1", 32, 15, 12, 224, (256,), IMAGENET_TV)
-                for n, w in (("swin3d_t", "Swin3D_T_Weights"), ("swin3d_s", "Swin3D_S_Weights"),
-                             ("swin3d_b", "Swin3D_B_Weights"))}
+#: arch -> its torchvision weights: (weights enum, clip_len, frame_rate, clips_per_video, crop, resize_size, norm),
+#: as the weights' transforms and "_docs" (torchvision/models/video/*.py) give them.
+TV_WEIGHTS = {
+    "r3d_18": ("R3D_18_Weights", 16, 15, 5, 112, (128, 171), KINETICS_TV),
+    "mc3_18": ("MC3_18_Weights", 16, 15, 5, 112, (128, 171), KINETICS_TV),
+    "r2plus1d_18": ("R2Plus1D_18_Weights", 16, 15, 5, 112, (128, 171), KINETICS_TV),
+    "s3d": ("S3D_Weights", 128, 15, 1, 224, (256, 256), KINETICS_TV),
+    "mvit_v2_s": ("MViT_V2_S_Weights", 16, 7.5, 5, 224, (256,), MVIT_TV),
+    "swin3d_t": ("Swin3D_T_Weights", 32, 15, 12, 224, (256,), IMAGENET_TV),
+    "swin3d_s": ("Swin3D_S_Weights", 32, 15, 12, 224, (256,), IMAGENET_TV),
+    "swin3d_b": ("Swin3D_B_Weights", 32, 15, 12, 224, (256,), IMAGENET_TV),
+}
 
 
 def _mmaction_swin(size: str, note: str = "") -> Preset:
@@ -203,14 +209,7 @@ def _mmaction_swin(size: str, note: str = "") -> Preset:
 
 #: name -> {preset name -> Preset}; each entry's "test" is an alias of its MMAction2 test config.
 PRESETS: dict[str, dict[str, Preset]] = {
-    **{n: {p.upstream.split()[1].split(":")[0]: p} for n, p in RESNET3D_WEIGHTS.items()},
-    "s3d": {"S3D_Weights.KINETICS400_V1": _tv_weights("S3D_Weights.KINETICS400_V1", 128, 15, 1, 224, (256, 256),
-                                                       KINETICS_TV)},
-    "mvit_v2_s": {"MViT_V2_S_Weights.KINETICS400_V1": _tv_weights("MViT_V2_S_Weights.KINETICS400_V1", 16, 7.5, 5, 224,
-                                                                   (256,), MVIT_TV)},
-    **{n: {p.upstream.split()[1].split(":")[0]: p,
-           f"swin-{size}-p244-w877_in1k-pre_8xb8-amp-32x2x1-30e_kinetics400-rgb": _mmaction_swin(size)}
-       for (n, p), size in zip(SWIN_WEIGHTS.items(), ("tiny", "small", "base"))},
+    **{n: {f"{w}.KINETICS400_V1": _tv_weights(f"{w}.KINETICS400_V1", *rest)} for n, (w, *rest) in TV_WEIGHTS.items()},
     "tsn_r50": {"tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_kinetics400-rgb": Preset(
         Preprocess(25, "segments", 1, 256, 224, crops=10, average="feature", **IMAGENET),
         "MMAction2 tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_kinetics400-rgb.py test_pipeline: "
@@ -221,20 +220,29 @@ PRESETS: dict[str, dict[str, Preset]] = {
         "MMAction2 tsm_imagenet-pretrained-r50_8xb16-1x1x8-50e_kinetics400-rgb.py test_pipeline: "
         "SampleFrames(1, 1, num_clips=8), Resize(-1, 256), TenCrop(224); TSMHead average_clips='prob'")},
 }
+for _n, _size in (("swin3d_t", "tiny"), ("swin3d_s", "small"), ("swin3d_b", "base")):
+    PRESETS[_n][f"swin-{_size}-p244-w877_in1k-pre_8xb8-amp-32x2x1-30e_kinetics400-rgb"] = _mmaction_swin(_size)
 for _n in ("tsn_r50", "tsm_r50"):
     PRESETS[_n]["test"] = next(iter(PRESETS[_n].values()))
+
+
+def _tv_default(arch: str, **changes) -> Preprocess:
+    return _default(PRESETS[arch][f"{TV_WEIGHTS[arch][0]}.KINETICS400_V1"], **changes)
+
+
+
 SWIN_DESC = "(torchvision SwinTransformer3d); reads torchvision and MMAction2 checkpoints"
-_RESNET3D_DEFAULT = _default(RESNET3D_WEIGHTS["r3d_18"])
 TV_VIDEO = {
     # name: (head attribute, embed dim, default preprocess, test input T/H, description)
-    "r3d_18": ("fc", 512, _RESNET3D_DEFAULT, (4, 32), "torchvision R3D-18 (3D ResNet): 16 frames, 112 crop"),
-    "mc3_18": ("fc", 512, _RESNET3D_DEFAULT, (4, 32), "torchvision MC3-18 (mixed 3D/2D convolutions)"),
-    "r2plus1d_18": ("fc", 512, _RESNET3D_DEFAULT, (4, 32), "torchvision R(2+1)D-18 (factorised 3D convolutions)"),
-    "s3d": ("classifier.1", 1024, _default(PRESETS["s3d"]["S3D_Weights.KINETICS400_V1"], num_frames=32), (16, 224),
+    "r3d_18": ("fc", 512, _tv_default("r3d_18"), (4, 32), "torchvision R3D-18 (3D ResNet): 16 frames, 112 crop"),
+    "mc3_18": ("fc", 512, _tv_default("mc3_18"), (4, 32), "torchvision MC3-18 (mixed 3D/2D convolutions)"),
+    "r2plus1d_18": ("fc", 512, _tv_default("r2plus1d_18"), (4, 32),
+                    "torchvision R(2+1)D-18 (factorised 3D convolutions)"),
+    "s3d": ("classifier.1", 1024, _tv_default("s3d", num_frames=32), (16, 224),
             "torchvision S3D (separable 3D Inception); needs >= 16 frames of 224 px"),
-    "mvit_v2_s": ("head.1", 768, _default(PRESETS["mvit_v2_s"]["MViT_V2_S_Weights.KINETICS400_V1"], frame_interval=4),
+    "mvit_v2_s": ("head.1", 768, _tv_default("mvit_v2_s", frame_interval=4),
                   (16, 224), "torchvision MViT-v2-S (multiscale ViT); fixed input 16 x 224 x 224"),
-    **{n: ("head", dim, _default(SWIN_WEIGHTS[n], frame_interval=2), (8, 64), f"Video Swin-{n[-1].upper()} {SWIN_DESC}")
+    **{n: ("head", dim, _tv_default(n, frame_interval=2), (8, 64), f"Video Swin-{n[-1].upper()} {SWIN_DESC}")
        for n, dim in (("swin3d_t", 768), ("swin3d_s", 768), ("swin3d_b", 1024))},
 }
 

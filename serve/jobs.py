@@ -169,11 +169,7 @@ class JobStore:
 
         tl: Timeline = run_windows(model, job.source, window=window, stride=stride, smooth_windows=smooth,
                                    on_window=progress)
-        out = {**tl.summary(), "windows": tl.rows(job.topk)}
-        out["video"] = job.video
-        if tl.warning:
-            out["warning"] = tl.warning.replace(Path(job.source).name, job.video)
-        return out
+        return tl.answer(job.topk, job.video, job.source)
 
     def close(self) -> None:
         for job in list(self.jobs.values()):

@@ -18,8 +18,6 @@ import json
 
 import numpy as np
 
-from .guard import ApiError
-
 #: v2 datatypes <-> numpy
 DATATYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
              "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
@@ -196,8 +194,6 @@ def add_routes(app, service) -> None:
             content, headers = response(name, req, logits, model.card.output)
         except V2Error as e:
             return error(e.status, e.message)
-        except ApiError:
-            raise
         return Response(content, headers=headers)
 
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):

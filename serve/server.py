@@ -192,31 +192,40 @@ class Service:
         self.metrics.decode.observe(time.perf_counter() - t0)
         return x
 
-    async def predict(self, request) -> dict:
+    async def _read_form(self, request, params: dict):
+        """A multipart body: (the form, which the caller closes; its video upload). Its text fields
+        (model, topk, window, stride, smooth) join ``params`` unless the query already set them."""
         from starlette.datastructures import UploadFile
         from starlette.requests import ClientDisconnect
 
+        try:  # python-multipart spools file parts to disk past 1 MiB
+            form = await request.form(max_files=1, max_fields=8)
+        except (ApiError, ClientDisconnect):
+            raise  # over the size limit, stalled, or the client went away: answered by the guard
+        except Exception as e:  # whatever the multipart parser makes of a malformed body
+            raise ApiError(400, "malformed_request", f"cannot parse the multipart body ({e})") from None
+        try:
+            for k in ("model", "topk", "window", "stride", "smooth"):
+                if k in form and not isinstance(form[k], UploadFile):
+                    params.setdefault(k, form[k])
+            upload = form.get(UPLOAD_FIELD)
+            if upload is None:
+                raise ApiError(400, "missing_field", f"multipart field {UPLOAD_FIELD!r} (the video file) is "
+                                                     f"missing; got fields {sorted(form.keys())}")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(422, "invalid_field", f"field {UPLOAD_FIELD!r} must be a file upload, not a text value")
+        except ApiError:
+            await form.close()
+            raise
+        return form, upload
+
+    async def predict(self, request) -> dict:
         params = dict(request.query_params)
         ctype = request.headers.get("content-type", "")
         form = None
         try:
             if ctype.startswith("multipart/form-data"):
-                try:  # python-multipart spools file parts to disk past 1 MiB
-                    form = await request.form(max_files=1, max_fields=8)
-                except (ApiError, ClientDisconnect):
-                    raise  # over the size limit, stalled, or the client went away: answered by the guard
-                except Exception as e:  # whatever the multipart parser makes of a malformed body
-                    raise ApiError(400, "malformed_request", f"cannot parse the multipart body ({e})") from None
-                for k in ("model", "topk", "window", "stride", "smooth"):
-                    if k in form and not isinstance(form[k], UploadFile):
-                        params.setdefault(k, form[k])
-                upload = form.get(UPLOAD_FIELD)
-                if upload is None:
-                    raise ApiError(400, "missing_field", f"multipart field {UPLOAD_FIELD!r} (the video file) is "
-                                                         f"missing; got fields {sorted(form.keys())}")
-                if not isinstance(upload, UploadFile):
-                    raise ApiError(422, "invalid_field", f"field {UPLOAD_FIELD!r} must be a file upload, "
-                                                         "not a text value")
+                form, upload = await self._read_form(request, params)
                 source, filename = upload.file, upload.filename or "upload"
                 name, topk = self._request_model(params)
             elif ctype.startswith(("application/x-www-form-urlencoded", "application/json", "text/")):
@@ -257,8 +266,6 @@ class Service:
         field ``video`` or the raw body), queued; the answer (202) names the job."""
         import json
 
-        from starlette.datastructures import UploadFile
-
         params = dict(request.query_params)
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("application/json"):
@@ -273,14 +280,8 @@ class Service:
             windowed = _window_fields(params)
             source, video, owned = self.jobs.allowed_path(body["path"]), body["path"], False
         elif ctype.startswith("multipart/form-data"):
-            form = await request.form(max_files=1, max_fields=8)
+            form, upload = await self._read_form(request, params)
             try:
-                for k in ("model", "topk", "window", "stride", "smooth"):
-                    if k in form and not isinstance(form[k], UploadFile):
-                        params.setdefault(k, form[k])
-                upload = form.get(UPLOAD_FIELD)
-                if not isinstance(upload, UploadFile):
-                    raise ApiError(400, "missing_field", f"multipart field {UPLOAD_FIELD!r} (the video file) is missing")
                 name, topk = self._request_model(params)
                 windowed = _window_fields(params)
                 video = upload.filename or "upload"
@@ -309,11 +310,8 @@ class Service:
                 raise ApiError(422, "invalid_video", str(e).replace(tmp, filename)) from None
         finally:
             os.unlink(tmp)
-        answer = {"model": name, **tl.summary(), "video": filename, "windows": tl.rows(topk),
-                  "timing_ms": {"total": round(1e3 * (time.perf_counter() - t0), 3)}}
-        if tl.warning:
-            answer["warning"] = tl.warning.replace(Path(tmp).name, filename)
-        return answer
+        return {"model": name, **tl.answer(topk, filename, tmp),
+                "timing_ms": {"total": round(1e3 * (time.perf_counter() - t0), 3)}}
 
     def _request_model(self, params: dict) -> tuple[str, int]:
         name = self.pick_model(params.get("model"))

@@ -140,6 +140,14 @@ class Timeline:
                                 for i in order]})
         return out
 
+    def answer(self, topk: int, video: str, source: str | Path) -> dict:
+        """The JSON answer of a windowed request or job: the summary and the windows, naming the
+        video as the client did (``source`` is the file that was read, e.g. a temp file)."""
+        out = {**self.summary(), "video": video, "windows": self.rows(topk)}
+        if self.warning:
+            out["warning"] = self.warning.replace(str(source), video).replace(Path(source).name, video)
+        return out
+
     def summary(self) -> dict:
         return {"video": self.video, "duration_s": round(self.duration, 3), "windows": len(self.starts),
                 "window_s": self.window, "stride_s": self.stride, "smooth": self.smooth,
