@@ -30,12 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-from jedi_deploy.datasets import load_dataset  # noqa: E402
-from jedi_deploy.registry import load_expert  # noqa: E402
-from jedi_deploy.video import load_views  # noqa: E402
-from jedi_deploy.importer import import_checkpoint, save_imported  # noqa: E402
-from jedi_deploy.zoo import TV_VIDEO, torchvision_video_model  # noqa: E402
+from jedi_deploy.media.datasets import load_dataset
+from jedi_deploy.media.decode import load_views
+from jedi_deploy.models.importer import import_checkpoint, save_imported
+from jedi_deploy.models.registry import load_expert
+from jedi_deploy.models.zoo.torchvision import TV_VIDEO, torchvision_video_model
 from jedi_deploy.train.cache import build_cache, default_workers, encode_views  # noqa: E402
 
 

@@ -43,16 +43,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-
+from jedi_deploy.contracts.errors import JediError
 from jedi_deploy.export.fuse import StudentReference  # noqa: E402
 from jedi_deploy.export.onnx import OnnxExportConfig  # noqa: E402
 from jedi_deploy.export.students import export_student_and_expert  # noqa: E402
-from jedi_deploy.errors import JediError  # noqa: E402
+from jedi_deploy.models.archs import ARCHS, build_expert
+from jedi_deploy.models.jedi import AdjustmentModule
+from jedi_deploy.models.registry import Expert
+from jedi_deploy.models.zoo.torchvision import TV_VIDEO
 from jedi_deploy.serve.bench import extra_node_cost, time_block  # noqa: E402
 from jedi_deploy.serve.runtime import SESSION_CONFIG, session_options  # noqa: E402
-from jedi_deploy.jedi_model import AdjustmentModule  # noqa: E402
-from jedi_deploy.registry import ARCHS, Expert, build_expert  # noqa: E402
-from jedi_deploy.zoo import TV_VIDEO  # noqa: E402
 
 #: Hugging Face entries (``hf:<family>``) at their standard sizes: transformers' default config of each
 #: family is its base model (VideoMAE-B 16x224, TimeSformer-B 8x224, ViViT-B 32x224).
@@ -64,7 +64,11 @@ DEFAULT_ARCHS = sorted(TV_VIDEO) + ["tsn_r50", "tsm_r50"] + [f"hf:{f}" for f in 
 
 def hf_standard(family: str, classes: int) -> tuple[dict, object]:
     """(arch kwargs, preprocessing) of a standard-size Hugging Face model of ``family``."""
-    from jedi_deploy.hf import import_transformers, preprocess_for, stored_config
+    from jedi_deploy.models.zoo.hf import (
+        import_transformers,
+        preprocess_for,
+        stored_config,
+    )
 
     tf = import_transformers()
     cfg_name, cls_name = HF_FAMILIES[family]
@@ -92,8 +96,7 @@ def make_student(arch: str, classes: int = 400):
 def time_interleaved(fns: dict, runs: int, warmup: int = 2) -> dict[str, list[float]]:
     """Seconds per call of argument-free callables, timed like ``jedi bench``
     (serve.bench.time_block: untimed first call, warm-up, interleaved rounds in balanced orders)."""
-    runners = {k: (lambda _x, f=f: f()) for k, f in fns.items()}
-    return time_block(runners, None, warmup=max(0, warmup - 1), runs=runs)
+    return time_block(fns, warmup=max(0, warmup - 1), runs=runs)
 
 
 def summary_ms(times: list[float]) -> dict:
@@ -159,7 +162,8 @@ def bench_arch(arch: str, exporters: list[str], runs: int, ratio_runs: int, work
         out[key] = out["exporters"][pick][key]
     # the fold's own cost, from ORT's profiler inside the student's runs (both parts from the same runs)
     d = work / f"{ex.name}-{pick}"
-    cost = extra_node_cost(d / f"{ex.name}.student.onnx", d / f"{ex.name}.expert.onnx", xn, runs=3, threads=threads)
+    cost = extra_node_cost(d / f"{ex.name}.student.onnx", d / f"{ex.name}.expert.onnx", {"video": xn}, runs=3,
+                           threads=threads)
     out["profiled_student_expert_ratio"] = round(cost["ratio"], 5)
     out["fold_ms"] = round(cost["extra_ms"], 3)
     out["fold_nodes"], out["expert_nodes_missing"] = cost["extra_nodes"], cost["missing_nodes"]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jedi_deploy.cache_format import load_cache
-from jedi_deploy.config import JEDIConfig
+from jedi_deploy.contracts.config import JEDIConfig
+from jedi_deploy.train.cached import load_cache
 from jedi_deploy.train.jedi import refit, train_jedi
 
 VARIANTS = {"defaults (mean hinge, KD with dropout)": {}, "hinge sum": {"hinge_form": "sum"},

@@ -4,7 +4,7 @@
 
 On a single-GPU machine (target: <= 8 minutes in all):
 
-1. Caching: generated videos (jedi_deploy.footage) of two datasets, two zoo experts (r3d_18 and
+1. Caching: generated videos (tests/support/footage.py) of two datasets, two zoo experts (r3d_18 and
    mc3_18, random weights, 16 x 112^2 clips), cached on the CPU in fp32 (the reference) and on
    the device in bf16 autocast (``--precision``; fp32 in a CPU-only run); max abs difference of embeddings and logits (relative to the
    reference's scale), top-1 agreement of the logits, videos/s of each, and the GPU's busy
@@ -33,13 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jedi_deploy.devices import describe, resolve_device
+from jedi_deploy.models.devices import describe, resolve_device
 
 
 def make_data(root: Path, videos: int) -> list:
     """Two datasets of generated clips (moving pattern, 128x96), 2 classes each, test split only."""
-    from jedi_deploy.datasets import discover_datasets
-    from jedi_deploy.footage import write_video
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support/footage.py
+    from jedi_deploy.media.datasets import discover_datasets
+    from support.footage import write_video
 
     for d in ("alpha", "beta"):
         folder = root / d
@@ -56,7 +57,8 @@ def make_data(root: Path, videos: int) -> list:
 def make_experts(root: Path, datasets) -> list[Path]:
     from dataclasses import replace
 
-    from jedi_deploy.registry import build_expert, get_arch, save_expert
+    from jedi_deploy.models.archs import build_expert, get_arch
+    from jedi_deploy.models.registry import save_expert
 
     paths = []
     for arch, d in zip(("r3d_18", "mc3_18"), datasets):
@@ -69,9 +71,9 @@ def make_experts(root: Path, datasets) -> list[Path]:
 
 
 def cache_check(tmp: Path, device, videos: int, precision: str) -> dict:
-    from jedi_deploy.cache_format import load_cache
-    from jedi_deploy.registry import load_expert
+    from jedi_deploy.models.registry import load_expert
     from jedi_deploy.train.cache import build_cache
+    from jedi_deploy.train.cached import load_cache
 
     datasets = make_data(tmp / "data", videos)
     experts = make_experts(tmp, datasets)
@@ -105,8 +107,8 @@ def cache_check(tmp: Path, device, videos: int, precision: str) -> dict:
 
 
 def train_check(device, epochs: int, samples: int) -> dict:
-    from jedi_deploy.cache_format import Cache, Split
-    from jedi_deploy.config import JEDIConfig
+    from jedi_deploy.contracts.config import JEDIConfig
+    from jedi_deploy.train.cached import Cache, Split
     from jedi_deploy.train.jedi import train_jedi
 
     dims, classes = [2048, 2048, 2048, 1024], [200, 51, 101, 400]
@@ -141,7 +143,7 @@ def ort_check(tmp: Path) -> dict | str:
     from jedi_deploy.export.fuse import ExpertGraph
     from jedi_deploy.export.onnx import OnnxExportConfig, export_onnx
     from jedi_deploy.export.students import model_card
-    from jedi_deploy.registry import load_expert
+    from jedi_deploy.models.registry import load_expert
 
     ex = load_expert(tmp / "r3d_18.safetensors")
     path = tmp / "r3d.onnx"

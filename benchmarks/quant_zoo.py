@@ -53,13 +53,20 @@ from export_zoo import DEFAULT_ARCHS, make_student, time_interleaved  # noqa: E4
 
 from jedi_deploy.export.fuse import ExpertGraph  # noqa: E402
 from jedi_deploy.export.onnx import OnnxExportConfig  # noqa: E402
-from jedi_deploy.export.quantize import (Int8Options, VideoList, prepare_float, quantize_student,  # noqa: E402
-                                         video_probs)
+from jedi_deploy.export.quantize import (  # noqa: E402
+    Int8Options,
+    VideoList,
+    prepare_float,
+    quantize_student,
+    video_probs,
+)
 from jedi_deploy.export.students import export_student_and_expert  # noqa: E402
-from jedi_deploy.footage import write_video  # noqa: E402
-from jedi_deploy.model_card import embed_card  # noqa: E402
-from jedi_deploy.serve.probe import pick_runtime  # noqa: E402
 from jedi_deploy.serve.runtime import OnnxModel  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support/footage.py
+from jedi_deploy.contracts.model_card import embed_card
+from jedi_deploy.runners.probe import pick_runtime
+from support.footage import write_video
 
 CNNS = ("r3d_18", "mc3_18", "r2plus1d_18", "s3d", "tsn_r50", "tsm_r50")
 TRANSFORMERS = ("swin3d_t", "swin3d_s", "swin3d_b", "mvit_v2_s", "mvit_v1_b")
@@ -211,7 +218,7 @@ def bench_arch(arch: str, clips: list[Path], work: Path, threads: int, rounds: i
 
 def demo_gates(work: Path) -> list[dict]:
     from jedi_deploy.app.demo import DemoSettings, run_demo
-    from jedi_deploy.quant_report import read_gate_report
+    from jedi_deploy.contracts.gate import read_gate_report
 
     run_demo(work / "demo", DemoSettings.preset(True), progress=False, echo=None)
     out = []

@@ -28,14 +28,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from serve_load import demo_model, start_server, stop_server
 
-from jedi_deploy.footage import write_video
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support/footage.py
+from support.footage import write_video
 
 DECODE = """
 import resource, sys, time
-from jedi_deploy.video import decode_clips, Preprocess
+from jedi_deploy.contracts.preprocess import Preprocess
+from jedi_deploy.media.decode import decode_clips
 spec = {"segments": Preprocess(num_frames=8, sampling="segments", crop=224, short_side=256),
         "clip16": Preprocess(num_frames=16, sampling="clip", frame_interval=2, crop=224, short_side=256)}[sys.argv[2]]
 t0 = time.perf_counter()

@@ -99,8 +99,9 @@ def zoo_model(arch: str = "r3d_18", clips: int = 8, seconds: float = 8.0) -> tup
 
     from jedi_deploy.export.onnx import OnnxExportConfig
     from jedi_deploy.export.students import export_student_and_expert
-    from jedi_deploy.jedi_model import AdjustmentModule
-    from jedi_deploy.registry import ARCHS, Expert, build_expert
+    from jedi_deploy.models.archs import ARCHS, build_expert
+    from jedi_deploy.models.jedi import AdjustmentModule
+    from jedi_deploy.models.registry import Expert
 
     tmp = Path(tempfile.mkdtemp(prefix="jedi-load-zoo-"))
     torch.manual_seed(0)

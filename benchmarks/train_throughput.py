@@ -27,9 +27,8 @@ import time
 
 import torch
 
-
-from jedi_deploy.config import JEDIConfig  # noqa: E402
-from jedi_deploy.jedi_model import JEDIModel  # noqa: E402
+from jedi_deploy.contracts.config import JEDIConfig
+from jedi_deploy.models.jedi import JEDIModel
 from jedi_deploy.train.engine import Rng, tune_allocator  # noqa: E402
 from jedi_deploy.train.jedi import build_optimizer, train_step  # noqa: E402
 from jedi_deploy.train.losses import distillation_weights, jedi_loss  # noqa: E402

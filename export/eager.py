@@ -1,19 +1,20 @@
 """Torch runtimes for ``jedi bench``: the very graphs the ONNX files were exported from - the
 fused student and the initial expert, with the same uint8-input / views wrapper - rebuilt
-from the bundle and the expert checkpoints, run eagerly on CPU or CUDA."""
+from the bundle and the expert checkpoints, run eagerly on CPU or CUDA as
+:class:`~jedi_deploy.runners.eager.TorchRunner` objects."""
 from __future__ import annotations
 
 import copy
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from jedi_deploy.bundle import load_bundle
-from jedi_deploy.errors import InputError
-from jedi_deploy.meta import sha256_file
-from jedi_deploy.model_card import read_card
-from jedi_deploy.runtimes import Runtime
+from jedi_deploy.contracts.errors import InputError
+from jedi_deploy.contracts.header import sha256_file
+from jedi_deploy.contracts.model_card import read_card
+from jedi_deploy.models.bundle import load_bundle
+from jedi_deploy.runners.base import Runtime
+from jedi_deploy.runners.eager import TorchRunner
 
 from .fuse import ExpertGraph, FusedStudent
 from .graph import GraphWrapper
@@ -52,18 +53,9 @@ def torch_runtimes(bundle_path: str | Path, devices: list[str] | None = None, th
                                average=card.average)
         return copy.deepcopy(wrapped).eval()  # every load its own weights (the A/A copy too)
 
-    def loader(device: str):
-        def load(onnx_path: Path):
-            module = graph(onnx_path).to(device)
-
-            def run(x: np.ndarray):
-                with torch.inference_mode():
-                    return module(torch.from_numpy(x).to(device)).cpu()  # .cpu() waits for the GPU
-
-            return run
-
-        return load
+    def opener(device: str):
+        return lambda onnx_path: TorchRunner(graph(onnx_path), read_card(onnx_path), device)
 
     info = {"torch": torch.__version__, "intra_op_threads": torch.get_num_threads()}
-    return [Runtime(f"torch-{d}", loader(d), {**info, "device": torch.cuda.get_device_name() if d == "cuda" else "cpu"},
+    return [Runtime(f"torch-{d}", opener(d), {**info, "device": torch.cuda.get_device_name() if d == "cuda" else "cpu"},
                     runs_onnx=False) for d in devices]

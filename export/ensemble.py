@@ -8,26 +8,29 @@ or ``[batch, V_j, T_j, 3, S_j, S_j]`` for an expert whose preprocessing has V_j 
 (clips x crops): the graph encodes every view and averages the embeddings, exactly as
 ``jedi cache`` made the embeddings the teacher was trained on - and one output ``logits``
 ``[batch, C_dataset]``. Its model card lists every input with its expert's preprocessing, so
-``jedi infer`` / ``jedi serve`` decode a video once and feed every input from that decode. It is validated like every other export:
-ONNX checker with full shape inference, then ONNX Runtime vs PyTorch (the plain
-``JEDIModel.forward`` in eval mode) on random inputs at several batch sizes, before the file is
-renamed into place.
+``jedi infer`` / ``jedi serve`` decode a video once and feed every input from that decode. It goes through the same export path as
+every student (:func:`~jedi_deploy.export.onnx.export_onnx`): the chosen exporter, the export
+rewrites and simplification, the ONNX checker with full shape inference, then ONNX Runtime vs
+PyTorch (the plain ``JEDIModel.forward`` in eval mode) on random inputs at several batch sizes,
+before the file is renamed into place.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from jedi_deploy.bundle import load_bundle
-from jedi_deploy.deps import require
-from jedi_deploy.errors import ExportValidationError, InputError
-from jedi_deploy.meta import atomic_path, sha256_file, write_json, require_writable_dir
-from jedi_deploy.model_card import InputSpec, ModelCard, input_layout
+from jedi_deploy.contracts.errors import InputError
+from jedi_deploy.contracts.header import (
+    require_writable_dir,
+    sha256_file,
+    write_json,
+)
+from jedi_deploy.contracts.model_card import InputSpec, ModelCard, input_layout
+from jedi_deploy.models.bundle import load_bundle
 
-from .onnx import OnnxExportConfig, compare_outputs, save_checked
+from .onnx import OnnxExportConfig, export_onnx
 from .students import resolve_experts
 
 
@@ -72,9 +75,9 @@ def check_options(cfg: OnnxExportConfig) -> None:
 
 def export_teacher(bundle_path: str | Path, out_dir: str | Path, dataset: str, *,
                    expert_paths: dict[str, str] | None = None, cfg: OnnxExportConfig = OnnxExportConfig()) -> dict:
-    """Write ``<dataset>.teacher.onnx`` (+ ``.validation.json``); returns the report."""
-    import onnx
-
+    """Write ``<dataset>.teacher.onnx`` (+ ``.validation.json``) through the one export path
+    (:func:`~jedi_deploy.export.onnx.export_onnx`: the chosen exporter, the export rewrites,
+    simplification, the checker and the validation); returns the report."""
     check_options(cfg)
     model, meta = load_bundle(bundle_path)
     if dataset not in meta.datasets:
@@ -83,41 +86,8 @@ def export_teacher(bundle_path: str | Path, out_dir: str | Path, dataset: str, *
     experts = resolve_experts(meta, expert_paths)
     card = teacher_card(dataset, meta, experts, cfg.output_name, cfg.opset, sha256_file(bundle_path))
     module = TeacherEnsemble([e.encoder for e in experts], model, i, [x.views for x in card.inputs]).eval()
-    names = [x.name for x in card.inputs]
-    shapes = [x.sample_shape() for x in card.inputs]
     path = require_writable_dir(out_dir) / f"{dataset}.teacher.onnx"
-    gen = torch.Generator().manual_seed(cfg.seed)
-    dummy = tuple(torch.randn((2, *s), generator=gen) for s in shapes)
-    ort = require("onnxruntime")
-    with atomic_path(path, ".onnx") as tmp:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(module, dummy, str(tmp), input_names=names, output_names=[cfg.output_name],
-                                  opset_version=cfg.opset, dynamo=False,
-                                  dynamic_axes={**{n: {0: "batch"} for n in names}, cfg.output_name: {0: "batch"}})
-            except Exception as e:
-                raise ExportValidationError(f"{path.name}: cannot export the teacher ensemble "
-                                            f"({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
-        save_checked(onnx.load(str(tmp)), tmp, card, path.name)
-        from jedi_deploy.devices import resolve_device
-
-        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        failures, rows = [], []
-        dev = resolve_device(cfg.reference_device)
-        module.to(dev)
-        for b in cfg.batch_sizes:
-            xs = [torch.randn((b, *s), generator=gen) for s in shapes]
-            with torch.no_grad():
-                want = module(*[x.to(dev) for x in xs]).double().cpu().numpy()
-            got = sess.run([cfg.output_name], {n: x.numpy() for n, x in zip(names, xs)})[0]
-            rows.append(compare_outputs(got, want, cfg.tolerance(), f"random batch {b}", failures))
-        module.cpu()
-        report = {"cases": rows, "passed": not failures, "failures": failures, "tolerance": cfg.tolerance(),
-                  "max_abs_diff": max(r.get("max_abs_diff", float("inf")) for r in rows),
-                  "kind": "teacher", "name": dataset, "path": str(path)}
-        if failures:
-            raise ExportValidationError(f"{path.name}: ONNX Runtime disagrees with PyTorch: " + "; ".join(failures),
-                                        report)
+    report = export_onnx(module, path, card, cfg=cfg)
+    report.update(kind="teacher", name=dataset, path=str(path))
     write_json(path.with_suffix(".validation.json"), report)
     return report

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jedi_deploy.errors import ConfigError
-from jedi_deploy.video import Preprocess
+from jedi_deploy.contracts.errors import ConfigError
+from jedi_deploy.contracts.preprocess import Preprocess
 
 
 class GraphWrapper(nn.Module):

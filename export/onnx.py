@@ -17,15 +17,13 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from jedi_deploy.deps import require
-from jedi_deploy.errors import ConfigError, ExportValidationError
-from jedi_deploy.meta import atomic_path
-from jedi_deploy.model_card import ModelCard, embed_card
-
+from jedi_deploy.contracts.errors import ConfigError, ExportValidationError
+from jedi_deploy.contracts.header import atomic_path
+from jedi_deploy.contracts.model_card import ModelCard, embed_card
+from jedi_deploy.runners.base import TOLERANCES, compare, random_feeds
 
 EXPORTERS = ("torchscript", "dynamo")
 
@@ -66,82 +64,27 @@ class OnnxExportConfig:
         return tol
 
 
-#: |onnx - torch| <= atol + rtol * max|torch| per output, and the share of inputs whose top-1
-#: (and top-5 set) must agree. fp16 graphs are compared with the fp32 PyTorch reference.
-TOLERANCES = {"fp32": {"atol": 1e-4, "rtol": 1e-4, "min_top1": 1.0, "min_top5": 1.0},
-              "fp16": {"atol": 2e-2, "rtol": 2e-2, "min_top1": 0.9, "min_top5": 0.8},
-              # a TensorRT int8 engine against ONNX Runtime running the same Q/DQ graph: both int8,
-              # different kernels and rounding (accuracy itself is the --int8 gate's job)
-              "int8": {"atol": 0.1, "rtol": 0.05, "min_top1": 0.9, "min_top5": 0.8}}
+def validate(onnx_path: Path, reference: nn.Module, card: ModelCard, cfg: OnnxExportConfig,
+             real_feeds: dict[str, dict] | None = None, what: str | None = None) -> dict:
+    """ONNX Runtime (CPU) vs ``reference`` (PyTorch, on ``cfg.reference_device``) on seeded random
+    feeds at every batch size and on ``real_feeds`` (e.g. a decoded clip): one
+    :func:`~jedi_deploy.runners.base.compare` of two runners. Collects every failure, then raises
+    one :class:`~jedi_deploy.runners.base.ToleranceError` (an ExportValidationError) carrying the report."""
+    from jedi_deploy.contracts.errors import InputError
+    from jedi_deploy.models.devices import resolve_device
+    from jedi_deploy.runners.eager import TorchRunner
+    from jedi_deploy.runners.onnxruntime import OrtRunner
 
-
-def _inputs(sample_shape, dtype, batch, gen) -> torch.Tensor:
-    if dtype == "uint8":
-        return torch.randint(0, 256, (batch, *sample_shape), generator=gen, dtype=torch.uint8)
-    return torch.randn((batch, *sample_shape), generator=gen)
-
-
-def compare_outputs(got: np.ndarray, want: np.ndarray, tol: dict, label: str, failures: list) -> dict:
-    """Figures of one comparison; appends a message per violated tolerance to ``failures``."""
-    if got.shape != want.shape:
-        failures.append(f"{label}: output shape {got.shape} != PyTorch {want.shape}")
-        return {"input": label, "shape_ok": False}
-    diff = np.abs(got.astype(np.float64) - want)
-    scale = float(np.abs(want).max()) or 1.0
-    max_abs, max_rel = float(diff.max()), float(diff.max() / scale)
-    top1 = float((got.argmax(-1) == want.argmax(-1)).mean())
-    k = min(5, want.shape[-1])
-    top5 = float(np.mean([set(a) == set(b) for a, b in zip(np.argsort(-got, -1)[:, :k], np.argsort(-want, -1)[:, :k])]))
-    if max_abs > tol["atol"] + tol["rtol"] * scale:
-        failures.append(f"{label}: max abs diff {max_abs:.3g} > {tol['atol']:g} + {tol['rtol']:g} x {scale:.3g}")
-    if top1 < tol["min_top1"]:
-        failures.append(f"{label}: top-1 agrees on {100 * top1:.0f}% of inputs (< {100 * tol['min_top1']:.0f}%)")
-    if top5 < tol["min_top5"]:
-        failures.append(f"{label}: top-5 sets agree on {100 * top5:.0f}% of inputs (< {100 * tol['min_top5']:.0f}%)")
-    return {"input": label, "batch": int(want.shape[0]), "max_abs_diff": max_abs, "max_rel_diff": max_rel,
-            "top1_agreement": top1, "top5_agreement": top5}
-
-
-def validate(onnx_path: Path, reference: nn.Module, sample_shape: tuple[int, ...], cfg: OnnxExportConfig,
-             input_dtype: str = "float32", real_inputs: dict[str, np.ndarray] | None = None) -> dict:
-    """ONNX Runtime (CPU) vs ``reference`` on seeded random inputs at every batch size and on
-    ``real_inputs`` (e.g. a decoded clip); collects every failure, then raises one
-    :class:`ExportValidationError` carrying the report."""
-    ort = require("onnxruntime")
+    what = what or onnx_path.name
     try:
-        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT's own error types
-        raise ExportValidationError(f"{onnx_path.name}: ONNX Runtime cannot load the exported graph ({e})") from None
-    from jedi_deploy.devices import resolve_device
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    tol = cfg.tolerance()
-    cases = [(f"random batch {b}", _inputs(sample_shape, input_dtype, b, gen)) for b in cfg.batch_sizes]
-    cases += [(name, torch.from_numpy(np.ascontiguousarray(x))) for name, x in (real_inputs or {}).items()]
-    failures, rows = [], []
-    dev = resolve_device(cfg.reference_device)
-    reference = reference.to(dev)
-    for label, x in cases:
-        with torch.no_grad():
-            want = reference(x.to(dev)).double().cpu().numpy()
-        try:
-            got = sess.run([cfg.output_name], {cfg.input_name: x.numpy()})[0]
-        except Exception as e:
-            failures.append(f"{label}: ONNX Runtime failed ({str(e).splitlines()[0][:200]})")
-            continue
-        rows.append(compare_outputs(got, want, tol, label, failures))
-    reference.cpu()
-    ok_rows = [r for r in rows if "max_abs_diff" in r]
-    n = sum(r["batch"] for r in ok_rows)
-    report = {"max_abs_diff": max((r["max_abs_diff"] for r in ok_rows), default=None),
-              "max_rel_diff": max((r["max_rel_diff"] for r in ok_rows), default=None),
-              "top1_agreement": sum(r["top1_agreement"] * r["batch"] for r in ok_rows) / n if n else 0.0,
-              "top5_agreement": sum(r["top5_agreement"] * r["batch"] for r in ok_rows) / n if n else 0.0,
-              "num_inputs": n, "cases": rows, "tolerance": tol, "precision": cfg.precision,
-              "passed": not failures, "failures": failures}
-    if failures:
-        raise ExportValidationError(f"{onnx_path.name}: ONNX Runtime disagrees with PyTorch: "
-                                    + "; ".join(failures), report)
+        candidate = OrtRunner(onnx_path, providers="cpu")
+    except InputError as e:
+        raise ExportValidationError(f"{what}: ONNX Runtime cannot load the exported graph ({e})") from None
+    feeds = random_feeds(card, cfg.batch_sizes, cfg.seed) + list((real_feeds or {}).items())
+    torch_ref = TorchRunner(reference, card, resolve_device(cfg.reference_device))
+    report = compare(torch_ref, candidate, feeds, cfg.tolerance(), output=cfg.output_name, what=what)
+    candidate.deactivate()
+    report["precision"] = cfg.precision
     return report
 
 
@@ -157,7 +100,7 @@ def save_checked(model, path: Path, card: ModelCard, what: str) -> None:
     onnx.save(model, str(path))
 
 
-def _torch_export(module, dummy, path: Path, cfg: OnnxExportConfig, what: str) -> None:
+def _torch_export(module, dummy: tuple, path: Path, cfg: OnnxExportConfig, names: list[str], what: str) -> None:
     from .rewrites import export_friendly
 
     with warnings.catch_warnings(), export_friendly():
@@ -165,13 +108,13 @@ def _torch_export(module, dummy, path: Path, cfg: OnnxExportConfig, what: str) -
         try:
             if cfg.exporter == "dynamo":
                 batch = torch.export.Dim("batch", min=1, max=1024)
-                torch.onnx.export(module, (dummy,), str(path), input_names=[cfg.input_name],
+                torch.onnx.export(module, dummy, str(path), input_names=names,
                                   output_names=[cfg.output_name], opset_version=cfg.opset, dynamo=True,
-                                  dynamic_shapes=({0: batch},), external_data=False)
+                                  dynamic_shapes=tuple({0: batch} for _ in names), external_data=False)
             else:
-                torch.onnx.export(module, (dummy,), str(path), input_names=[cfg.input_name],
+                torch.onnx.export(module, dummy, str(path), input_names=names,
                                   output_names=[cfg.output_name], opset_version=cfg.opset, dynamo=False,
-                                  dynamic_axes={cfg.input_name: {0: "batch"}, cfg.output_name: {0: "batch"}})
+                                  dynamic_axes={**{n: {0: "batch"} for n in names}, cfg.output_name: {0: "batch"}})
         except Exception as e:  # the exporters raise many types; name what failed and how
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise ExportValidationError(f"{what}: the {cfg.exporter} ONNX exporter cannot export this model "
@@ -179,27 +122,28 @@ def _torch_export(module, dummy, path: Path, cfg: OnnxExportConfig, what: str) -
                                         f"{'torchscript' if cfg.exporter == 'dynamo' else 'dynamo'}") from None
 
 
-def export_onnx(module: nn.Module, out_path: str | Path, sample_shape: tuple[int, ...],
-                card: ModelCard, reference: nn.Module | None = None,
-                cfg: OnnxExportConfig = OnnxExportConfig(), input_dtype: str = "float32",
-                real_inputs: dict[str, np.ndarray] | None = None) -> dict:
-    """Export ``module`` (input ``[batch, *sample_shape]`` of ``input_dtype``), optionally
-    simplify it and convert it to fp16, run the ONNX checker with full shape inference, and
-    validate it against ``reference`` (default: ``module`` itself). Only a graph that passes
-    every check is renamed to ``out_path``. Returns the validation report."""
+def export_onnx(module: nn.Module, out_path: str | Path, card: ModelCard, reference: nn.Module | None = None,
+                cfg: OnnxExportConfig = OnnxExportConfig(), real_feeds: dict[str, dict] | None = None) -> dict:
+    """Export ``module`` - one graph input per ``card.inputs`` entry (a student or expert has one,
+    a teacher ensemble one per expert), each ``[batch, *sample_shape]`` of its dtype - optionally
+    simplify it and convert it to fp16, embed the card, run the ONNX checker with full shape
+    inference, and validate it against ``reference`` (default: ``module`` itself). Only a graph
+    that passes every check is renamed to ``out_path``. Returns the validation report. The one
+    export path of students, experts and teacher ensembles."""
     import onnx
 
     module = module.eval()
     reference = (reference or module).eval()
     out_path = Path(out_path)
-    dummy = _inputs(sample_shape, input_dtype, 2, torch.Generator().manual_seed(cfg.seed))
+    names = [s.name for s in card.inputs]
+    dummy = tuple(torch.from_numpy(x) for x in card.dummy_feed(2, cfg.seed).values())
     with atomic_path(out_path, ".onnx") as tmp:
-        _torch_export(module, dummy, tmp, cfg, out_path.name)
+        _torch_export(module, dummy, tmp, cfg, names, out_path.name)
         model = onnx.load(str(tmp))
-        if [i.name for i in model.graph.input] != [cfg.input_name]:
-            raise ExportValidationError(f"{out_path.name}: the exported graph does not take its input "
-                                        f"{cfg.input_name!r} (inputs: {[i.name for i in model.graph.input]}); "
-                                        "the model's output does not depend on its input as traced")
+        if [i.name for i in model.graph.input] != names:
+            raise ExportValidationError(f"{out_path.name}: the exported graph does not take its inputs "
+                                        f"{names} (inputs: {[i.name for i in model.graph.input]}); "
+                                        "the model's output does not depend on every input as traced")
         if cfg.simplify:
             import onnxslim
 
@@ -211,6 +155,6 @@ def export_onnx(module: nn.Module, out_path: str | Path, sample_shape: tuple[int
         card = replace(card, output=cfg.output_name, precision=cfg.precision, exporter=cfg.exporter,
                        opset=cfg.opset, simplified=cfg.simplify)
         save_checked(model, tmp, card, out_path.name)
-        report = validate(tmp, reference, sample_shape, cfg, input_dtype, real_inputs)
+        report = validate(tmp, reference, card, cfg, real_feeds, out_path.name)
         report.update(exporter=cfg.exporter, simplified=cfg.simplify, opset=cfg.opset, file_bytes=tmp.stat().st_size)
     return report

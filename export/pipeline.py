@@ -53,9 +53,9 @@ def export_all(bundle: str | Path, out: str | Path, *, cfg: OnnxExportConfig = O
     ``int8`` each student is also quantized behind the accuracy gate
     (:mod:`jedi_deploy.export.quantize`): its gate report is a further entry (``"gate"``); a
     student that fails the gate gets no INT8 file and, once everything else is written,
-    :class:`~jedi_deploy.errors.QuantizationGateError` is raised with its table."""
-    from jedi_deploy.bundle import read_bundle_header
-    from jedi_deploy.errors import InputError, QuantizationGateError
+    :class:`~jedi_deploy.contracts.errors.QuantizationGateError` is raised with its table."""
+    from jedi_deploy.contracts.bundle import read_bundle_header
+    from jedi_deploy.contracts.errors import InputError, QuantizationGateError
 
     from .ensemble import check_options, export_teacher
     from .students import export_bundle, select_students
@@ -83,7 +83,7 @@ def export_all(bundle: str | Path, out: str | Path, *, cfg: OnnxExportConfig = O
     reports += [export_teacher(bundle, out, d, expert_paths=expert_paths, cfg=cfg) for d in teachers]
     refused = []
     if int8 is not None:
-        from jedi_deploy.quant_report import gate_path, refusal
+        from jedi_deploy.contracts.gate import gate_path, refusal
 
         from .quantize import quantize_exported
 

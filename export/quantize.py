@@ -2,7 +2,7 @@
 
 ONNX Runtime static post-training quantization (QDQ format, per-channel int8 weights),
 calibrated on real decoded videos fed exactly as the fp32 model's card says (the same
-:meth:`OnnxModel.prepare_video` that serving uses): by default a class-balanced sample of the
+:func:`jedi_deploy.media.decode.video_feed` that serving uses): by default a class-balanced sample of the
 student's training videos, found through the bundle's cache; else ``--calib-list``.
 
 The gate evaluates the fp32 and the int8 model on labelled held-out videos (by default the
@@ -13,11 +13,11 @@ the paired acc@1 difference with a bootstrap 95% interval. When acc@1 drops by m
 calibration inputs; the nodes reading the noisiest activations are kept in float - 1, 2, 4 ...
 up to ``float_budget`` of them - each candidate re-quantized from the same cached calibration
 ranges and re-evaluated. If none passes, nothing is written and
-:class:`~jedi_deploy.errors.QuantizationGateError` carries the table.
+:class:`~jedi_deploy.contracts.errors.QuantizationGateError` carries the table.
 
 Written on success: ``<name>.student.int8.onnx`` (card: precision ``int8``, the calibration
 facts under ``extra["quantization"]``) and its report ``<name>.student.int8.gate.json``
-(:mod:`jedi_deploy.quant_report`). The fp32 file is never touched.
+(:mod:`jedi_deploy.contracts.gate`). The fp32 file is never touched.
 """
 from __future__ import annotations
 
@@ -31,9 +31,19 @@ from pathlib import Path
 
 import numpy as np
 
-from jedi_deploy.deps import require
-from jedi_deploy.errors import InputError, JediError, QuantizationGateError
-from jedi_deploy.quant_report import Attempt, GateReport, gate_path, int8_path, refusal, write_gate_report
+from jedi_deploy.contracts.deps import require
+from jedi_deploy.contracts.errors import InputError, JediError, QuantizationGateError
+from jedi_deploy.contracts.gate import (
+    Attempt,
+    GateReport,
+    gate_path,
+    int8_path,
+    refusal,
+    write_gate_report,
+)
+from jedi_deploy.media.decode import video_feed
+from jedi_deploy.runners.base import video_probs as batch_probs
+from jedi_deploy.runners.onnxruntime import OrtRunner
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 ACTIVATIONS = {"uint8": "QUInt8", "int8": "QInt8"}
@@ -192,25 +202,35 @@ class _Reader:
         return iter(lambda: self.get_next(), None)
 
 
+class Graph:
+    """A graph as the gate feeds it: its ONNX Runtime runner (CPU) and card; ``prepare(video)``
+    is the video's feed as serving makes it."""
+
+    def __init__(self, path: Path):
+        self.runner = OrtRunner(path, providers="cpu")
+        self.card = self.runner.card
+
+    def prepare(self, video: str | Path) -> dict:
+        return video_feed(self.card, video)[0]
+
+
 def video_probs(path: Path, feeds, batch: int = 8) -> np.ndarray:
     """``[N, C]`` class probabilities of each decoded video under the model at ``path`` (ORT CPU);
     ``feeds`` is any iterable of feeds (a :class:`Decoded` list streams)."""
-    from jedi_deploy.serve.runtime import OnnxModel
-
-    model = OnnxModel(path, providers="cpu")
+    runner = OrtRunner(path, providers="cpu")
     probs, pending = [], []
     for feed in feeds:
         pending.append(feed)
         if len(pending) == batch:
-            probs += model.run_many(pending)
+            probs += batch_probs(runner, pending)
             pending = []
     if pending:
-        probs += model.run_many(pending)
+        probs += batch_probs(runner, pending)
     return np.stack(probs)
 
 
 def compare(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray, float_nodes: list[str], max_drop: float) -> Attempt:
-    from jedi_deploy.metrics import paired_bootstrap, topk_accuracy
+    from jedi_deploy.contracts.metrics import paired_bootstrap, topk_accuracy
 
     ok8, ok32 = int8.argmax(1) == labels, fp32.argmax(1) == labels
     diff = paired_bootstrap(ok8, ok32)
@@ -316,14 +336,12 @@ def quantize_student(fp32: str | Path, calib: VideoList, evaluation: VideoList, 
     (files written) or raises :class:`QuantizationGateError` (nothing written)."""
     import onnx
 
-    from jedi_deploy.meta import atomic_path
-    from jedi_deploy.metrics import topk_accuracy
-    from jedi_deploy.model_card import embed_card
-    from jedi_deploy.serve.runtime import OnnxModel
-
+    from jedi_deploy.contracts.header import atomic_path
+    from jedi_deploy.contracts.metrics import topk_accuracy
+    from jedi_deploy.contracts.model_card import embed_card
     t0 = time.perf_counter()
     fp32 = Path(fp32)
-    model = OnnxModel(fp32, providers="cpu")
+    model = Graph(fp32)
     if model.card.precision != "fp32":
         raise InputError(f"{fp32}: --int8 quantizes an fp32 export, this one is {model.card.precision}; "
                          "export without --fp16")
@@ -379,7 +397,7 @@ def quantize_student(fp32: str | Path, calib: VideoList, evaluation: VideoList, 
 
 def read_video_list(path: str | Path, what: str) -> VideoList:
     """A manifest (MMAction2 ``.txt`` or ``.csv``, paths relative to it) or a folder of videos."""
-    from jedi_deploy.serve.infer import collect_inputs
+    from jedi_deploy.media.datasets import collect_inputs
 
     items = collect_inputs([path])
     bad = [it for it in items if it.error]
@@ -391,7 +409,7 @@ def read_video_list(path: str | Path, what: str) -> VideoList:
 def default_lists(meta, name: str, opts: Int8Options, calib_list=None, eval_list=None) -> tuple[VideoList, VideoList]:
     """Calibration and held-out videos of student ``name``: the given lists, else the bundle's
     cache (a class-balanced sample of the dataset's training videos; its evaluation split)."""
-    from jedi_deploy.cache_format import cached_videos
+    from jedi_deploy.contracts.cache import cached_videos
 
     dataset = meta.datasets[meta.expert_names.index(name)]
     cache = meta.extra.get("cache")
@@ -421,7 +439,7 @@ def quantize_exported(bundle: str | Path, out_dir: str | Path, names: list[str],
                       progress: bool = False) -> list[GateReport]:
     """Quantize the exported ``<name>.student.onnx`` of each of ``names`` behind the gate; every
     student is tried. Returns every gate report; a failed one (``passed`` False) wrote nothing."""
-    from jedi_deploy.bundle import read_bundle_header
+    from jedi_deploy.contracts.bundle import read_bundle_header
 
     meta = read_bundle_header(bundle)
     calib_lists = per_student(calib_lists, names, "--calib-list")

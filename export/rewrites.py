@@ -64,7 +64,9 @@ def _static(thw) -> tuple[int, int, int]:
 def rel_pos_coefficients(q, q_thw, k_thw, rel_pos_h, rel_pos_w, rel_pos_t) -> torch.Tensor:
     """A = [a_t | a_h | a_w]: [B, heads, 1 + Q, kt + kh + kw], the query's products with the
     relative-position tables along each axis; row 0 (class token) is zero."""
-    from torchvision.models.video.mvit import _interpolate  # the table resize, as upstream does it
+    from torchvision.models.video.mvit import (
+        _interpolate,  # the table resize, as upstream does it
+    )
 
     (qt, qh, qw), (kt, kh, kw) = q_thw, k_thw
     tables = [_interpolate(t, 2 * max(a, b) - 1)

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from jedi_deploy.bundle import BundleHeader, load_bundle
-from jedi_deploy.errors import ExportValidationError, InputError
-from jedi_deploy.meta import sha256_file, write_json, require_writable_dir
-from jedi_deploy.model_card import InputSpec, ModelCard, input_layout
-from jedi_deploy.registry import Expert, load_expert
+from jedi_deploy.contracts.bundle import BundleHeader
+from jedi_deploy.contracts.errors import ExportValidationError, InputError
+from jedi_deploy.contracts.header import require_writable_dir, sha256_file, write_json
+from jedi_deploy.contracts.model_card import InputSpec, ModelCard, input_layout
+from jedi_deploy.models.bundle import load_bundle
+from jedi_deploy.models.registry import Expert, load_expert
 
 from .fuse import ExpertGraph, FusedStudent, StudentReference
 from .graph import GraphWrapper, input_spec
@@ -57,15 +56,12 @@ def model_card(kind: str, expert: Expert, cfg: OnnxExportConfig, bundle_sha256: 
                      average=pre.average, bundle_sha256=bundle_sha256)
 
 
-def real_clip_input(video: str | Path, preprocess, cfg: OnnxExportConfig) -> np.ndarray:
-    """One decoded video in the graph's input format (``[1, ...]``): its test views, trimmed or
-    repeated to ``cfg.views``; uint8 frames or normalised floats."""
-    from jedi_deploy.video import crop_views, decode_frames, normalize_views
+def real_clip_feed(video: str | Path, card: ModelCard) -> dict:
+    """One decoded video fed as the graph takes it (:meth:`ModelCard.feed_from_clips`): a
+    validation case on real frames."""
+    from jedi_deploy.media.decode import video_feed
 
-    views = crop_views(decode_frames(video, preprocess), preprocess, video)
-    views = np.concatenate([views] * (-(-cfg.views // len(views))))[:cfg.views]
-    x = views if cfg.uint8_input else normalize_views(views, preprocess)
-    return (x if cfg.views > 1 else x[0])[None]
+    return video_feed(card, video)[0]
 
 
 def export_model(module, reference, expert: Expert, path: Path, kind: str, cfg: OnnxExportConfig,
@@ -75,19 +71,17 @@ def export_model(module, reference, expert: Expert, path: Path, kind: str, cfg: 
     report is also written next to the model as ``<stem>.validation.json``."""
     from dataclasses import replace
 
-    from jedi_deploy.registry import ARCHS
+    from jedi_deploy.models.archs import ARCHS
 
     pre = expert.preprocess
     if pre.average == "feature" and pre.views > 1 and cfg.views != pre.views:
         cfg = replace(cfg, views=pre.views)  # consensus over every view needs them all in one graph
     wrap = dict(uint8_input=cfg.uint8_input, views=cfg.views, average=pre.average)
     card = model_card(kind, expert, cfg, bundle_sha256)
-    shape, dtype = card.input.sample_shape(), card.input.dtype
-    real = {f"decoded clip {Path(clip).name}": real_clip_input(clip, pre, cfg)} if clip else None
+    real = {f"decoded clip {Path(clip).name}": real_clip_feed(clip, card)} if clip else None
     try:
-        report = export_onnx(GraphWrapper(module, pre, **wrap), path, shape, card,
-                             reference=GraphWrapper(reference, pre, **wrap), cfg=cfg, input_dtype=dtype,
-                             real_inputs=real)
+        report = export_onnx(GraphWrapper(module, pre, **wrap), path, card,
+                             reference=GraphWrapper(reference, pre, **wrap), cfg=cfg, real_feeds=real)
     except ExportValidationError as e:
         if "cannot export" in str(e):
             raise ExportValidationError(f"architecture {expert.arch!r}: {e} (exported and validated here: "

@@ -15,8 +15,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from jedi_deploy.errors import ExportValidationError, InputError, MissingDependencyError
-from jedi_deploy.model_card import ModelCard
+from jedi_deploy.contracts.errors import (
+    ExportValidationError,
+    InputError,
+    MissingDependencyError,
+)
+from jedi_deploy.contracts.model_card import ModelCard
 
 ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 2: "TYPE_UINT8", 3: "TYPE_INT8", 6: "TYPE_INT32",
                   7: "TYPE_INT64", 11: "TYPE_FP64"}

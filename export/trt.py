@@ -4,39 +4,21 @@ API and kept behind a lazy import.
 
 ``build_engine`` parses the ONNX, adds one optimisation profile (min/opt/max batch), builds
 FP32 or FP16 (``BuilderFlag.FP16``) with a persistent timing cache, and writes the plan
-atomically. ``check_engine_parity`` runs the engine (CUDA buffers from torch) against ONNX
-Runtime on random inputs at the profile's batch sizes and raises
-:class:`ExportValidationError` with the figures when they differ beyond the tolerance.
+atomically. ``check_engine_parity`` runs the engine (:class:`~jedi_deploy.runners.tensorrt.TrtRunner`)
+against ONNX Runtime on random feeds at the profile's batch sizes - one
+:func:`~jedi_deploy.runners.base.compare` - and raises its ToleranceError (an
+:class:`ExportValidationError`) with the figures when they differ beyond the tolerance.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from jedi_deploy.deps import require
-from jedi_deploy.errors import ExportValidationError, InputError, MissingDependencyError
-from jedi_deploy.meta import atomic_path
-
-
-def require_tensorrt():
-    """``tensorrt`` and a CUDA GPU, or one clear error saying which is missing."""
-    try:
-        import torch
-
-        has_gpu = torch.cuda.is_available()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        has_gpu = False
-    try:
-        trt = require("tensorrt")
-    except MissingDependencyError:
-        raise MissingDependencyError(
-            "TensorRT engines (jedi export --trt, jedi bench --runtimes tensorrt) need TensorRT and an NVIDIA GPU: "
-            "tensorrt is not installed (pip install tensorrt, "
-            "from NVIDIA's package index)" + ("" if has_gpu else "; no CUDA GPU is visible either")) from None
-    if not has_gpu:
-        raise MissingDependencyError("TensorRT engines need an NVIDIA GPU: TensorRT is installed but no CUDA device is visible")
-    return trt
+from jedi_deploy.contracts.errors import (
+    ExportValidationError,
+    InputError,
+)
+from jedi_deploy.contracts.header import atomic_path
+from jedi_deploy.runners.tensorrt import TrtRunner, require_tensorrt
 
 
 def parse_profile(text: str) -> tuple[int, int, int]:
@@ -88,87 +70,25 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, *, fp16: bool = F
             "tensorrt": trt.__version__}
 
 
-class TrtEngine:  # pragma: no cover - needs TensorRT and a GPU
-    """A deserialized plan with its execution context, run on host arrays (CUDA buffers via torch)."""
-
-    def __init__(self, plan_path: str | Path):
-        import torch
-
-        trt = require_tensorrt()
-        self.torch, self.trt, self.path = torch, trt, Path(plan_path)
-        if not self.path.is_file():
-            raise InputError(f"TensorRT engine not found: {self.path} (build it with `jedi export --trt`)")
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if self.engine is None:
-            raise InputError(f"{self.path}: TensorRT cannot deserialize this engine (built by another TensorRT "
-                             "version or for another GPU?)")
-        self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch, trt = self.torch, self.trt
-        buffers = {}
-        for name, arr in inputs.items():
-            buffers[name] = torch.from_numpy(np.ascontiguousarray(arr)).cuda()
-            self.context.set_input_shape(name, tuple(arr.shape))
-        outputs = {}
-        for name in self.outputs:
-            dtype = torch.float16 if self.engine.get_tensor_dtype(name) == trt.DataType.HALF else torch.float32
-            outputs[name] = buffers[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype,
-                                                        device="cuda")
-        for name, t in buffers.items():
-            self.context.set_tensor_address(name, t.data_ptr())
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise ExportValidationError(f"{self.path}: TensorRT execution failed")
-        self.stream.synchronize()
-        return {k: v.float().cpu().numpy() for k, v in outputs.items()}
-
-
-def run_engine(plan_path: str | Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover
-    """Run a plan once on host arrays; returns the outputs as host arrays."""
-    return TrtEngine(plan_path).run(inputs)
-
-
 def trt_runtime():  # pragma: no cover - needs TensorRT and a GPU
-    """``jedi bench``'s ``tensorrt`` runtime: the ``<model>.plan`` beside each ONNX file."""
-    import onnx
-
-    from jedi_deploy.runtimes import Runtime
+    """``jedi bench``'s ``tensorrt`` runtime: the ``<model>.plan`` beside each ONNX file, fed as the
+    ONNX file's model card says."""
+    from jedi_deploy.contracts.model_card import read_card
+    from jedi_deploy.runners.base import Runtime
 
     trt = require_tensorrt()
-
-    def load(onnx_path: Path):
-        input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
-        engine = TrtEngine(Path(onnx_path).with_suffix(".plan"))
-        return lambda x: engine.run(x if isinstance(x, dict) else {input_name: x})
-
-    return Runtime("tensorrt", load, {"tensorrt": trt.__version__})
+    return Runtime("tensorrt", lambda onnx_path: TrtRunner(Path(onnx_path).with_suffix(".plan"), read_card(onnx_path)),
+                   {"tensorrt": trt.__version__})
 
 
 def check_engine_parity(plan_path: str | Path, onnx_path: str | Path, *, output_name: str,
                         batch: tuple[int, int, int], tol: dict, seed: int = 0) -> dict:  # pragma: no cover
-    """TensorRT vs ONNX Runtime (CPU) on random inputs at the profile's min/opt/max batch (every
-    graph input: a teacher ensemble has one per expert)."""
-    from .onnx import compare_outputs
+    """TensorRT vs ONNX Runtime (CPU) on random feeds at the profile's min/opt/max batch (every
+    graph input: a teacher ensemble has one per expert); one engine for every batch size."""
+    from jedi_deploy.contracts.model_card import read_card
+    from jedi_deploy.runners.base import compare, random_feeds
+    from jedi_deploy.runners.onnxruntime import OrtRunner
 
-    ort = require("onnxruntime")
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(seed)
-    failures, rows = [], []
-    for b in sorted(set(batch)):
-        feed = {}
-        for i in sess.get_inputs():
-            shape = (b, *[int(d) for d in i.shape[1:]])
-            feed[i.name] = (rng.integers(0, 256, shape, dtype=np.uint8) if i.type == "tensor(uint8)"
-                            else rng.standard_normal(shape).astype(np.float32))
-        want = sess.run([output_name], feed)[0].astype(np.float64)
-        got = run_engine(plan_path, feed)[output_name]
-        rows.append(compare_outputs(got, want, tol, f"TensorRT vs ORT batch {b}", failures))
-    report = {"cases": rows, "passed": not failures, "failures": failures, "tolerance": tol}
-    if failures:
-        raise ExportValidationError(f"{Path(plan_path).name}: TensorRT disagrees with ONNX Runtime: "
-                                    + "; ".join(failures), report)
-    return report
+    card = read_card(onnx_path)
+    return compare(OrtRunner(onnx_path, providers="cpu"), TrtRunner(plan_path, card),
+                   random_feeds(card, sorted(set(batch)), seed), tol, output=output_name, what=Path(plan_path).name)

@@ -1,29 +1,29 @@
 """jedi-deploy: JEDI (Joint Expert Distillation) from paper to production.
 
-The core package holds the contracts every stage shares: typed errors, self-describing
-files (:mod:`.meta`) and the three file contracts (:mod:`.cache_format`, :mod:`.bundle`,
-:mod:`.model_card`), video decoding/preprocessing (:mod:`.video`), datasets, metrics, the
-synthetic benchmark, the expert registry and the JEDI model. The stages install inside it:
-:mod:`jedi_deploy.train`, :mod:`jedi_deploy.export`, :mod:`jedi_deploy.serve`. Importing this
-package does not import torch: ``serve`` relies on that. The torch-based API is loaded on
-first use (``jedi_deploy.load_expert`` etc.).
+The core is built in floors (docs/ARCHITECTURE.md): :mod:`.contracts` (torch-free typed cards of
+every file kind, errors, the pure-numpy preprocessing rules), :mod:`.media` (PyAV decoding,
+datasets, the synthetic benchmark), :mod:`.runners` (one runner contract wherever a graph runs),
+:mod:`.models` (torch: the expert registry and zoo, the JEDI model) and :mod:`.common` (the
+command-line conventions, plots). The stages install inside the package:
+:mod:`jedi_deploy.train`, :mod:`jedi_deploy.export`, :mod:`jedi_deploy.serve`; :mod:`.app` is the
+CLI. Importing this package does not import torch: ``serve`` relies on that. The public API
+below is loaded on first use (``jedi_deploy.load_expert`` etc.).
 """
 from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
-
-from .errors import JediError  # noqa: E402  (torch-free)
+from .contracts.errors import JediError  # torch-free
+from .contracts.header import PACKAGE_VERSION as __version__
 
 _LAZY = {
-    "load_expert": "registry", "save_expert": "registry", "build_expert": "registry",
-    "register_arch": "registry", "ARCHS": "registry", "Expert": "registry",
-    "JEDIConfig": "config", "JEDIModel": "jedi_model",
-    "load_bundle": "bundle", "save_bundle": "bundle", "read_bundle_header": "bundle",
-    "ModelCard": "model_card", "read_card": "model_card", "load_cache": "cache_format",
-    "Preprocess": "video", "load_clip": "video", "decode_video": "video",
-    "generate_benchmark": "synthetic", "classification_metrics": "metrics",
+    "load_expert": "models.registry", "save_expert": "models.registry", "build_expert": "models.archs",
+    "register_arch": "models.archs", "ARCHS": "models.archs", "Expert": "models.registry",
+    "JEDIConfig": "contracts.config", "JEDIModel": "models.jedi", "ExpertCard": "contracts.expert",
+    "load_bundle": "models.bundle", "save_bundle": "models.bundle", "read_bundle_header": "contracts.bundle",
+    "ModelCard": "contracts.model_card", "read_card": "contracts.model_card", "load_cache": "train.cached",
+    "Preprocess": "contracts.preprocess", "load_clip": "media.decode", "decode_video": "media.decode",
+    "generate_benchmark": "media.synthetic", "classification_metrics": "contracts.metrics",
 }
 
 

@@ -19,7 +19,8 @@ A ``<dataset>.teacher.onnx`` beside the students is timed against that dataset's
 every expert is measured rather than claimed.
 
 This module is torch-free; torch eager and TensorRT-engine runtimes come from ``export.eager`` /
-``export.trt`` as :class:`jedi_deploy.runtimes.Runtime` objects.
+``export.trt``; every runtime is a :class:`jedi_deploy.runners.base.Runtime` whose ``open(path)`` gives a
+:class:`~jedi_deploy.runners.base.Runner`, timed through its one ``infer(feed)``.
 """
 from __future__ import annotations
 
@@ -31,11 +32,19 @@ from pathlib import Path
 
 import numpy as np
 
-from jedi_deploy.errors import InputError
-from jedi_deploy.quant_report import GateReport, format_gate, gate_path, int8_path, read_gate_report
-from jedi_deploy.runtimes import Runtime
+from jedi_deploy.contracts.errors import InputError
+from jedi_deploy.contracts.gate import (
+    GateReport,
+    format_gate,
+    gate_path,
+    int8_path,
+    read_gate_report,
+)
+from jedi_deploy.contracts.model_card import read_card
+from jedi_deploy.runners.base import Runtime
+from jedi_deploy.runners.onnxruntime import PROVIDER_ALIASES, SESSION_CONFIG, OrtRunner
 
-from .runtime import PROVIDER_ALIASES, SESSION_CONFIG, OnnxModel
+from .runtime import OnnxModel
 
 ROLES = ("student", "expert", "expert_copy")
 ORT_RUNTIMES = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
@@ -44,7 +53,7 @@ ORT_RUNTIMES = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionPro
 
 def ort_runtimes(threads: int | None = 1, wanted: list[str] | None = None) -> list[Runtime]:
     """ONNX Runtime with each available execution provider (alone, CPU as fallback)."""
-    from jedi_deploy.deps import require
+    from jedi_deploy.contracts.deps import require
 
     ort = require("onnxruntime")
     available = ort.get_available_providers()
@@ -55,7 +64,7 @@ def ort_runtimes(threads: int | None = 1, wanted: list[str] | None = None) -> li
                 raise InputError(f"runtime {name!r} needs ONNX Runtime's {provider}, which this install lacks "
                                  f"(available: {', '.join(available)})")
             short = next(k for k, v in PROVIDER_ALIASES.items() if v == provider)
-            out.append(Runtime(name, lambda p, s=short: OnnxModel(p, providers=s, threads=threads).run,
+            out.append(Runtime(name, lambda p, s=short: OrtRunner(p, providers=s, threads=threads),
                                {"onnxruntime": ort.__version__, "provider": provider, "intra_op_threads": threads,
                                 **SESSION_CONFIG}))
     return out
@@ -63,11 +72,11 @@ def ort_runtimes(threads: int | None = 1, wanted: list[str] | None = None) -> li
 
 def openvino_runtimes(threads: int | None = 1) -> list[Runtime]:
     """OpenVINO on the CPU. Each model is first compiled and run once in a child process
-    (:func:`jedi_deploy.serve.probe.pick_runtime`): a graph OpenVINO crashes on is reported as
+    (:func:`jedi_deploy.runners.probe.pick_runtime`): a graph OpenVINO crashes on is reported as
     skipped instead of taking the benchmark down."""
-    from jedi_deploy.deps import require
-
-    from .probe import pick_runtime
+    from jedi_deploy.contracts.deps import require
+    from jedi_deploy.runners.openvino import OpenVinoRunner
+    from jedi_deploy.runners.probe import pick_runtime
 
     ov = require("openvino")
     probed: set[Path] = set()
@@ -76,7 +85,7 @@ def openvino_runtimes(threads: int | None = 1) -> list[Runtime]:
         if Path(path) not in probed:  # once per file (the expert and its A/A copy are one file)
             pick_runtime(path, threads=threads, candidates={"openvino": "openvino"}, runs=1, warn=lambda _m: None)
             probed.add(Path(path))
-        return OnnxModel(path, threads=threads, runtime="openvino").run
+        return OpenVinoRunner(path, threads=threads)
 
     return [Runtime("openvino-cpu", load, {"openvino": ov.__version__, "device": "CPU",
                                             "inference_num_threads": threads, "CPU_DENORMALS_OPTIMIZATION": True})]
@@ -106,10 +115,10 @@ def discover_teachers(model_dir: str | Path) -> list[tuple[str, Path, Path]]:
     teachers = sorted(model_dir.glob("*.teacher.onnx"))
     if not teachers:
         return []
-    by_dataset = {OnnxModel(s).card.dataset: s for s in sorted(model_dir.glob("*.student.onnx"))}
+    by_dataset = {read_card(s).dataset: s for s in sorted(model_dir.glob("*.student.onnx"))}
     out = []
     for t in teachers:
-        card = OnnxModel(t).card
+        card = read_card(t)
         if card.kind != "teacher":
             raise InputError(f"{t} is a {card.kind}, not a teacher ensemble")
         if card.dataset not in by_dataset:
@@ -125,14 +134,13 @@ def bench_teachers(triples: list[tuple[str, Path, Path]], runtimes: list[Runtime
     running all n experts, measured."""
     rows = []
     for dataset, teacher, student in triples:
-        feeds = {k: OnnxModel(p).sample_input(max(batch_sizes), seed) for k, p in (("teacher", teacher),
-                                                                                    ("student", student))}
+        feeds = {k: read_card(p).dummy_feed(max(batch_sizes), seed) for k, p in (("teacher", teacher),
+                                                                                  ("student", student))}
         for rt in [r for r in runtimes if r.name.startswith("ort-")]:
-            run = {"teacher": rt.load(teacher), "student": rt.load(student)}
+            opened = {"teacher": rt.open(teacher), "student": rt.open(student)}
             for b in batch_sizes:
-                fed = {k: {n: x[:b] for n, x in f.items()} for k, f in feeds.items()}
-                runners = {k: (lambda _x, k=k: run[k](fed[k])) for k in run}
-                st = {k: stats(v, b) for k, v in time_block(runners, None, warmup=warmup, runs=runs).items()}
+                calls = {k: (lambda r=r, f=first_rows(feeds[k], b): r.infer(f)) for k, r in opened.items()}
+                st = {k: stats(v, b) for k, v in time_block(calls, warmup=warmup, runs=runs).items()}
                 rows.append({"dataset": dataset, "runtime": rt.name, "batch_size": b, "runs": runs, **st,
                              "teacher_student_ratio": st["teacher"]["median_ms"] / st["student"]["median_ms"]})
     return rows
@@ -173,43 +181,35 @@ def round_order(keys: list, r: int) -> list:
     return base[k:] + base[:k]
 
 
-def time_block(runners: dict[str, Callable], x: np.ndarray, *, warmup: int, runs: int) -> dict[str, list[float]]:
+def first_rows(feed: dict, b: int) -> dict:
+    """The first ``b`` rows of every input of a feed."""
+    return {n: x[:b] for n, x in feed.items()}
+
+
+def time_block(calls: dict[str, Callable[[], object]], *, warmup: int, runs: int) -> dict[str, list[float]]:
     """One untimed call each, ``warmup`` more, then ``runs`` interleaved rounds (order from
     :func:`round_order`). Returns wall seconds per call."""
-    for run in runners.values():
-        run(x)
+    for call in calls.values():
+        call()
     for _ in range(warmup):
-        for run in runners.values():
-            run(x)
-    times = {k: [] for k in runners}
+        for call in calls.values():
+            call()
+    times = {k: [] for k in calls}
     for r in range(runs):
-        for key in round_order(list(runners), r):
+        for key in round_order(list(calls), r):
             t0 = time.perf_counter()
-            runners[key](x)
+            calls[key]()
             times[key].append(time.perf_counter() - t0)
     return times
 
 
-def profiled_runs(path: str | Path, x: np.ndarray, *, runs: int = 3, threads: int | None = 1) -> list[dict]:
+def profiled_runs(path: str | Path, feed: dict, *, runs: int = 3, threads: int | None = 1) -> list[dict]:
     """ONNX Runtime CPU profiler over ``runs`` calls (after one untimed call): per call, the
     whole run and each node's kernel time, in ms (``{"run_ms": .., "nodes": {name: ms}}``)."""
-    import json
-    import tempfile
-
-    from jedi_deploy.deps import require
-
-    from .runtime import session_options
-
-    ort = require("onnxruntime")
-    so = session_options(threads)
-    with tempfile.TemporaryDirectory(prefix="jedi-profile-") as tmp:
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "ort")
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        feed = {sess.get_inputs()[0].name: x}
+    with OrtRunner(path, providers="cpu", threads=threads, profile=True) as runner:
         for _ in range(runs + 1):
-            sess.run(None, feed)
-        events = json.loads(Path(sess.end_profiling()).read_text())
+            runner.infer(feed)
+        events = runner.profile_events()
     calls = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e["name"] == "model_run")
     out = [{"run_ms": (b - a) / 1e3, "nodes": {}} for a, b in calls]
     for e in events:
@@ -220,7 +220,7 @@ def profiled_runs(path: str | Path, x: np.ndarray, *, runs: int = 3, threads: in
     return out[1:]
 
 
-def extra_node_cost(model: str | Path, baseline: str | Path, x: np.ndarray, *, runs: int = 3,
+def extra_node_cost(model: str | Path, baseline: str | Path, x: dict, *, runs: int = 3,
                     threads: int | None = 1) -> dict:
     """What ``model`` spends, in its own profiled runs, in the nodes ``baseline`` does not have
     (for a student against its expert: the adjustment fold). ``ratio`` = run / (run - extra),
@@ -259,27 +259,28 @@ def bench_models(pairs: list[tuple[str, Path, Path]], runtimes: list[Runtime], *
     bar = tqdm(total=len(pairs) * len(runtimes) * len(batch_sizes), desc="benchmarking", disable=not progress)
     for name, student, expert in pairs:
         x_all = check_pair(student, expert).sample_input(max(batch_sizes), seed)
-        x_all = next(iter(x_all.values()))  # students and experts have one input
         quantized = int8_path(student)
         for rt in runtimes:
             try:
-                runners = {"student": rt.load(student), "expert": rt.load(expert), "expert_copy": rt.load(expert)}
+                runners = {"student": rt.open(student), "expert": rt.open(expert), "expert_copy": rt.open(expert)}
                 if quantized.is_file() and rt.runs_onnx and (rt.name != "tensorrt"
                                                              or quantized.with_suffix(".plan").is_file()):
-                    runners["student_int8"] = rt.load(quantized)
+                    runners["student_int8"] = rt.open(quantized)
             except InputError as e:  # e.g. a runtime that cannot compile (or crashed on) this graph
                 skipped.append({"name": name, "runtime": rt.name, "reason": str(e)})
                 bar.update(len(batch_sizes))
                 continue
             for b in batch_sizes:
-                st = {k: stats(v, b) for k, v in time_block(runners, x_all[:b], warmup=warmup, runs=runs).items()}
+                calls = {k: (lambda r=r, f=first_rows(x_all, b): r.infer(f)) for k, r in runners.items()}
+                st = {k: stats(v, b) for k, v in time_block(calls, warmup=warmup, runs=runs).items()}
                 row = {"name": name, "runtime": rt.name, "batch_size": b, "runs": runs, "warmup": warmup,
                        **st, "ratio": st["student"]["median_ms"] / st["expert"]["median_ms"],
                        "aa_ratio": st["expert_copy"]["median_ms"] / st["expert"]["median_ms"]}
                 if "student_int8" in st:  # the INT8 student's speed-up over the fp32 expert it replaces
                     row["int8_speedup"] = st["expert"]["median_ms"] / st["student_int8"]["median_ms"]
                 if rt.name == "ort-cpu":  # the fold's own cost, which timing alone cannot resolve on a noisy machine
-                    cost = extra_node_cost(student, expert, x_all[:b], runs=3, threads=rt.info.get("intra_op_threads"))
+                    cost = extra_node_cost(student, expert, first_rows(x_all, b), runs=3,
+                                           threads=rt.info.get("intra_op_threads"))
                     row.update(profiled_ratio=cost["ratio"], fold_ms=cost["extra_ms"])
                 results.append(row)
                 bar.update()
@@ -376,7 +377,7 @@ def format_bench(report: dict, gates: bool = True) -> str:
 def plot_bench(report: dict, path: str | Path) -> Path:
     """Median latency (bars) with p90 (whiskers) of student / expert / expert copy, per model x runtime,
     one panel per batch size."""
-    from jedi_deploy.plots import pyplot, save_figure
+    from jedi_deploy.common.plots import pyplot, save_figure
 
     plt = pyplot()
     sizes = sorted({r["batch_size"] for r in report["results"]})
@@ -402,7 +403,11 @@ def plot_bench(report: dict, path: str | Path) -> Path:
 
 def write_bench(report: dict, out_dir: str | Path) -> list[Path]:
     """``bench.json``, ``bench.md`` and ``bench.png`` in ``out_dir`` (each written atomically)."""
-    from jedi_deploy.meta import atomic_path, require_writable_dir, write_json
+    from jedi_deploy.contracts.header import (
+        atomic_path,
+        require_writable_dir,
+        write_json,
+    )
 
     out = require_writable_dir(out_dir)
     write_json(out / "bench.json", report)

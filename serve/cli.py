@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from jedi_deploy.clitools import CONTEXT, JediCommand, progress
+from jedi_deploy.common.cli import CONTEXT, JediCommand, progress
 
 from .runtime import PROVIDER_ALIASES, RUNTIME_HELP, RUNTIMES
 
@@ -74,7 +74,7 @@ def infer(model, inputs, out, fmt, as_json, topk, batch_size, workers, strict, p
                               batch_size=batch_size, workers=workers, strict=strict, providers=providers,
                               threads=threads, runtime=runtime, progress=progress())
     if "picked_by_probe" in summary["runtime"]:
-        from .probe import describe_pick
+        from jedi_deploy.runners.probe import describe_pick
 
         click.echo(f"{Path(model).name}: {describe_pick(summary['runtime']['picked_by_probe'])}", err=True)
     if text:
@@ -86,7 +86,7 @@ def infer(model, inputs, out, fmt, as_json, topk, batch_size, workers, strict, p
 
 
 def _timeline(model, inputs, out, fmt, as_json, topk, providers, threads, runtime, window, stride, smooth, plot):
-    from jedi_deploy.errors import ConfigError
+    from jedi_deploy.contracts.errors import ConfigError
 
     from .timeline import format_segments, run_timeline
 

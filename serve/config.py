@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jedi_deploy.errors import InputError
+from jedi_deploy.contracts.errors import InputError
 
 
 @dataclass

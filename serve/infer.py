@@ -14,102 +14,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from jedi_deploy.errors import AnnotationError, InputError, VideoDecodeError
+from jedi_deploy.contracts.errors import InputError, VideoDecodeError
+from jedi_deploy.media.datasets import Item, collect_inputs
 
 from .runtime import OnnxModel, Prediction
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv",
-                              ".3gp", ".ogv", ".ts"})
-MANIFEST_EXTENSIONS = (".txt", ".csv")
 FORMATS = ("jsonl", "csv", "text")
-
-
-@dataclass(frozen=True)
-class Item:
-    path: Path
-    label: int | None = None  # ground-truth class index from a manifest, if it gives one
-    error: str | None = None  # why the entry cannot be read (found while listing a folder)
-
-
-def folder_items(root: Path) -> list[Item]:
-    """Every video under ``root`` (symlinked folders followed once), and an error item for every
-    entry that cannot be read: a broken link, a link loop, a video name that is not a regular
-    file (a FIFO would block a reader forever), a folder that cannot be listed."""
-    items: list[Item] = []
-    seen: set[tuple[int, int]] = set()
-
-    def walk(folder: Path) -> None:
-        st = folder.stat()
-        if (st.st_dev, st.st_ino) in seen:
-            items.append(Item(folder, error=f"{folder}: link loop (leads back to a folder already searched)"))
-            return
-        seen.add((st.st_dev, st.st_ino))
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as e:
-            items.append(Item(folder, error=f"{folder}: cannot list folder ({e.strerror or e})"))
-            return
-        for entry in entries:
-            f = Path(entry.path)
-            if entry.is_symlink():
-                try:
-                    f.resolve(strict=True)
-                except FileNotFoundError:
-                    items.append(Item(f, error=f"{f}: broken link (points to {os.readlink(f)}, which does not exist)"))
-                    continue
-                except (RuntimeError, OSError):
-                    items.append(Item(f, error=f"{f}: link loop"))
-                    continue
-            if f.is_dir():
-                walk(f)
-            elif f.suffix.lower() in VIDEO_EXTENSIONS:
-                items.append(Item(f) if f.is_file() else Item(f, error=f"{f}: not a regular file"))
-
-    walk(root)
-    return sorted(items, key=lambda it: str(it.path))
-
-
-def _manifest(path: Path) -> list[Item]:
-    """A manifest's videos (paths relative to it) and their labels where given (-1: none)."""
-    from jedi_deploy.datasets import manifest_rows
-
-    items = []
-    for where, rel, label in manifest_rows(path, label_required=False):
-        try:
-            lab = int(label) if label else -1
-        except ValueError:
-            raise AnnotationError(f"{where}: label {label!r} is not an integer") from None
-        items.append(Item(path.parent / rel, lab if lab >= 0 else None))
-    return items
-
-
-def collect_inputs(inputs: Iterable[str | Path]) -> list[Item]:
-    """Expand files, folders and manifests into the videos to classify (in a stable order)."""
-    items: list[Item] = []
-    for raw in inputs:
-        p = Path(raw)
-        if p.is_dir():
-            found = folder_items(p)
-            if not found:
-                raise InputError(f"{p}: folder holds no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
-            items += found
-        elif p.suffix.lower() in MANIFEST_EXTENSIONS:
-            items += _manifest(p)
-        elif p.exists():
-            items.append(Item(p))
-        else:
-            raise InputError(f"input not found: {p}")
-    if not items:
-        raise InputError("no videos to classify")
-    return items
 
 
 def classify_items(model: OnnxModel, items: list[Item], *, topk: int = 5, batch_size: int = 8, workers: int = 2,
@@ -119,11 +35,8 @@ def classify_items(model: OnnxModel, items: list[Item], *, topk: int = 5, batch_
     ``batch_size`` videos per call."""
     from tqdm import tqdm
 
-    from jedi_deploy import video
-
     if batch_size < 1 or workers < 1:
         raise InputError(f"batch size and workers must be >= 1, got {batch_size} and {workers}")
-    video.DECODE_THREADS = 1  # parallelism comes from decoding several videos at once
 
     def prepare(item: Item):
         try:
@@ -232,7 +145,7 @@ def run_infer(model_path: str | Path, inputs: list[str | Path], *, out: Path | N
     """Classify every input; write the records to ``out`` (atomically) or return them as text.
     Returns ``(text for stdout, summary)``; the summary's ``runtime`` says what ran the model
     (for ``runtime="auto"``: the probe's pick, timings and skipped runtimes)."""
-    from jedi_deploy.meta import atomic_path, require_writable_dir
+    from jedi_deploy.contracts.header import atomic_path, require_writable_dir
 
     fmt = output_format(out, fmt)
     if out is not None:
@@ -269,12 +182,7 @@ def format_summary(summary: dict) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m jedi_deploy.serve.infer``: the ``jedi infer`` command, without torch."""
-    from .cli import infer as command
+if __name__ == "__main__":  # python -m jedi_deploy.serve.infer: the `jedi infer` command, without torch
+    from jedi_deploy.serve.cli import infer as command
 
-    command.main(argv, prog_name="python -m jedi_deploy.serve.infer")
-
-
-if __name__ == "__main__":
-    main()
+    command.main(prog_name="python -m jedi_deploy.serve.infer")

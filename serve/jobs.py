@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jedi_deploy.errors import InputError, VideoDecodeError
+from jedi_deploy.contracts.errors import InputError, VideoDecodeError
 
 from .guard import ApiError
 

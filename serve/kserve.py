@@ -137,7 +137,7 @@ def add_routes(app, service) -> None:
     from fastapi import Request
     from starlette.responses import JSONResponse, Response
 
-    from jedi_deploy import __version__
+    from jedi_deploy.contracts.header import PACKAGE_VERSION as __version__
 
     def error(status: int, message: str) -> JSONResponse:
         service.metrics.errors.labels("v2").inc()

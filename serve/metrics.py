@@ -6,7 +6,13 @@ class Metrics:
     """The service's Prometheus metrics, in a registry of its own."""
 
     def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+            disable_created_metrics,
+        )
 
         disable_created_metrics()  # no *_created series: they double the output and nobody graphs them
 

@@ -26,8 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-
-from jedi_deploy.errors import InputError, VideoDecodeError
+from jedi_deploy.contracts.errors import InputError, VideoDecodeError
 
 from .batcher import MicroBatcher
 from .config import ServeConfig
@@ -95,9 +94,6 @@ class Service:
     async def start(self) -> None:
         import av.video.reformatter  # noqa: F401 - imported now, not on the first upload (~0.1 s)
 
-        from jedi_deploy import video
-
-        video.DECODE_THREADS = 1  # concurrency comes from decoding several uploads at once
         self.tmp = tempfile.TemporaryDirectory(prefix="jedi-serve-")
         self.decode_pool = ThreadPoolExecutor(self.cfg.decode_workers, thread_name_prefix="decode")
         for m in self.models.values():
@@ -451,7 +447,7 @@ def serve(cfg: ServeConfig, echo=print) -> None:
         echo(f"warning: listening on {cfg.host}, reachable from other machines; there is no authentication")
     names = ", ".join(app.state.service.models)
     if cfg.runtime == "auto":
-        from .probe import describe_pick
+        from jedi_deploy.runners.probe import describe_pick
 
         for name, m in app.state.service.models.items():
             echo(f"{name}: {describe_pick(m.runtime_info['picked_by_probe'])}")
@@ -468,12 +464,7 @@ def serve(cfg: ServeConfig, echo=print) -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m jedi_deploy.serve.server``: the ``jedi serve`` command, without torch."""
-    from .cli import serve as command
+if __name__ == "__main__":  # python -m jedi_deploy.serve.server: the `jedi serve` command, without torch
+    from jedi_deploy.serve.cli import serve as command
 
-    command.main(argv, prog_name="python -m jedi_deploy.serve.server")
-
-
-if __name__ == "__main__":
-    main()
+    command.main(prog_name="python -m jedi_deploy.serve.server")

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jedi_deploy.errors import ConfigError, InputError
-from jedi_deploy.video import FrameStream, clip_indices
+from jedi_deploy.contracts.errors import ConfigError, InputError
+from jedi_deploy.contracts.preprocess import clip_indices
+from jedi_deploy.media.decode import FrameStream
 
 from .runtime import OnnxModel
 
@@ -218,7 +219,7 @@ def plot_timeline(tl: Timeline, path: str | Path, classes: int = 6) -> Path:
     bar.set_xlabel("seconds")
     bar.set_xlim(0, tl.duration)
     fig.tight_layout()
-    from jedi_deploy.meta import atomic_path
+    from jedi_deploy.contracts.header import atomic_path
 
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -232,7 +233,7 @@ def run_timeline(model_path: str | Path, video: str | Path, *, window: float, st
                  progress: bool = False) -> tuple[str, Timeline]:
     """``jedi infer MODEL VIDEO --window``: the per-window rows to ``out`` (JSONL or CSV, atomically;
     else returned as text), the segments beside it (``<out stem>.segments.json``) and the plot."""
-    from jedi_deploy.meta import atomic_path, require_writable_dir
+    from jedi_deploy.contracts.header import atomic_path, require_writable_dir
 
     from .infer import output_format
 

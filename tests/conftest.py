@@ -2,12 +2,15 @@
 experts -> cache -> JEDI bundle -> ONNX), built once per test session in a temp folder."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from jedi_deploy.synthetic import benchmark_specs, generate_benchmark
+from jedi_deploy.media.synthetic import benchmark_specs, generate_benchmark
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/support: helpers shared by the test modules
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +35,7 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def datasets(data_root):
-    from jedi_deploy.datasets import discover_datasets
+    from jedi_deploy.media.datasets import discover_datasets
 
     return discover_datasets(data_root)
 
@@ -49,7 +52,7 @@ def expert_paths(datasets, tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def experts(expert_paths):
-    from jedi_deploy.registry import load_expert
+    from jedi_deploy.models.registry import load_expert
 
     return [load_expert(p) for p in expert_paths]
 
@@ -65,14 +68,14 @@ def cache_dir(experts, datasets, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cache(cache_dir):
-    from jedi_deploy.cache_format import load_cache
+    from jedi_deploy.train.cached import load_cache
 
     return load_cache(cache_dir)
 
 
 @pytest.fixture(scope="session")
 def trained(cache):
-    from jedi_deploy.jedi_model import JEDIConfig
+    from jedi_deploy.contracts.config import JEDIConfig
     from jedi_deploy.train.jedi import train_jedi
 
     cfg = JEDIConfig(epochs=6, burn_in=2, lr=1e-3, batch_size=32, hidden=32)
@@ -81,7 +84,7 @@ def trained(cache):
 
 @pytest.fixture(scope="session")
 def bundle_path(trained, tmp_path_factory) -> Path:
-    from jedi_deploy.bundle import save_bundle
+    from jedi_deploy.models.bundle import save_bundle
 
     path = tmp_path_factory.mktemp("run") / "jedi.safetensors"
     # Give the adjustment modules non-zero output layers so the fold is really exercised.

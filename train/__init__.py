@@ -1,3 +1,3 @@
 """Training-side stages (``jedi_deploy.train``): expert pretraining, the embedding cache builder,
 JEDI training, evaluation, ablations and CKA. The files they exchange are the core's
-(``jedi_deploy.cache_format``, ``jedi_deploy.bundle``)."""
+(``jedi_deploy.contracts.cache``, ``jedi_deploy.contracts.bundle``)."""

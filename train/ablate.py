@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jedi_deploy.config import JEDIConfig
-from jedi_deploy.errors import ConfigError
+from jedi_deploy.contracts.config import JEDIConfig
+from jedi_deploy.contracts.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,9 @@ def plan(grid: str, base: JEDIConfig, cache, pool: str | None
 def run_ablation(cache, out_dir: str | Path, grid: str = "table3", base: JEDIConfig | None = None,
                  pool: str | None = None, progress: bool = True, echo=print, device: str = "cpu") -> dict:
     """Train every scenario into ``out_dir/<scenario>/`` on ``device`` and write the table and plot."""
-    from jedi_deploy.meta import write_json
-    from jedi_deploy.metrics import classification_metrics
-
-    from jedi_deploy.bundle import load_bundle
+    from jedi_deploy.contracts.header import write_json
+    from jedi_deploy.contracts.metrics import classification_metrics
+    from jedi_deploy.models.bundle import load_bundle
 
     from .evaluate import evaluate
     from .jedi import train_to_dir
@@ -213,7 +212,7 @@ def format_ablation(report: dict) -> str:
 
 
 def plot_ablation(report: dict, path: Path) -> Path:
-    from jedi_deploy.plots import pyplot, save_figure
+    from jedi_deploy.common.plots import pyplot, save_figure
 
     plt = pyplot()
 

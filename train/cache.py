@@ -1,6 +1,6 @@
 """``jedi cache``: every expert's frozen-encoder embeddings and own-head logits over every
 dataset's videos (the paper's section 3.3), written in the format of
-:mod:`jedi_deploy.cache_format` (which also loads it).
+:mod:`jedi_deploy.contracts.cache` (which also loads it).
 
 Three steps, one function each: :func:`plan_cache` (which chunks of which splits are still to
 do, and this rank's share), :func:`decode_chunks` (worker processes decode each video once for
@@ -19,13 +19,30 @@ from pathlib import Path
 
 import torch
 
-from jedi_deploy.cache_format import (FAILURES_FILE, PART_KIND, PARTS_DIR, SHARD_KIND, CacheHeader, part_path,
-                                      read_cache_header, same_experts, shard_path, write_cache_file)
-from jedi_deploy.datasets import VideoDataset
-from jedi_deploy.errors import CacheMismatchError, CheckpointError, InputError, JediError, VideoDecodeError
-from jedi_deploy.meta import atomic_path
-from jedi_deploy.registry import Expert
-from jedi_deploy.video import decode_clips, views_from_frames
+from jedi_deploy.contracts.cache import (
+    FAILURES_FILE,
+    PART_KIND,
+    PARTS_DIR,
+    SHARD_KIND,
+    CacheHeader,
+    part_path,
+    read_cache_header,
+    same_experts,
+    shard_path,
+)
+from jedi_deploy.contracts.errors import (
+    CacheMismatchError,
+    CheckpointError,
+    InputError,
+    JediError,
+    VideoDecodeError,
+)
+from jedi_deploy.contracts.header import atomic_path
+from jedi_deploy.contracts.preprocess import views_from_frames
+from jedi_deploy.media.datasets import VideoDataset
+from jedi_deploy.media.decode import decode_clips
+from jedi_deploy.models.registry import Expert
+from jedi_deploy.train.cached import write_cache_file
 
 __all__ = ["build_cache", "plan_cache", "decode_chunks", "ChunkWriter", "join_splits", "encode_views"]
 
@@ -143,12 +160,6 @@ def _collate(batch):
     return batch
 
 
-def _worker_init(_):
-    import jedi_deploy.video as video
-
-    video.DECODE_THREADS = 1
-
-
 PREFETCH = 4  # batches each decode worker prepares ahead
 
 
@@ -157,7 +168,7 @@ def decode_chunks(plan: CachePlan, specs: list, workers: int, pin_memory: bool =
     ``workers`` processes (0: in this process) ahead of the encoders; ``pin_memory`` (for a GPU)
     puts the views in page-locked memory so they copy to the device without blocking."""
     return torch.utils.data.DataLoader(_Decode(plan.items, specs), batch_sampler=plan.batches, collate_fn=_collate,
-                                       num_workers=workers, worker_init_fn=_worker_init if workers else None,
+                                       num_workers=workers,
                                        prefetch_factor=PREFETCH if workers else None, persistent_workers=False,
                                        pin_memory=pin_memory)
 
@@ -350,7 +361,7 @@ def build_cache(experts: list[Expert], datasets: list[VideoDataset], cache_dir: 
     """
     from tqdm.auto import tqdm
 
-    from jedi_deploy.devices import describe, resolve_device
+    from jedi_deploy.models.devices import describe, resolve_device
 
     if dtype not in CACHE_DTYPES:
         raise InputError(f"cache dtype must be one of {CACHE_DTYPES}, got {dtype!r}")

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import torch
 
-from jedi_deploy.config import JEDIConfig
-from jedi_deploy.errors import CheckpointError, ConfigError
-from jedi_deploy.meta import atomic_path, dump_metadata, read_safetensors_metadata
-from jedi_deploy.registry import load_state_strict
-
-from jedi_deploy.cache_format import EXPERT_IDENTITY
+from jedi_deploy.contracts.cache import EXPERT_IDENTITY
+from jedi_deploy.contracts.config import JEDIConfig
+from jedi_deploy.contracts.errors import CheckpointError, ConfigError
+from jedi_deploy.contracts.header import (
+    atomic_path,
+    dump_metadata,
+    read_safetensors_metadata,
+)
+from jedi_deploy.models.loading import load_state_strict
 
 
 @dataclass

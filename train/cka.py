@@ -13,9 +13,8 @@ from pathlib import Path
 
 import torch
 
-from jedi_deploy.errors import InputError
-
-from jedi_deploy.cache_format import Cache
+from jedi_deploy.contracts.errors import InputError
+from jedi_deploy.train.cached import Cache
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -53,13 +52,13 @@ def collect_features(cache: Cache, split: str, bundle: str | Path | None = None,
         idx = torch.randperm(len(feats[names[0]]), generator=torch.Generator().manual_seed(0))[:max_samples]
         feats = {n: f[idx] for n, f in feats.items()}
     if bundle is not None:
-        from jedi_deploy.bundle import load_bundle
+        from jedi_deploy.models.bundle import load_bundle
 
         from .evaluate import check_bundle_matches_cache
 
         model, meta = load_bundle(bundle)
         check_bundle_matches_cache(meta.experts, cache)
-        from jedi_deploy.devices import resolve_device
+        from jedi_deploy.models.devices import resolve_device
 
         dev = resolve_device(device)
         model.to(dev)
@@ -71,8 +70,8 @@ def collect_features(cache: Cache, split: str, bundle: str | Path | None = None,
 
 def write_cka_report(names: list[str], m: list[list[float]], out_dir: str | Path, title: str) -> dict[str, Path]:
     """``cka.md`` (table), ``cka.json`` and ``cka.png`` (heatmap) in ``out_dir``."""
-    from jedi_deploy.meta import atomic_path, write_json
-    from jedi_deploy.plots import pyplot, save_figure
+    from jedi_deploy.common.plots import pyplot, save_figure
+    from jedi_deploy.contracts.header import atomic_path, write_json
 
     plt = pyplot()
 

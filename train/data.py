@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from jedi_deploy.config import JEDIConfig
-from jedi_deploy.errors import CacheMismatchError, ConfigError, InputError
-
-from jedi_deploy.cache_format import Cache, Split
+from jedi_deploy.contracts.config import JEDIConfig
+from jedi_deploy.contracts.errors import CacheMismatchError, ConfigError, InputError
+from jedi_deploy.train.cached import Cache, Split
 
 
 @dataclass

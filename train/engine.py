@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jedi_deploy.jedi_model import JEDIModel
+from jedi_deploy.models.jedi import JEDIModel
 
 _TUNED = False
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from jedi_deploy.cache_format import EXPERT_IDENTITY, Cache
-from jedi_deploy.errors import CacheMismatchError
-from jedi_deploy.metrics import CEILING, classification_metrics, paired_bootstrap
+from jedi_deploy.contracts.cache import EXPERT_IDENTITY
+from jedi_deploy.contracts.errors import CacheMismatchError
+from jedi_deploy.contracts.metrics import (
+    CEILING,
+    classification_metrics,
+    paired_bootstrap,
+)
+from jedi_deploy.train.cached import Cache
 
 from .data import eval_set
 from .jedi import JEDIModel, evaluate_model
@@ -30,7 +35,7 @@ def evaluate(model: JEDIModel, experts: list[dict], datasets: list[str], cache: 
              device: str = "cpu") -> dict:
     """``{dataset: {"expert"|"student"|"teacher": {"acc1", "acc5", "mAP"}}}`` on ``split`` (the
     JEDI model runs on ``device``)."""
-    from jedi_deploy.devices import resolve_device
+    from jedi_deploy.models.devices import resolve_device
 
     check_bundle_matches_cache(experts, cache)
     home = next(model.parameters()).device

@@ -1,8 +1,8 @@
 """JEDI training: joint expert distillation on cached embeddings (the paper's section 3).
 
-The model is :mod:`jedi_deploy.jedi_model`, the objective :mod:`train.losses`, the fast step
+The model is :mod:`jedi_deploy.models.jedi`, the objective :mod:`train.losses`, the fast step
 :mod:`train.engine`, the data protocol (validation split, labeled fraction, pools)
-:mod:`train.data`. Every knob is a field of :class:`jedi_deploy.config.JEDIConfig`.
+:mod:`train.data`. Every knob is a field of :class:`jedi_deploy.contracts.config.JEDIConfig`.
 
 Schemes: "joint" (paper) updates students and teachers with every batch; "alternating"
 switches every ``alternate_every`` epochs between a teacher phase (teachers learn their
@@ -29,12 +29,12 @@ from typing import Callable
 
 import torch
 
-from jedi_deploy.config import JEDIConfig
-from jedi_deploy.errors import ConfigError, InputError
-from jedi_deploy.jedi_model import JEDIModel
-from jedi_deploy.metrics import classification_metrics
+from jedi_deploy.contracts.config import JEDIConfig
+from jedi_deploy.contracts.errors import ConfigError, InputError
+from jedi_deploy.contracts.metrics import classification_metrics
+from jedi_deploy.models.jedi import JEDIModel
+from jedi_deploy.train.cached import Cache
 
-from jedi_deploy.cache_format import Cache
 from .data import EvalSet, TrainData, build_train_data, eval_set
 from .engine import Masks, Rng, fused_forward, tune_allocator
 from .losses import distillation_weights, jedi_loss
@@ -225,15 +225,15 @@ class RunFolder:
 
     def save_best(self, model, data: TrainData, cfg: JEDIConfig, epoch: int, score: float) -> None:
         if self.work:
-            from jedi_deploy.bundle import save_bundle
+            from jedi_deploy.models.bundle import save_bundle
 
             save_bundle(model, self.work / BEST_NAME, experts=data.experts, datasets=data.datasets, config=cfg,
                         extra={"epoch": epoch, "val_score": score})
 
     def finalise(self, result: "TrainResult", extra: dict | None = None) -> Path:
         """Write the final files, move the best bundle and the log out of ``in_progress/``, remove it."""
-        from jedi_deploy.bundle import save_bundle
-        from jedi_deploy.meta import write_json
+        from jedi_deploy.contracts.header import write_json
+        from jedi_deploy.models.bundle import save_bundle
 
         bundle = self.out / BUNDLE_NAME
         final = result.history[-1]["eval"]
@@ -287,7 +287,7 @@ def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True, run_dir:
     is called after each epoch's checkpoint is safely written. The model comes back on the CPU."""
     from tqdm.auto import tqdm
 
-    from jedi_deploy.devices import resolve_device
+    from jedi_deploy.models.devices import resolve_device
 
     dev = resolve_device(device)
     data = build_train_data(cache, cfg)  # validates everything before any file is touched

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from jedi_deploy.config import JEDIConfig
-from jedi_deploy.errors import ConfigError
+from jedi_deploy.contracts.config import JEDIConfig
+from jedi_deploy.contracts.errors import ConfigError
 
 
 def paper_weights(sizes: list[int]) -> torch.Tensor:

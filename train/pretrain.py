@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from jedi_deploy.datasets import VideoDataset
-from jedi_deploy.metrics import classification_metrics
-from jedi_deploy.registry import build_expert, get_arch, save_expert
-from jedi_deploy.video import load_clips
+from jedi_deploy.contracts.metrics import classification_metrics
+from jedi_deploy.media.datasets import VideoDataset
+from jedi_deploy.media.decode import load_clips
+from jedi_deploy.models.archs import build_expert, get_arch
+from jedi_deploy.models.registry import save_expert
 
 
 def pretrain_expert(dataset: VideoDataset, arch: str, out_path: str | Path, *, epochs: int = 30,
@@ -21,9 +22,9 @@ def pretrain_expert(dataset: VideoDataset, arch: str, out_path: str | Path, *, e
                     split: str = "train", progress: bool = True, device: str = "cpu") -> Path:
     """Train ``arch`` on ``dataset``/``split`` with cross-entropy and AdamW on ``device``; save a
     checkpoint (on the CPU, so it loads anywhere)."""
-    from jedi_deploy.devices import resolve_device
-
     from tqdm.auto import trange
+
+    from jedi_deploy.models.devices import resolve_device
 
     entry = get_arch(arch)
     samples = [s for s in dataset.samples(split) if s.label >= 0]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import InputError
-from ..runtimes import Runtime
+from jedi_deploy.contracts.errors import InputError
+from jedi_deploy.runners.base import Runtime
 
 RUNTIMES = ("ort-cpu", "ort-cuda", "ort-tensorrt", "openvino-cpu", "torch-cpu", "torch-cuda", "tensorrt")
 

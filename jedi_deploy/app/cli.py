@@ -9,11 +9,19 @@ from pathlib import Path
 
 import click
 
+from jedi_deploy.common.cli import CONTEXT, EXISTING, JediGroup
+from jedi_deploy.common.cli import progress as _progress
+from jedi_deploy.contracts.config import (
+    DISTILL_DATA,
+    KD_LOSSES,
+    TEACHER_INPUTS,
+    JEDIConfig,
+)
+from jedi_deploy.models.devices import DEVICE_HELP
+
 from .. import __version__
-from ..clitools import CONTEXT, EXISTING, JediGroup, progress as _progress
-from ..config import DISTILL_DATA, KD_LOSSES, TEACHER_INPUTS, JEDIConfig
-from ..devices import DEVICE_HELP
-from ..export.quantize import METHODS as INT8_METHODS, Int8Options
+from ..export.quantize import METHODS as INT8_METHODS
+from ..export.quantize import Int8Options
 from ..serve.cli import infer, serve
 
 GRID_NAMES = ("table3", "variants", "semi")  # train.ablate.GRIDS (kept torch-free here)
@@ -65,14 +73,14 @@ def cli():
 @cli.command()
 def archs():
     """List the expert architectures in the registry."""
-    from ..registry import ARCHS
+    from jedi_deploy.models.archs import ARCHS
 
     for name, e in sorted(ARCHS.items()):
         p = e.preprocess
         formats = ",".join(f for f in e.formats if f != "jedi-safetensors") or "-"
         click.echo(f"{name:<12} {e.family:<17} {p.num_frames:>2} frames ({p.sampling}), crop {p.crop:<3}  "
                    f"reads: {formats:<22} {e.description}")
-        for preset, spec in e.extra.get("presets", {}).items():
+        for preset, spec in e.presets.items():
             click.echo(f"{'':<14}--preset {preset}: {spec.upstream}" + (f" ({spec.note})" if spec.note else ""))
 
 
@@ -82,7 +90,7 @@ def archs():
 @click.option("--quick", is_flag=True, help="Smaller datasets (same 10x size ratio), for tests.")
 def synth(out, seed, quick):
     """Write the built-in synthetic multi-dataset video benchmark (mp4 + MMAction2 lists)."""
-    from ..synthetic import generate_benchmark
+    from jedi_deploy.media.synthetic import generate_benchmark
 
     for root in generate_benchmark(out, seed=seed, quick=quick, progress=_progress()):
         click.echo(str(root))
@@ -98,10 +106,9 @@ def synth(out, seed, quick):
 @device_option
 def pretrain(dataset, arch, out, epochs, lr, seed, device):
     """Train an initial expert on DATASET's training split (a folder with classes.txt)."""
+    from jedi_deploy.media.datasets import load_dataset
+    from jedi_deploy.models.archs import get_arch
     from jedi_deploy.train.pretrain import pretrain_expert
-
-    from ..datasets import load_dataset
-    from ..registry import get_arch
 
     get_arch(arch)
     path = pretrain_expert(load_dataset(dataset), arch, out, epochs=epochs, lr=lr, seed=seed, progress=_progress(),
@@ -136,11 +143,10 @@ def cache(data, experts, out, splits, dtype, precision, device, batch_size, work
     and listed in OUT/failures.jsonl (--strict stops instead). For several processes or nodes,
     launch the same command with torchrun (e.g. `torchrun --nproc-per-node 2 -m jedi_deploy
     cache ...`); ranks share OUT and rank 0 joins the result."""
-    from jedi_deploy.cache_format import FAILURES_FILE
+    from jedi_deploy.contracts.cache import FAILURES_FILE
+    from jedi_deploy.media.datasets import discover_datasets
+    from jedi_deploy.models.registry import load_expert
     from jedi_deploy.train.cache import build_cache, dist_info
-
-    from ..datasets import discover_datasets
-    from ..registry import load_expert
 
     shards = build_cache([load_expert(p) for p in experts], discover_datasets(data), out,
                          splits=tuple(splits) or None, batch_size=batch_size, dtype=dtype, progress=_progress(),
@@ -180,8 +186,12 @@ def import_expert(checkpoint, arch, dataset, classes, name, fmt, preset, overrid
 
     .pth files are read with torch.load(weights_only=True). The result is a self-describing
     safetensors file (architecture, classes, preprocessing, source sha256) for `jedi cache`."""
-    from ..datasets import read_classes
-    from ..importer import import_checkpoint, parse_key_value, save_imported
+    from jedi_deploy.media.datasets import read_classes
+    from jedi_deploy.models.importer import (
+        import_checkpoint,
+        parse_key_value,
+        save_imported,
+    )
 
     cats = read_classes(classes) if classes else None
     pre = dict(parse_key_value(o) for o in overrides)
@@ -224,7 +234,7 @@ def _config_options(f):
 
 
 def _resolve(config_file, sets, **flags):
-    from ..config import resolve_config
+    from jedi_deploy.contracts.config import resolve_config
 
     return resolve_config(config_file, flags, sets)
 
@@ -242,7 +252,7 @@ def train(cache_dir, out, resume, force, device, config_file, sets, **flags):
     every knob is a config field (file, flags, --set KEY=VALUE). The resolved config is saved in
     the bundle. A stopped run continues with --resume and ends with the same weights."""
     cfg = _resolve(config_file, sets, **flags)
-    from jedi_deploy.cache_format import load_cache
+    from jedi_deploy.train.cached import load_cache
     from jedi_deploy.train.jedi import train_to_dir
 
     result, bundle = train_to_dir(load_cache(cache_dir), out, cfg, force=force, resume=resume,
@@ -268,7 +278,7 @@ def ablate(cache_dir, out, grid, pool, device, config_file, sets, **flags):
     Finished scenarios are reused, so an interrupted ablation resumes."""
     base = _resolve(config_file, sets, **flags)
     from jedi_deploy.train.ablate import format_ablation, run_ablation
-    from jedi_deploy.cache_format import load_cache
+    from jedi_deploy.train.cached import load_cache
 
     report = run_ablation(load_cache(cache_dir), out, grid, base, pool=pool, progress=_progress(), echo=click.echo,
                           device=device)
@@ -290,7 +300,7 @@ def analyze():
 @device_option
 def cka(cache_dir, out, bundle, split, max_samples, device):
     """Linear CKA between every pair of experts' embeddings on the same samples: heatmap + table."""
-    from jedi_deploy.cache_format import load_cache
+    from jedi_deploy.train.cached import load_cache
     from jedi_deploy.train.cka import cka_matrix, collect_features, write_cka_report
 
     names, m = cka_matrix(collect_features(load_cache(cache_dir), split, bundle, max_samples, device))
@@ -307,10 +317,9 @@ def cka(cache_dir, out, bundle, split, max_samples, device):
 @device_option
 def evaluate_cmd(bundle, cache_dir, split, as_json, device):
     """acc@1 / acc@5 / mAP of initial experts, JEDI students and teachers (paper's Table 2)."""
-    from jedi_deploy.cache_format import load_cache
+    from jedi_deploy.models.bundle import load_bundle
+    from jedi_deploy.train.cached import load_cache
     from jedi_deploy.train.evaluate import evaluate, format_gains, format_table
-
-    from ..bundle import load_bundle
 
     model, meta = load_bundle(bundle)
     table = evaluate(model, meta.experts, meta.datasets, load_cache(cache_dir), split, device=device)
@@ -381,7 +390,12 @@ def export(bundle, out, students, expert_paths, no_experts, teachers, clip, uint
     <name>.student.int8.gate.json and shown by `jedi bench`.
     """
     from jedi_deploy.export.onnx import OnnxExportConfig
-    from jedi_deploy.export.pipeline import Int8Request, TritonOptions, TrtOptions, export_all
+    from jedi_deploy.export.pipeline import (
+        Int8Request,
+        TritonOptions,
+        TrtOptions,
+        export_all,
+    )
     from jedi_deploy.export.trt import parse_profile
 
     cfg = OnnxExportConfig(atol=atol, opset=opset, exporter=exporter, uint8_input=uint8_input, views=views,
@@ -456,9 +470,15 @@ def bench(model_dir, bundle, experts, runtimes, batch_sizes, runs, warmup, threa
     import os
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch/ORT start their thread pools
-    from jedi_deploy.serve.bench import bench_models, discover_pairs, discover_teachers, format_bench, write_bench
+    from jedi_deploy.contracts.header import write_json
+    from jedi_deploy.serve.bench import (
+        bench_models,
+        discover_pairs,
+        discover_teachers,
+        format_bench,
+        write_bench,
+    )
 
-    from ..meta import write_json
     from .bench import resolve_runtimes
 
     wanted = None if runtimes == "auto" else [r.strip() for r in runtimes.split(",") if r.strip()]

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from jedi_deploy.contracts.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -66,21 +66,21 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     """Run every stage into ``out``; returns the path of ``report.md``."""
     import torch
 
+    from jedi_deploy.contracts.config import JEDIConfig
+    from jedi_deploy.contracts.gate import format_gate
     from jedi_deploy.export.quantize import Int8Options, quantize_exported
     from jedi_deploy.export.students import export_bundle
-    from jedi_deploy.quant_report import format_gate
+    from jedi_deploy.media.datasets import discover_datasets
+    from jedi_deploy.media.synthetic import benchmark_specs, generate_benchmark
+    from jedi_deploy.models.registry import load_expert
     from jedi_deploy.serve.bench import bench_dir, format_bench
     from jedi_deploy.serve.infer import run_infer
-    from jedi_deploy.cache_format import load_cache
     from jedi_deploy.train.cache import build_cache
+    from jedi_deploy.train.cached import load_cache
     from jedi_deploy.train.evaluate import evaluate, format_gains, format_table
     from jedi_deploy.train.jedi import train_to_dir
     from jedi_deploy.train.pretrain import pretrain_expert
 
-    from ..datasets import discover_datasets
-    from ..jedi_model import JEDIConfig
-    from ..registry import load_expert
-    from ..synthetic import benchmark_specs, generate_benchmark
     from .report import plot_curves, write_report
 
     out = Path(out)

@@ -9,7 +9,7 @@ import numpy as np
 
 def plot_curves(history: list[dict], expert_acc1: dict[str, float], burn_in: int, out_png: str | Path) -> Path:
     """Student and teacher test acc@1 per epoch against each initial expert (paper's Figure 3)."""
-    from ..plots import pyplot, save_figure
+    from jedi_deploy.common.plots import pyplot, save_figure
 
     plt = pyplot()
 

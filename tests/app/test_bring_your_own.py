@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-hf = pytest.importorskip("jedi_deploy.hf")
+hf = pytest.importorskip("jedi_deploy.models.zoo.hf")
 README = Path(__file__).parents[2] / "README.md"
 
 
@@ -44,7 +44,7 @@ def tiny_hf(folder: Path, family: str, num_labels: int):
 def test_hf_experts_mixed_with_torchvision_through_the_pipeline(data_root, tmp_path):
     """A tiny VideoMAE, TimeSformer and ViViT plus a torchvision R3D-18: import -> cache -> train
     -> export (parity) -> jedi infer, with every student."""
-    from jedi_deploy.zoo import torchvision_video_model
+    from jedi_deploy.models.zoo.torchvision import torchvision_video_model
 
     data = tmp_path / "data"
     shutil.copytree(data_root, data)
@@ -88,14 +88,14 @@ def readme_commands() -> list[str]:
 @pytest.mark.slow
 def test_readme_bring_your_own_commands_run(tmp_path):
     """Each route of the README section, run exactly as written, on files of the names it uses."""
-    from jedi_deploy.zoo import torchvision_video_model
+    from jedi_deploy.models.zoo.torchvision import torchvision_video_model
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
     try:
         from test_zoo import _mmaction_resnet_keys
     finally:
         sys.path.pop(0)
-    from jedi_deploy.tv_compat import import_torchvision
+    from jedi_deploy.models.tv_compat import import_torchvision
 
     tv = import_torchvision()
     cmds = readme_commands()

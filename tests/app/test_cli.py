@@ -64,7 +64,7 @@ def test_unknown_student(bundle_path, tmp_path):
 def test_checkpoint_of_the_wrong_shape(expert_paths, data_root, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from jedi_deploy.meta import dump_metadata, read_safetensors_metadata
+    from jedi_deploy.contracts.header import dump_metadata, read_safetensors_metadata
 
     meta = read_safetensors_metadata(expert_paths[0])
     meta.pop("format_version")

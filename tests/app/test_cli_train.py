@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from jedi_deploy.bundle import load_bundle
+from jedi_deploy.models.bundle import load_bundle
 
 from .test_cli import assert_clean_error, jedi
 

@@ -1,9 +1,9 @@
 """End to end: `jedi demo --quick` as a new user runs it."""
 import json
-from pathlib import Path
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 # Subprocesses run from a temporary folder, never the repository root (where the bare train/,
 # export/ and serve/ folders would import as a second copy of the package).

@@ -7,12 +7,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from jedi_deploy.app.cli import cli
+from jedi_deploy.contracts.errors import ExportValidationError, InputError
 from jedi_deploy.export.ensemble import export_teacher
 from jedi_deploy.export.triton import parse_config, write_model_repository
-from jedi_deploy.app.cli import cli
-from jedi_deploy.bundle import load_bundle
-from jedi_deploy.errors import ExportValidationError, InputError
-from jedi_deploy.video import load_clip
+from jedi_deploy.media.decode import load_clip
+from jedi_deploy.models.bundle import load_bundle
 
 
 def test_triton_repository_parses_with_tritons_schema(onnx_dir, experts, tmp_path):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from jedi_deploy.contracts.errors import CheckpointError, InputError
 from jedi_deploy.export.students import export_bundle
-from jedi_deploy.bundle import load_bundle
-from jedi_deploy.errors import CheckpointError, InputError
-from jedi_deploy.video import load_clip
+from jedi_deploy.media.decode import load_clip
+from jedi_deploy.models.bundle import load_bundle
 
 
 def test_every_student_and_expert_passes_parity(onnx_dir, experts):

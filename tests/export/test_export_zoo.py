@@ -10,8 +10,9 @@ import torch
 
 from jedi_deploy.export.onnx import OnnxExportConfig
 from jedi_deploy.export.students import export_student_and_expert
-from jedi_deploy.jedi_model import AdjustmentModule
-from jedi_deploy.registry import ARCHS, Expert, build_expert
+from jedi_deploy.models.archs import ARCHS, build_expert
+from jedi_deploy.models.jedi import AdjustmentModule
+from jedi_deploy.models.registry import Expert
 
 FOLD_OPS = collections.Counter({"Gemm": 1, "Sigmoid": 1, "Mul": 1, "MatMul": 1, "Add": 1})
 

@@ -4,7 +4,7 @@ import onnx
 import torch
 
 from jedi_deploy.export.fuse import ExpertGraph, FusedStudent, StudentReference
-from jedi_deploy.jedi_model import AdjustmentModule
+from jedi_deploy.models.jedi import AdjustmentModule
 
 
 def test_fold_equals_the_unfused_student(experts):

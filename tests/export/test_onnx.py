@@ -4,11 +4,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from jedi_deploy.contracts.errors import ExportValidationError
+from jedi_deploy.contracts.model_card import read_card
 from jedi_deploy.export.fuse import ExpertGraph
 from jedi_deploy.export.onnx import OnnxExportConfig, export_onnx
 from jedi_deploy.export.students import model_card
-from jedi_deploy.errors import ExportValidationError
-from jedi_deploy.model_card import read_card
 
 
 def _card(ex, cfg=OnnxExportConfig()):
@@ -84,7 +84,7 @@ def test_views_are_averaged_inside_the_graph(experts, test_video, tmp_path, aver
     from dataclasses import replace
 
     from jedi_deploy.export.students import export_model
-    from jedi_deploy.video import load_views
+    from jedi_deploy.media.decode import load_views
     from jedi_deploy.serve.runtime import OnnxModel, softmax
 
     ex, graph = _pair(experts, 1)
@@ -113,7 +113,7 @@ def test_fp16_and_simplify_pass_their_own_tolerance(experts, tmp_path):
 
 
 def test_bad_options_and_exporter_failures_are_clear(experts, tmp_path):
-    from jedi_deploy.errors import ConfigError
+    from jedi_deploy.contracts.errors import ConfigError
 
     with pytest.raises(ConfigError, match="opset"):
         OnnxExportConfig(opset=13)

@@ -9,13 +9,19 @@ import onnx
 import pytest
 import torch
 
-from jedi_deploy.errors import InputError, QuantizationGateError
-from jedi_deploy.export.quantize import (Int8Options, VideoList, balanced_sample, centered_sqnr, per_student,
-                                         quantize_student)
-from jedi_deploy.model_card import InputSpec, ModelCard, embed_card, read_card
-from jedi_deploy.quant_report import gate_path, int8_path, read_gate_report
+from jedi_deploy.contracts.errors import InputError, QuantizationGateError
+from jedi_deploy.contracts.gate import gate_path, int8_path, read_gate_report
+from jedi_deploy.contracts.model_card import InputSpec, ModelCard, embed_card, read_card
+from jedi_deploy.contracts.preprocess import Preprocess
+from jedi_deploy.export.quantize import (
+    Int8Options,
+    VideoList,
+    balanced_sample,
+    centered_sqnr,
+    per_student,
+    quantize_student,
+)
 from jedi_deploy.serve.runtime import OnnxModel
-from jedi_deploy.video import Preprocess
 
 CWD = tempfile.gettempdir()
 
@@ -66,7 +72,7 @@ class Offset(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def offset_case(tmp_path_factory):
-    from jedi_deploy.footage import write_video
+    from support.footage import write_video
 
     root = tmp_path_factory.mktemp("offset")
     t, s = 4, 32
@@ -146,7 +152,7 @@ def test_option_and_list_errors(offset_case):
 
 @pytest.fixture(scope="module")
 def cached_bundle(trained, cache_dir, tmp_path_factory):
-    from jedi_deploy.bundle import save_bundle
+    from jedi_deploy.models.bundle import save_bundle
 
     path = tmp_path_factory.mktemp("int8run") / "jedi.safetensors"
     return save_bundle(trained.model, path, experts=trained.experts, datasets=trained.datasets,

@@ -2,9 +2,15 @@
 import pytest
 import torch
 
-from jedi_deploy.export.rewrites import (depthwise_conv3d_as_2d, export_friendly, mvit_add_shortcut, mvit_attention, mvit_pool,
-                             mvit_rel_pos)
-from jedi_deploy.tv_compat import import_torchvision
+from jedi_deploy.export.rewrites import (
+    depthwise_conv3d_as_2d,
+    export_friendly,
+    mvit_add_shortcut,
+    mvit_attention,
+    mvit_pool,
+    mvit_rel_pos,
+)
+from jedi_deploy.models.tv_compat import import_torchvision
 
 import_torchvision()
 import torchvision.models.video.mvit as mvit  # noqa: E402

@@ -20,8 +20,8 @@ CWD = tempfile.gettempdir()
 def start(models: list[Path], *args: str) -> tuple[subprocess.Popen, str]:
     code = ("import sys\n"
             "sys.modules['torch'] = None  # the service must run without torch\n"
-            "from jedi_deploy.serve.server import main\n"
-            "sys.exit(main(sys.argv[1:]))\n")
+            "from jedi_deploy.serve.cli import serve\n"
+            "serve.main(sys.argv[1:], prog_name='jedi serve')\n")
     proc = subprocess.Popen([sys.executable, "-c", code, *map(str, models), "--port", "0", *args], cwd=CWD,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()

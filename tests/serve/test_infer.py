@@ -1,17 +1,18 @@
 import csv
 import json
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from jedi_deploy.errors import InputError
-from jedi_deploy.video import load_clip
-from jedi_deploy.serve.infer import collect_inputs, format_records, infer, run_infer
+from jedi_deploy.contracts.errors import InputError
+from jedi_deploy.media.datasets import collect_inputs
+from jedi_deploy.media.decode import load_clip
+from jedi_deploy.serve.infer import format_records, infer, run_infer
 from jedi_deploy.serve.runtime import OnnxModel, softmax
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +168,7 @@ def test_multi_view_models_average_their_views(experts, test_video, tmp_path, av
     from jedi_deploy.export.fuse import ExpertGraph
     from jedi_deploy.export.onnx import OnnxExportConfig, export_onnx
     from jedi_deploy.export.students import model_card
-    from jedi_deploy.video import load_views
+    from jedi_deploy.media.decode import load_views
 
     ex = experts[0]
     pre = replace(ex.preprocess, num_clips=2, crops=3, average=average, short_side=32)  # ThreeCrop spans the short side

@@ -6,9 +6,8 @@ import os
 import shutil
 
 import pytest
-
 from service_helpers import start, stop
-from test_timeline import coloured_video, colour_model
+from test_timeline import colour_model, coloured_video
 
 
 def browser():

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from service_helpers import predict, start, stop
 
 from jedi_deploy.app.cli import cli
-from jedi_deploy.footage import corrupt, pattern, truncate, write_video
 from jedi_deploy.serve.runtime import OnnxModel
-from service_helpers import predict, start, stop
+from support.footage import corrupt, pattern, truncate, write_video
 
 requests = pytest.importorskip("requests")
 
@@ -98,7 +98,8 @@ def test_jedi_cache_caches_every_shape_and_notes_the_damaged_ones(shapes, expert
                          timeout=600, cwd=tempfile.gettempdir())
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 corrupt video(s) sampled from the frames before the corruption" in res.stderr
-    from jedi_deploy.cache_format import load_cache, read_cache_header
+    from jedi_deploy.contracts.cache import read_cache_header
+    from jedi_deploy.train.cached import load_cache
 
     split = load_cache(out).split("ucf-mini", "test")
     assert len(split) == len(shapes) and np.isfinite(split.emb[experts[j].name].numpy()).all()

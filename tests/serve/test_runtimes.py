@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jedi_deploy.errors import InputError
-from jedi_deploy.serve.probe import describe_pick, pick_runtime
+from jedi_deploy.contracts.errors import InputError
+from jedi_deploy.runners.probe import describe_pick, pick_runtime
 from jedi_deploy.serve.runtime import OnnxModel
 
 CWD = tempfile.gettempdir()
@@ -53,7 +53,7 @@ np.testing.assert_allclose(ov.video_probs({str(test_video)!r}), ort.video_probs(
 
 def test_providers_are_for_onnx_runtime_only(onnx_dir):
     with pytest.raises(InputError, match="--providers"):
-        OnnxModel(onnx_dir / "hmdb-mini.student.onnx", providers="cpu", runtime="jedi_deploy.serve.openvino:OpenVinoSession")
+        OnnxModel(onnx_dir / "hmdb-mini.student.onnx", providers="cpu", runtime="jedi_deploy.runners.openvino:OpenVinoSession")
     with pytest.raises(InputError, match="unknown runtime"):
         OnnxModel(onnx_dir / "hmdb-mini.student.onnx", runtime="tvm")
 

@@ -17,9 +17,18 @@ import pytest
 requests = pytest.importorskip("requests")
 pytest.importorskip("fastapi")
 
-from jedi_deploy.video import Preprocess  # noqa: E402
+from service_helpers import (  # noqa: E402
+    CWD,
+    assert_same_predictions,
+    expected,
+    metrics,
+    predict,
+    start,
+    stop,
+)
+
+from jedi_deploy.contracts.preprocess import Preprocess
 from jedi_deploy.serve.runtime import OnnxModel  # noqa: E402
-from service_helpers import CWD, assert_same_predictions, expected, metrics, predict, start, stop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT_MB = 0.25

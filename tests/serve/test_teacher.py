@@ -9,10 +9,16 @@ import torch
 from click.testing import CliRunner
 
 from jedi_deploy.app.cli import cli
-from jedi_deploy.bundle import load_bundle
-from jedi_deploy.serve.bench import bench_models, discover_pairs, discover_teachers, format_bench, ort_runtimes
+from jedi_deploy.media.decode import load_views
+from jedi_deploy.models.bundle import load_bundle
+from jedi_deploy.serve.bench import (
+    bench_models,
+    discover_pairs,
+    discover_teachers,
+    format_bench,
+    ort_runtimes,
+)
 from jedi_deploy.serve.runtime import OnnxModel, softmax
-from jedi_deploy.video import load_views
 
 
 def jedi_teacher_probs(bundle_path, experts, video, dataset="ucf-mini"):

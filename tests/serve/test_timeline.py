@@ -11,9 +11,9 @@ import av
 import numpy as np
 import pytest
 
-from jedi_deploy.errors import ConfigError
-from jedi_deploy.model_card import InputSpec, ModelCard, embed_card
-from jedi_deploy.video import Preprocess
+from jedi_deploy.contracts.errors import ConfigError
+from jedi_deploy.contracts.model_card import InputSpec, ModelCard, embed_card
+from jedi_deploy.contracts.preprocess import Preprocess
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 220, 20), "blue": (20, 20, 220)}
 

@@ -3,11 +3,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from jedi_deploy.errors import CacheMismatchError, InputError
-from jedi_deploy.meta import read_safetensors_metadata
-from jedi_deploy.video import load_clip
-from jedi_deploy.cache_format import load_cache, shard_path
+from jedi_deploy.contracts.cache import shard_path
+from jedi_deploy.contracts.errors import CacheMismatchError, InputError
+from jedi_deploy.contracts.header import read_safetensors_metadata
+from jedi_deploy.media.decode import load_clip
 from jedi_deploy.train.cache import build_cache
+from jedi_deploy.train.cached import load_cache
 
 
 def test_cache_holds_every_expert_on_every_dataset(cache, experts, datasets):
@@ -51,7 +52,7 @@ def test_cache_built_for_other_experts_is_refused(cache_dir, experts, datasets, 
     p = shard_path(copy, datasets[0].name, "test")
     meta = read_safetensors_metadata(p)
     meta["experts"][0]["sha256"] = "0" * 64
-    from jedi_deploy.meta import dump_metadata
+    from jedi_deploy.contracts.header import dump_metadata
 
     save_file(load_file(str(p)), str(p), metadata=dump_metadata({k: v for k, v in meta.items() if k != "format_version"}))
     with pytest.raises(CacheMismatchError, match="other experts"):

@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from jedi_deploy.app.cli import cli
-from jedi_deploy.errors import VideoDecodeError
-from jedi_deploy.meta import read_safetensors_metadata
-from jedi_deploy.registry import load_expert
-from jedi_deploy.datasets import load_dataset
-from jedi_deploy.cache_format import FAILURES_FILE, PARTS_DIR, shard_path
+from jedi_deploy.contracts.cache import FAILURES_FILE, PARTS_DIR, shard_path
+from jedi_deploy.contracts.errors import VideoDecodeError
+from jedi_deploy.contracts.header import read_safetensors_metadata
+from jedi_deploy.media.datasets import load_dataset
+from jedi_deploy.models.registry import load_expert
 from jedi_deploy.train.cache import build_cache
 
 

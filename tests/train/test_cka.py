@@ -2,7 +2,12 @@
 import pytest
 import torch
 
-from jedi_deploy.train.cka import cka_matrix, collect_features, linear_cka, write_cka_report
+from jedi_deploy.train.cka import (
+    cka_matrix,
+    collect_features,
+    linear_cka,
+    write_cka_report,
+)
 
 
 def test_linear_cka_matches_its_definition_and_invariances():

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from jedi_deploy.config import TEACHER_INPUTS, JEDIConfig
-from jedi_deploy.jedi_model import JEDIModel
+from jedi_deploy.contracts.config import TEACHER_INPUTS, JEDIConfig
+from jedi_deploy.models.jedi import JEDIModel
 from jedi_deploy.train.engine import Masks, Rng, fused_forward, keep_threshold
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jedi_deploy.config import JEDIConfig
-from jedi_deploy.errors import ConfigError, InputError
+from jedi_deploy.contracts.config import JEDIConfig
+from jedi_deploy.contracts.errors import ConfigError, InputError
 from jedi_deploy.train.losses import hinge_loss, jedi_loss
 
 
@@ -50,9 +50,9 @@ def test_kd_targets_are_the_ones_given():
 
 
 def test_kd_targets_eval_distils_from_teachers_without_dropout(cache):
+    from jedi_deploy.train.data import build_train_data
     from jedi_deploy.train.engine import Rng
     from jedi_deploy.train.jedi import build_model, build_optimizer, train_step
-    from jedi_deploy.train.data import build_train_data
     from jedi_deploy.train.losses import distillation_weights
 
     cfg = JEDIConfig(epochs=1, burn_in=0, batch_size=16, hidden=16, kd_targets="eval", alpha=0.0, beta=0.0, lr=1e-3)
@@ -73,7 +73,7 @@ def test_kd_targets_eval_distils_from_teachers_without_dropout(cache):
 
 
 def test_refit_trains_on_the_whole_training_set_for_the_picked_epoch_count(cache, tmp_path):
-    from jedi_deploy.bundle import read_bundle_header
+    from jedi_deploy.contracts.bundle import read_bundle_header
     from jedi_deploy.train.jedi import train_to_dir
 
     cfg = JEDIConfig(epochs=4, burn_in=1, lr=1e-3, batch_size=32, hidden=16, refit=True)
@@ -102,8 +102,8 @@ def test_training_on_an_explicit_device_with_low_precision_storage(cache):
 
 
 def test_cache_sub_batches_halve_on_out_of_memory(experts, test_video):
+    from jedi_deploy.media.decode import load_views
     from jedi_deploy.train.cache import encode_adaptive, encode_views
-    from jedi_deploy.video import load_views
 
     ex = experts[0]
     views = [torch.from_numpy(load_views(test_video, ex.preprocess))] * 6
@@ -129,8 +129,9 @@ def test_cache_sub_batches_halve_on_out_of_memory(experts, test_video):
 
 
 def test_bf16_cache_is_close_to_fp32(experts, datasets, tmp_path):
-    from jedi_deploy.cache_format import load_cache, read_cache_header
+    from jedi_deploy.contracts.cache import read_cache_header
     from jedi_deploy.train.cache import build_cache
+    from jedi_deploy.train.cached import load_cache
 
     ucf = [d for d in datasets if d.name == "ucf-mini"]
     ex = [e for e in experts if e.dataset == "ucf-mini"]

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jedi_deploy.errors import ConfigError
-from jedi_deploy.jedi_model import AdjustmentModule, JEDIConfig, JEDIModel, teacher_dropout
+from jedi_deploy.contracts.config import JEDIConfig
+from jedi_deploy.contracts.errors import ConfigError
+from jedi_deploy.models.jedi import AdjustmentModule, JEDIModel, teacher_dropout
 from jedi_deploy.train.losses import distillation_weights, jedi_loss
-
 
 # The paper's Table 1: ActivityNet/TSN, HMDB51/TSM, Kinetics400/Swin-B, UCF101/TSM.
 PAPER_DIMS, PAPER_CLASSES = [2048, 2048, 1024, 2048], [200, 51, 400, 101]

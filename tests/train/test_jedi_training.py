@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from jedi_deploy.bundle import load_bundle
-from jedi_deploy.errors import CacheMismatchError, ConfigError, InputError
-from jedi_deploy.jedi_model import JEDIConfig
-from jedi_deploy.metrics import classification_metrics
+from jedi_deploy.contracts.config import JEDIConfig
+from jedi_deploy.contracts.errors import CacheMismatchError, ConfigError, InputError
+from jedi_deploy.contracts.metrics import classification_metrics
+from jedi_deploy.models.bundle import load_bundle
 from jedi_deploy.train.evaluate import evaluate, format_table
 from jedi_deploy.train.jedi import train_jedi, train_to_dir
 

@@ -1,4 +1,4 @@
-from jedi_deploy.meta import read_safetensors_metadata
+from jedi_deploy.contracts.header import read_safetensors_metadata
 
 
 def test_pretrained_checkpoint_describes_its_expert(expert_paths, datasets):

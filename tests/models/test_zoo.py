@@ -1,0 +1,200 @@
+"""Real architectures from their upstream checkpoint formats: random init -> save exactly as
+torchvision / MMAction2 name things -> import -> identical outputs (and encoder + head == model)."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from jedi_deploy.contracts.errors import CheckpointError, ConfigError
+from jedi_deploy.models.archs import ARCHS
+from jedi_deploy.models.importer import import_checkpoint, save_imported
+from jedi_deploy.models.registry import load_expert
+from jedi_deploy.models.tv_compat import import_torchvision
+from jedi_deploy.models.zoo.torchvision import TV_VIDEO, torchvision_video_model
+
+torchvision = import_torchvision()
+
+
+def ours(expert, x_ntchw):
+    with torch.no_grad():
+        full = expert.model(x_ntchw)
+        torch.testing.assert_close(expert.head(expert.encoder(x_ntchw)), full, rtol=0, atol=0)
+    return full
+
+
+def test_compat_step_imports_torchvision_in_a_fresh_process():
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "from jedi_deploy.models.tv_compat import import_torchvision, compiled_ops_available\n"
+            "import importlib.util, subprocess, sys\n"
+            "plain = subprocess.run([sys.executable, '-c', 'import torchvision'], capture_output=True, text=True)\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    tv = import_torchvision()\n"
+            "from torchvision.models.video import r3d_18\n"
+            "print('plain-ok' if plain.returncode == 0 else 'plain-broken', compiled_ops_available(),\n"
+            "      any('compiled ops' in str(x.message) for x in w))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    plain, ops, warned = out.stdout.split()
+    if plain == "plain-broken":  # this machine: CPU torch + CUDA torchvision wheel
+        assert ops == "False" and warned == "True"
+    else:  # a working torchvision is left alone
+        assert ops == "True" and warned == "False"
+
+
+@pytest.mark.parametrize("arch", sorted(TV_VIDEO))
+def test_torchvision_checkpoint_round_trip(arch, tmp_path):
+    torch.manual_seed(0)
+    tv = torchvision_video_model(arch, num_classes=7).eval()
+    path = tmp_path / f"{arch}.pth"
+    torch.save(tv.state_dict(), path)  # exactly as torchvision users save
+    t, _, s, _ = ARCHS[arch].extra["test_input"]
+    small = {"num_frames": t, "crop": s, "short_side": s, "resize": [0, 0]}  # the import's forward check, at test size
+    expert, fmt = import_checkpoint(path, arch, dataset="k", categories=[f"c{i}" for i in range(7)], preprocess=small)
+    assert fmt == "torchvision" and expert.num_classes == 7 and expert.embed_dim == TV_VIDEO[arch][1]
+    x = torch.randn(1, t, 3, s, s)
+    with torch.no_grad():
+        want = tv(x.permute(0, 2, 1, 3, 4))
+    torch.testing.assert_close(ours(expert, x), want, rtol=1e-5, atol=1e-5)
+    saved = save_imported(expert, tmp_path / "e.safetensors", fmt)  # our format keeps the outputs
+    with torch.no_grad():
+        torch.testing.assert_close(load_expert(saved).model(x), want, rtol=1e-5, atol=1e-5)
+
+
+def _mmaction_swin_keys(tv_state: dict, depths) -> dict:
+    """torchvision SwinTransformer3d keys -> MMAction2 1.x SwinTransformer3D + I3DHead names."""
+    out = {}
+    for k, v in tv_state.items():
+        parts = k.split(".")
+        if parts[0] == "features":
+            stage, rest = int(parts[1]), parts[2:]
+            if stage % 2 == 0:
+                name = f"backbone.layers.{stage // 2}.blocks.{rest[0]}." + ".".join(rest[1:])
+                name = name.replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2.")
+            else:
+                name = f"backbone.layers.{stage // 2}.downsample." + ".".join(rest)
+        elif parts[0] == "norm":
+            name = "backbone.norm3." + parts[1]
+        elif parts[0] == "head":
+            name = "cls_head.fc_cls." + parts[1]
+        else:
+            name = "backbone." + k
+        out[name] = v
+    return out
+
+
+def test_mmaction2_video_swin_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    tv = torchvision_video_model("swin3d_t", num_classes=5).eval()
+    state = _mmaction_swin_keys(tv.state_dict(), [2, 2, 6, 2])
+    for key in ("backbone.patch_embed.proj.weight", "backbone.layers.0.blocks.1.attn.relative_position_bias_table",
+                "backbone.layers.0.blocks.0.mlp.fc1.weight", "backbone.layers.2.downsample.reduction.weight",
+                "backbone.layers.3.blocks.1.mlp.fc2.bias", "backbone.norm3.weight", "cls_head.fc_cls.weight"):
+        assert key in state  # MMAction2's own names
+    torch.save({"meta": {"mmaction_version": "1.2.0"}, "state_dict": state}, tmp_path / "swin.pth")
+    expert, fmt = import_checkpoint(tmp_path / "swin.pth", "swin3d_t", dataset="k",
+                                    preprocess={"num_frames": 8, "crop": 64, "short_side": 64})
+    assert fmt == "mmaction2"
+    x = torch.randn(1, 8, 3, 64, 64)
+    with torch.no_grad():
+        want = tv(x.permute(0, 2, 1, 3, 4))
+    torch.testing.assert_close(ours(expert, x), want, rtol=1e-5, atol=1e-5)
+
+
+def _mmaction_resnet_keys(tv_state: dict, shift: bool) -> dict:
+    """torchvision resnet50 keys -> MMAction2 ResNet(TSM) ConvModule names + TSNHead fc_cls."""
+    out = {}
+    for k, v in tv_state.items():
+        p = k.split(".")
+        if p[0] == "fc":
+            out["cls_head.fc_cls." + p[1]] = v
+        elif p[0] == "conv1":
+            out["backbone.conv1.conv." + p[1]] = v
+        elif p[0] == "bn1":
+            out["backbone.conv1.bn." + p[1]] = v
+        else:
+            block = f"backbone.{p[0]}.{p[1]}"
+            if p[2] == "downsample":
+                out[f"{block}.downsample.{'conv' if p[3] == '0' else 'bn'}.{p[4]}"] = v
+            elif p[2].startswith("conv"):
+                net = ".net" if shift and p[2] == "conv1" else ""
+                out[f"{block}.{p[2]}.conv{net}.{p[3]}"] = v
+            else:
+                out[f"{block}.conv{p[2][2:]}.bn.{p[3]}"] = v
+    return out
+
+
+def _shift(x, segments, div=8):
+    """MMAction2's TemporalShift.shift, written out independently (x: [N*T, C, H, W])."""
+    nt, c, h, w = x.shape
+    x = x.view(nt // segments, segments, c, h * w)
+    fold = c // div
+    left = torch.cat([x[:, 1:, :fold], torch.zeros_like(x[:, :1, :fold])], 1)
+    mid = torch.cat([torch.zeros_like(x[:, :1, fold:2 * fold]), x[:, :-1, fold:2 * fold]], 1)
+    return torch.cat([left, mid, x[:, :, 2 * fold:]], 2).view(nt, c, h, w)
+
+
+@pytest.mark.parametrize("arch", ["tsn_r50", "tsm_r50"])
+def test_mmaction2_tsn_tsm_checkpoints(arch, tmp_path):
+    torch.manual_seed(0)
+    shift = arch == "tsm_r50"
+    net = torchvision.models.resnet50(weights=None, num_classes=6).eval()
+    for m in net.modules():  # non-trivial BN statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    state = _mmaction_resnet_keys(net.state_dict(), shift)
+    assert "backbone.conv1.conv.weight" in state and "backbone.layer1.0.downsample.conv.weight" in state
+    assert ("backbone.layer1.0.conv1.conv.net.weight" in state) == shift
+    torch.save({"state_dict": state}, tmp_path / f"{arch}.pth")
+    expert, fmt = import_checkpoint(tmp_path / f"{arch}.pth", arch, dataset="ucf")
+    assert fmt == "mmaction2" and expert.num_classes == 6
+    t = ARCHS[arch].extra["test_input"][0]
+    x = torch.randn(2, t, 3, 32, 32)
+    hooks = []
+    if shift:  # reference: shift the residual branch's input of every bottleneck (blockres)
+        for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+            for block in layer:
+                hooks.append(block.conv1.register_forward_pre_hook(lambda m, a: (_shift(a[0], t),)))
+    with torch.no_grad():
+        frames = net(x.reshape(2 * t, 3, 32, 32)).view(2, t, -1)
+        want = frames.mean(dim=1)  # consensus of per-segment scores
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(ours(expert, x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_wrong_family_and_bad_files_are_clear_errors(tmp_path):
+    net = torchvision.models.resnet50(weights=None, num_classes=3)
+    torch.save({"state_dict": _mmaction_resnet_keys(net.state_dict(), shift=False)}, tmp_path / "tsn.pth")
+    with pytest.raises(CheckpointError, match="tsn_r50"):
+        import_checkpoint(tmp_path / "tsn.pth", "tsm_r50", dataset="d")
+    with pytest.raises(CheckpointError, match="reads formats"):
+        import_checkpoint(tmp_path / "tsn.pth", "r3d_18", dataset="d")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        import_checkpoint(tmp_path / "junk.pth", "r3d_18", dataset="d")
+    torch.save(torchvision_video_model("mc3_18", 4).state_dict(), tmp_path / "mc3.pth")
+    with pytest.raises(CheckpointError, match="4 classes but 2"):
+        import_checkpoint(tmp_path / "mc3.pth", "mc3_18", dataset="d", categories=["a", "b"])
+    with pytest.raises(ConfigError, match="preset"):
+        import_checkpoint(tmp_path / "mc3.pth", "mc3_18", dataset="d", preset="test")
+
+
+def test_generic_entry_wraps_any_module(tmp_path):
+    torch.manual_seed(0)
+    tv = torchvision.models.video.mc3_18(num_classes=3).eval()
+    torch.save(tv.state_dict(), tmp_path / "m.pth")
+    kw = {"factory": "torchvision.models.video:mc3_18", "head": "fc", "factory_kwargs": {}, "layout": "NCTHW"}
+    expert, fmt = import_checkpoint(tmp_path / "m.pth", "generic", dataset="d", fmt="state_dict", arch_kwargs=kw)
+    x = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        want = tv(x.permute(0, 2, 1, 3, 4))
+    torch.testing.assert_close(ours(expert, x), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="package.module:callable"):
+        import_checkpoint(tmp_path / "m.pth", "generic", dataset="d", fmt="state_dict", arch_kwargs={"factory": "x"})
+    with pytest.raises(ConfigError, match="no head attribute"):
+        import_checkpoint(tmp_path / "m.pth", "generic", dataset="d", fmt="state_dict",
+                          arch_kwargs={**kw, "head": "classifier"})
