@@ -51,8 +51,8 @@ from jedi_deploy.models.archs import ARCHS, build_expert
 from jedi_deploy.models.jedi import AdjustmentModule
 from jedi_deploy.models.registry import Expert
 from jedi_deploy.models.zoo.torchvision import TV_VIDEO
+from jedi_deploy.runners.onnxruntime import SESSION_CONFIG, session_options  # noqa: E402
 from jedi_deploy.serve.bench import extra_node_cost, time_block  # noqa: E402
-from jedi_deploy.serve.runtime import SESSION_CONFIG, session_options  # noqa: E402
 
 #: Hugging Face entries (``hf:<family>``) at their standard sizes: transformers' default config of each
 #: family is its base model (VideoMAE-B 16x224, TimeSformer-B 8x224, ViViT-B 32x224).
@@ -113,7 +113,7 @@ def ratio_of_medians(num: list[float], den: list[float], resamples: int = 2000, 
 
 
 def ort_session(path: Path, threads: int):
-    """The session ``jedi serve`` / ``jedi bench`` open (serve.runtime.session_options), on CPU."""
+    """The session ``jedi serve`` / ``jedi bench`` open (runners.onnxruntime.session_options), on CPU."""
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
@@ -211,7 +211,8 @@ def main(argv=None) -> dict:
            "max_student_expert_ci95_high": max((a["student_expert_ci95"][1] for a in ok), default=None),
            "max_profiled_student_expert_ratio": max((a["profiled_student_expert_ratio"] for a in ok), default=None),
            "all_parity_ok": bool(ok) and len(ok) == len(archs) and all(a["parity_ok"] for a in ok),
-           "batch": 1, "runs": args.runs, "ratio_runs": args.ratio_runs, "threads": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "batch": 1, "runs": args.runs, "ratio_runs": args.ratio_runs, "threads": threads,
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
            "ort_session_config": SESSION_CONFIG,
            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
     import onnxruntime

@@ -6,8 +6,8 @@ On a single-GPU machine (target: <= 8 minutes in all):
 
 1. Caching: generated videos (tests/support/footage.py) of two datasets, two zoo experts (r3d_18 and
    mc3_18, random weights, 16 x 112^2 clips), cached on the CPU in fp32 (the reference) and on
-   the device in bf16 autocast (``--precision``; fp32 in a CPU-only run); max abs difference of embeddings and logits (relative to the
-   reference's scale), top-1 agreement of the logits, videos/s of each, and the GPU's busy
+   the device in bf16 autocast (``--precision``; fp32 in a CPU-only run); max abs difference of
+   embeddings and logits (relative to the reference's scale), top-1 agreement of the logits, videos/s of each, and the GPU's busy
    fraction while caching (torch.cuda.utilization, where NVML answers).
 2. Training: ``--epochs`` epochs of the paper's scale (4 experts of 2048/2048/2048/1024 dims, 200/
    51/101/400 classes, ``--samples`` cached samples, batch 256) on random embeddings, on the

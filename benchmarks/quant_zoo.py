@@ -101,7 +101,7 @@ def op_profile(path: Path, feed: dict, threads: int) -> dict:
     """ONNX Runtime's profile of one run (after a warm-up) by operator type: share of node time."""
     import onnxruntime as ort
 
-    from jedi_deploy.serve.runtime import session_options
+    from jedi_deploy.runners.onnxruntime import session_options
 
     so = session_options(threads)
     with tempfile.TemporaryDirectory() as tmp:

@@ -63,7 +63,7 @@ def teacher_card(dataset: str, header, experts, output: str, opset: int, bundle_
         inputs.append(InputSpec(f"video_{j}", "float32", ("batch", *shape), input_layout(False, v), e.preprocess,
                                 views=v, expert=e.name, expert_sha256=e.sha256))
     return ModelCard(kind="teacher", name=dataset, dataset=dataset, arch="ensemble",
-                     categories=tuple(header.experts[i]["categories"]), inputs=tuple(inputs), output=output,
+                     categories=tuple(header.experts[i].categories), inputs=tuple(inputs), output=output,
                      opset=opset, bundle_sha256=bundle_sha256)
 
 

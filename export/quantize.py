@@ -412,7 +412,7 @@ def default_lists(meta, name: str, opts: Int8Options, calib_list=None, eval_list
     from jedi_deploy.contracts.cache import cached_videos
 
     dataset = meta.datasets[meta.expert_names.index(name)]
-    cache = meta.extra.get("cache")
+    cache = meta.cache
     need = [w for w, given in (("--calib-list", calib_list), ("--eval-list", eval_list)) if not given]
     if need and not cache:
         raise InputError(f"the bundle records no cache to take {dataset}'s videos from; pass {' and '.join(need)} "
@@ -428,7 +428,7 @@ def default_lists(meta, name: str, opts: Int8Options, calib_list=None, eval_list
     if eval_list:
         evaluation = read_video_list(eval_list, "held-out")
     else:
-        split = meta.config.get("eval_split", "test")
+        split = meta.config.eval_split
         held = cached_videos(cache, dataset, split)
         evaluation = VideoList(held.paths, held.labels, f"cache {dataset}/{split}")
     return calib, evaluation

@@ -19,24 +19,24 @@ def resolve_experts(meta: BundleHeader, overrides: dict[str, str] | None = None)
     """Load the bundle's expert checkpoints (recorded paths, or ``overrides[name]``),
     refusing any whose sha256 differs from the one the bundle was trained on."""
     overrides = dict(overrides or {})
-    names = [e["name"] for e in meta.experts]
+    names = meta.expert_names
     unknown = set(overrides) - set(names)
     if unknown:
         raise InputError(f"--expert names {sorted(unknown)} are not in the bundle; it has {names}")
     experts = []
     for e in meta.experts:
-        path = overrides.get(e["name"]) or e.get("checkpoint")
+        path = overrides.get(e.name) or e.checkpoint
         if not path:
-            raise InputError(f"bundle records no checkpoint for expert {e['name']!r}; pass --expert {e['name']}=PATH")
+            raise InputError(f"bundle records no checkpoint for expert {e.name!r}; pass --expert {e.name}=PATH")
         if not Path(path).is_file():
-            raise InputError(f"checkpoint of expert {e['name']!r} not found: {path} "
-                             f"(pass --expert {e['name']}=PATH if it moved)")
-        experts.append(load_expert(path, expected_sha256=e.get("sha256")))
+            raise InputError(f"checkpoint of expert {e.name!r} not found: {path} "
+                             f"(pass --expert {e.name}=PATH if it moved)")
+        experts.append(load_expert(path, expected_sha256=e.sha256))
     return experts
 
 
 def select_students(meta: BundleHeader, wanted: list[str] | None) -> list[int]:
-    names = [e["name"] for e in meta.experts]
+    names = meta.expert_names
     if not wanted:
         return list(range(len(names)))
     missing = [w for w in wanted if w not in names]

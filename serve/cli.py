@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from jedi_deploy.common.cli import CONTEXT, JediCommand, progress
-
-from .runtime import PROVIDER_ALIASES, RUNTIME_HELP, RUNTIMES
+from jedi_deploy.runners.onnxruntime import PROVIDER_ALIASES
+from jedi_deploy.runners.table import RUNTIME_HELP, RUNTIMES
 
 
 def _serve_defaults():

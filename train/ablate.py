@@ -72,11 +72,11 @@ def plan(grid: str, base: JEDIConfig, cache, pool: str | None
     if pool is not None:
         if pool not in cache.splits:
             raise ConfigError(f"pool {pool!r} is not a dataset of the cache ({sorted(cache.splits)})")
-        common = {"pools": [pool], "experts": [e["name"] for e in cache.experts if e["dataset"] != pool]}
+        common = {"pools": [pool], "experts": [e.name for e in cache.experts if e.dataset != pool]}
     out, skipped = [], []
     for s in GRIDS[grid]:
         if dict(s.overrides).get("distill_data") == "pool" and pool is None:
-            has_pool = any(d not in {e["dataset"] for e in cache.experts} for d in cache.splits)
+            has_pool = any(d not in {e.dataset for e in cache.experts} for d in cache.splits)
             if not has_pool:
                 skipped.append(s.name)
                 continue  # no unlabeled pool in this cache: the row is skipped (and reported)
@@ -130,7 +130,7 @@ def run_ablation(cache, out_dir: str | Path, grid: str = "table3", base: JEDICon
     for d in datasets:
         e = cache.expert_for_dataset(d)
         sp = cache.split(d, base.eval_split)
-        experts[d] = classification_metrics(sp.logits[e["name"]].numpy(), sp.labels.numpy())["acc1"]
+        experts[d] = classification_metrics(sp.logits[e.name].numpy(), sp.labels.numpy())["acc1"]
     report = {"grid": grid, "split": base.eval_split, "datasets": datasets, "initial_experts": experts,
               "rows": rows, "skipped": skipped}
     write_json(out / "results.json", report)

@@ -27,7 +27,6 @@ from jedi_deploy.contracts.cache import (
     CacheHeader,
     part_path,
     read_cache_header,
-    same_experts,
     shard_path,
 )
 from jedi_deploy.contracts.errors import (
@@ -37,6 +36,7 @@ from jedi_deploy.contracts.errors import (
     JediError,
     VideoDecodeError,
 )
+from jedi_deploy.contracts.expert import ExpertCard, same_experts
 from jedi_deploy.contracts.header import atomic_path
 from jedi_deploy.contracts.preprocess import views_from_frames
 from jedi_deploy.media.datasets import VideoDataset
@@ -98,7 +98,7 @@ class CachePlan:
     batches: list[list[int]]  # indices into ``items``
 
 
-def plan_cache(datasets: list[VideoDataset], splits: tuple[str, ...] | None, cache_dir: Path, descs: list[dict], *,
+def plan_cache(datasets: list[VideoDataset], splits: tuple[str, ...] | None, cache_dir: Path, descs: list[ExpertCard], *,
                chunk_size: int, batch_size: int, rank: int = 0, world: int = 1) -> CachePlan:
     """Chunks still to do (splits with a shard, and chunks already written, are skipped; either
     one written for other experts is refused) and this rank's share: every world-th chunk."""
@@ -225,7 +225,7 @@ class ChunkWriter:
     """Encodes decoded batches with every expert, records unreadable videos, and writes each
     chunk's part file atomically the moment its last video is done."""
 
-    def __init__(self, plan: CachePlan, cache_dir: Path, experts: list[Expert], descs: list[dict], strict: bool,
+    def __init__(self, plan: CachePlan, cache_dir: Path, experts: list[Expert], descs: list[ExpertCard], strict: bool,
                  precision: str = "fp32"):
         self.plan, self.cache_dir, self.experts, self.descs, self.strict = plan, cache_dir, experts, descs, strict
         self.precision = precision
@@ -317,7 +317,7 @@ def _join_split(d: VideoDataset, split: str, samples, cache_dir: Path, experts, 
     return out
 
 
-def join_splits(plan: CachePlan, cache_dir: Path, experts: list[Expert], descs: list[dict], dtype: str,
+def join_splits(plan: CachePlan, cache_dir: Path, experts: list[Expert], descs: list[ExpertCard], dtype: str,
                 chunk_size: int) -> None:
     """Rank 0, after every rank is done: every open split's chunks -> its shard; failures file."""
     for d, s, samples in plan.open_splits:
@@ -371,7 +371,7 @@ def build_cache(experts: list[Expert], datasets: list[VideoDataset], cache_dir: 
         raise InputError("chunk_size and batch_size must be >= 1")
     check_experts_match_datasets(experts, datasets)
     cache_dir = Path(cache_dir)
-    descs = [e.describe() for e in experts]
+    descs = [e.card for e in experts]
     rank, world = dist_info()
     dev = resolve_device(device)
     if dev.type == "cuda" and world > 1:  # torchrun: rank k on the local rank's GPU

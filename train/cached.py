@@ -1,3 +1,7 @@
+"""The embedding cache's tensors: the one writer of cache files (:func:`write_cache_file`, used by
+``jedi cache``) and their loaded form (:class:`Cache`, :func:`load_cache`) for training,
+evaluation and CKA. The layout and the header are :mod:`jedi_deploy.contracts.cache`'s; tensors
+are torch here because caches may hold bfloat16, which numpy cannot."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -5,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from jedi_deploy.contracts.cache import CacheHeader, read_cache_header, same_experts
+from jedi_deploy.contracts.cache import CacheHeader, read_cache_header
 from jedi_deploy.contracts.errors import CacheMismatchError, InputError
+from jedi_deploy.contracts.expert import ExpertCard, same_experts
 from jedi_deploy.contracts.header import atomic_path, dump_metadata
 
 
@@ -42,17 +47,18 @@ class Split:
 
 @dataclass
 class Cache:
-    experts: list[dict]  # expert descriptions, in cache order
+    experts: list[ExpertCard]  # in cache order
     categories: dict[str, list[str]]  # dataset -> class names
     splits: dict[str, dict[str, Split]]  # dataset -> split -> Split
     heads: dict[str, dict[str, torch.Tensor]]  # expert -> {"weight", "bias"} of its own head
+    path: Path | None = None  # the cache folder (absolute) it was loaded from: bundles record it
 
     @property
     def expert_names(self) -> list[str]:
-        return [e["name"] for e in self.experts]
+        return [e.name for e in self.experts]
 
-    def expert_for_dataset(self, dataset: str) -> dict | None:
-        return next((e for e in self.experts if e["dataset"] == dataset), None)
+    def expert_for_dataset(self, dataset: str) -> ExpertCard | None:
+        return next((e for e in self.experts if e.dataset == dataset), None)
 
     def split(self, dataset: str, split: str) -> Split:
         try:
@@ -81,7 +87,7 @@ def load_cache(cache_dir: str | Path) -> Cache:
             raise CacheMismatchError(f"{p} was built by other experts than {shards[0]}; "
                                      "a cache folder must hold one set of experts")
         t = load_file(str(p))
-        names = [x["name"] for x in experts]
+        names = [x.name for x in experts]
         try:
             emb = {n: t[f"emb.{n}"].float() for n in names}
             logits = {n: t[f"logits.{n}"].float() for n in names}
@@ -98,4 +104,4 @@ def load_cache(cache_dir: str | Path) -> Cache:
                                  f"expert {n!r} has NaN/Inf values in the cache")
         categories[h.dataset] = h.categories
         splits.setdefault(h.dataset, {})[h.split] = Split(h.dataset, h.split, emb, logits, labels, h.samples or None)
-    return Cache(experts, categories, splits, heads)
+    return Cache(experts, categories, splits, heads, cache_dir.resolve())

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from jedi_deploy.contracts.cache import EXPERT_IDENTITY
 from jedi_deploy.contracts.config import JEDIConfig
 from jedi_deploy.contracts.errors import CheckpointError, ConfigError
+from jedi_deploy.contracts.expert import ExpertCard
 from jedi_deploy.contracts.header import (
     atomic_path,
     dump_metadata,
@@ -29,11 +29,11 @@ class Checkpoint:
     epoch: int
     best: float | None
     rng_state: dict
-    experts: list[dict]
+    experts: list[ExpertCard]
 
 
 def save_checkpoint(path: Path, model, optimizer, *, config: JEDIConfig, epoch: int, best: float | None,
-                    rng_state: dict, experts: list[dict]) -> None:
+                    rng_state: dict, experts: list[ExpertCard]) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -44,12 +44,12 @@ def save_checkpoint(path: Path, model, optimizer, *, config: JEDIConfig, epoch: 
             tensors[f"optim.{idx}.{k}"] = t.detach().cpu().contiguous()
     meta = {"kind": "checkpoint", "config": config.to_dict(), "epoch": epoch, "best": best,
             "param_groups": opt["param_groups"], "rng_state": rng_state,
-            "experts": [{k: e.get(k) for k in EXPERT_IDENTITY} for e in experts]}
+            "experts": [e.identity() for e in experts]}
     with atomic_path(path, ".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata=dump_metadata(meta))
 
 
-def load_checkpoint(path: Path, model, optimizer, *, config: JEDIConfig, experts: list[dict]) -> Checkpoint:
+def load_checkpoint(path: Path, model, optimizer, *, config: JEDIConfig, experts: list[ExpertCard]) -> Checkpoint:
     """Restore ``model`` and ``optimizer`` in place; refuses a checkpoint of another config or
     other experts (naming the fields that differ)."""
     from safetensors.torch import load_file
@@ -64,7 +64,7 @@ def load_checkpoint(path: Path, model, optimizer, *, config: JEDIConfig, experts
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
         raise ConfigError(f"cannot resume {path}: the run was started with a different config ({shown}); "
                           "resume with the same settings or start a new run folder")
-    ident = [{k: e.get(k) for k in EXPERT_IDENTITY} for e in experts]
+    ident = [e.identity() for e in experts]
     if meta.get("experts") != ident:
         raise CheckpointError(f"cannot resume {path}: it was trained on a cache of other experts")
     t = load_file(str(path))

@@ -64,7 +64,7 @@ def collect_features(cache: Cache, split: str, bundle: str | Path | None = None,
         model.to(dev)
         with torch.no_grad():
             for j, e in enumerate(meta.experts):
-                feats[f"{e['name']} (adjusted)"] = model.adjust[j](feats[e["name"]].to(dev)).cpu()
+                feats[f"{e.name} (adjusted)"] = model.adjust[j](feats[e.name].to(dev)).cpu()
     return feats
 
 

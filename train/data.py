@@ -15,6 +15,7 @@ import torch
 
 from jedi_deploy.contracts.config import JEDIConfig
 from jedi_deploy.contracts.errors import CacheMismatchError, ConfigError, InputError
+from jedi_deploy.contracts.expert import ExpertCard
 from jedi_deploy.train.cached import Cache, Split
 
 
@@ -34,7 +35,7 @@ def eval_set(cache: Cache, dataset: str, split: str, names: list[str]) -> EvalSe
 
 @dataclass
 class TrainData:
-    experts: list[dict]  # selected expert descriptions, in model order
+    experts: list[ExpertCard]  # the selected experts, in model order
     datasets: list[str]  # dataset j <-> expert j
     pools: list[str]  # unlabeled pool datasets (dataset index n)
     embs: list[torch.Tensor]  # per expert [N, D_j], float32
@@ -45,7 +46,7 @@ class TrainData:
 
     @property
     def names(self) -> list[str]:
-        return [e["name"] for e in self.experts]
+        return [e.name for e in self.experts]
 
     def summary(self) -> dict:
         out = {}
@@ -58,8 +59,8 @@ class TrainData:
         return out
 
 
-def select_experts(cache: Cache, cfg: JEDIConfig) -> list[dict]:
-    by_name = {e["name"]: e for e in cache.experts}
+def select_experts(cache: Cache, cfg: JEDIConfig) -> list[ExpertCard]:
+    by_name = {e.name: e for e in cache.experts}
     if not cfg.experts:
         return list(cache.experts)
     missing = [n for n in cfg.experts if n not in by_name]
@@ -90,25 +91,25 @@ def _check_split(split: Split, names: list[str], dims: dict[str, int], num_class
 def check_cache(cache: Cache, cfg: JEDIConfig) -> tuple[list[dict], list[str], list[str]]:
     """Validate everything training will read; returns (experts, datasets, pools)."""
     experts = select_experts(cache, cfg)
-    names = [e["name"] for e in experts]
-    dims = {e["name"]: e["embed_dim"] for e in experts}
+    names = [e.name for e in experts]
+    dims = {e.name: e.embed_dim for e in experts}
     datasets = []
     for e in experts:
-        d = e["dataset"]
+        d = e.dataset
         if d not in cache.splits:
-            raise CacheMismatchError(f"cache has no data for dataset {d!r} of expert {e['name']!r}")
+            raise CacheMismatchError(f"cache has no data for dataset {d!r} of expert {e.name!r}")
         if d in datasets:
             raise ConfigError(f"two selected experts belong to dataset {d!r}; JEDI pairs one expert per dataset")
-        if len(cache.categories[d]) != e["num_classes"]:
-            raise CacheMismatchError(f"expert {e['name']!r} predicts {e['num_classes']} classes but dataset "
+        if len(cache.categories[d]) != e.num_classes:
+            raise CacheMismatchError(f"expert {e.name!r} predicts {e.num_classes} classes but dataset "
                                      f"{d!r} has {len(cache.categories[d])} (classes.txt)")
-        head = cache.heads[e["name"]]["weight"]
-        if list(head.shape) != [e["num_classes"], e["embed_dim"]]:
-            raise CacheMismatchError(f"expert {e['name']!r}: cached head is {list(head.shape)}, expected "
-                                     f"[{e['num_classes']}, {e['embed_dim']}]")
+        head = cache.heads[e.name]["weight"]
+        if list(head.shape) != [e.num_classes, e.embed_dim]:
+            raise CacheMismatchError(f"expert {e.name!r}: cached head is {list(head.shape)}, expected "
+                                     f"[{e.num_classes}, {e.embed_dim}]")
         datasets.append(d)
         for split in (cfg.train_split, cfg.eval_split):
-            _check_split(cache.split(d, split), names, dims, e["num_classes"], f"dataset {d!r} split {split!r}")
+            _check_split(cache.split(d, split), names, dims, e.num_classes, f"dataset {d!r} split {split!r}")
     pools = []
     if cfg.distill_data == "pool":
         pools = cfg.pools or sorted(d for d in cache.splits if d not in datasets)
@@ -163,7 +164,7 @@ def labeled_subset(labels: torch.Tensor, fraction: float, rng: np.random.Generat
 
 def build_train_data(cache: Cache, cfg: JEDIConfig) -> TrainData:
     experts, datasets, pools = check_cache(cache, cfg)
-    names = [e["name"] for e in experts]
+    names = [e.name for e in experts]
     parts, index, labels, sizes, val = [], [], [], [], {}
     for j, d in enumerate(datasets):
         s = cache.split(d, cfg.train_split)

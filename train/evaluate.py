@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from jedi_deploy.contracts.cache import EXPERT_IDENTITY
 from jedi_deploy.contracts.errors import CacheMismatchError
+from jedi_deploy.contracts.expert import ExpertCard
 from jedi_deploy.contracts.metrics import (
     CEILING,
     classification_metrics,
@@ -20,18 +20,18 @@ from .jedi import JEDIModel, evaluate_model
 ROWS = ("expert", "student", "teacher")
 
 
-def check_bundle_matches_cache(experts: list[dict], cache: Cache) -> None:
+def check_bundle_matches_cache(experts: list[ExpertCard], cache: Cache) -> None:
     """Every expert of a bundle must be in the cache, built from the same checkpoint."""
-    have = {e["name"]: {k: e.get(k) for k in EXPERT_IDENTITY} for e in cache.experts}
+    have = {e.name: e.identity() for e in cache.experts}
     for e in experts:
-        if have.get(e["name"]) != {k: e.get(k) for k in EXPERT_IDENTITY}:
+        if have.get(e.name) != e.identity():
             raise CacheMismatchError(
                 "the cache was built for other experts than the bundle: bundle has "
-                f"{[x['name'] + '@' + str(x['sha256'])[:8] for x in experts]}, cache has "
-                f"{[x['name'] + '@' + str(x['sha256'])[:8] for x in cache.experts]}")
+                f"{[x.name + '@' + str(x.sha256)[:8] for x in experts]}, cache has "
+                f"{[x.name + '@' + str(x.sha256)[:8] for x in cache.experts]}")
 
 
-def evaluate(model: JEDIModel, experts: list[dict], datasets: list[str], cache: Cache, split: str = "test",
+def evaluate(model: JEDIModel, experts: list[ExpertCard], datasets: list[str], cache: Cache, split: str = "test",
              device: str = "cpu") -> dict:
     """``{dataset: {"expert"|"student"|"teacher": {"acc1", "acc5", "mAP"}}}`` on ``split`` (the
     JEDI model runs on ``device``)."""
@@ -40,7 +40,7 @@ def evaluate(model: JEDIModel, experts: list[dict], datasets: list[str], cache: 
     check_bundle_matches_cache(experts, cache)
     home = next(model.parameters()).device
     model.to(resolve_device(device))
-    names = [e["name"] for e in experts]
+    names = [e.name for e in experts]
     sets = {d: eval_set(cache, d, split, names) for d in datasets}
     table = evaluate_model(model, sets, datasets)
     gains = paired_gains(model, sets, datasets, cache, names, split)

@@ -31,6 +31,7 @@ import torch
 
 from jedi_deploy.contracts.config import JEDIConfig
 from jedi_deploy.contracts.errors import ConfigError, InputError
+from jedi_deploy.contracts.expert import ExpertCard
 from jedi_deploy.contracts.metrics import classification_metrics
 from jedi_deploy.models.jedi import JEDIModel
 from jedi_deploy.train.cached import Cache
@@ -46,7 +47,7 @@ __all__ = ["TrainResult", "train_jedi", "train_to_dir", "evaluate_model", "disti
 class TrainResult:
     model: JEDIModel
     history: list[dict]
-    experts: list[dict]
+    experts: list[ExpertCard]
     datasets: list[str]
     config: JEDIConfig
     best_epoch: int | None = None
@@ -57,7 +58,7 @@ class TrainResult:
 def build_model(data: TrainData, cache: Cache, cfg: JEDIConfig) -> JEDIModel:
     """Seeded model whose students start as the initial experts (heads from the cache)."""
     torch.manual_seed(cfg.seed)
-    model = JEDIModel([e["embed_dim"] for e in data.experts], [e["num_classes"] for e in data.experts], cfg)
+    model = JEDIModel([e.embed_dim for e in data.experts], [e.num_classes for e in data.experts], cfg)
     with torch.no_grad():
         for head, n in zip(model.students, data.names):
             head.weight.copy_(cache.heads[n]["weight"])
@@ -154,8 +155,9 @@ class RunFolder:
     ``RunFolder(None)`` keeps everything in memory (no checkpoint, no best bundle); ``log_path``
     then still gets the per-epoch log."""
 
-    def __init__(self, out: str | Path | None, log_path: str | Path | None = None):
+    def __init__(self, out: str | Path | None, log_path: str | Path | None = None, cache: Path | None = None):
         self.out = Path(out) if out else None
+        self.cache = cache  # the cache folder the run trains on: every bundle it writes records it
         self.work = self.out / "in_progress" if self.out else None
         self.log_path = self.work / LOG_NAME if self.work else (Path(log_path) if log_path else None)
         self._log = None
@@ -180,7 +182,7 @@ class RunFolder:
         except OSError as e:
             raise InputError(f"cannot create run folder {self.out}: {e.strerror or e}") from None
 
-    def start(self, model, optimizer, cfg: JEDIConfig, experts: list[dict], rng, resume: bool
+    def start(self, model, optimizer, cfg: JEDIConfig, experts: list[ExpertCard], rng, resume: bool
               ) -> tuple[int, float | None, int | None, list[dict]]:
         """(first epoch, best score, best epoch, history so far): a fresh ``in_progress/``, or the
         stopped run's state restored into ``model``/``optimizer``/``rng``; opens the live log."""
@@ -216,7 +218,7 @@ class RunFolder:
             self._log.close()
             self._log = None
 
-    def save_epoch(self, model, optimizer, cfg: JEDIConfig, epoch: int, best, rng, experts: list[dict]) -> None:
+    def save_epoch(self, model, optimizer, cfg: JEDIConfig, epoch: int, best, rng, experts: list[ExpertCard]) -> None:
         if self.checkpoint:
             from .checkpoint import save_checkpoint
 
@@ -228,7 +230,7 @@ class RunFolder:
             from jedi_deploy.models.bundle import save_bundle
 
             save_bundle(model, self.work / BEST_NAME, experts=data.experts, datasets=data.datasets, config=cfg,
-                        extra={"epoch": epoch, "val_score": score})
+                        cache=self.cache or "", extra={"epoch": epoch, "val_score": score})
 
     def finalise(self, result: "TrainResult", extra: dict | None = None) -> Path:
         """Write the final files, move the best bundle and the log out of ``in_progress/``, remove it."""
@@ -239,7 +241,7 @@ class RunFolder:
         final = result.history[-1]["eval"]
         info = {"final_eval": final, "best_epoch": result.best_epoch, "data": result.data, **(extra or {})}
         save_bundle(result.model, bundle, experts=result.experts, datasets=result.datasets, config=result.config,
-                    extra=info)
+                    cache=self.cache or "", extra=info)
         best = self.work / BEST_NAME
         if best.exists():
             best.replace(self.out / BEST_NAME)
@@ -294,7 +296,7 @@ def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True, run_dir:
     tune_allocator()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    folder = RunFolder(run_dir, log_path)
+    folder = RunFolder(run_dir, log_path, cache.path)
     store = getattr(torch, cfg.embedding_dtype)
     data.embs = [e.to(dev, store) for e in data.embs]
     data.dataset, data.labels = data.dataset.to(dev), data.labels.to(dev)
@@ -350,7 +352,7 @@ def train_to_dir(cache: Cache, out_dir: str | Path, cfg: JEDIConfig, *, force: b
     """Train into a run folder (see module docstring); returns the result and the last bundle.
     With ``cfg.refit``, the validation run is followed by a refit on the whole training set for
     the epoch count it picked (:func:`refit`), and that model is the bundle."""
-    folder = RunFolder(out_dir)
+    folder = RunFolder(out_dir, cache=cache.path)  # the bundle records its cache itself (--int8's videos)
     folder.claim(resume=resume, force=force)
     result = train_jedi(cache, cfg, progress=progress, run_dir=out_dir, resume=resume, on_epoch=on_epoch,
                         device=device)

@@ -256,7 +256,7 @@ def train(cache_dir, out, resume, force, device, config_file, sets, **flags):
     from jedi_deploy.train.jedi import train_to_dir
 
     result, bundle = train_to_dir(load_cache(cache_dir), out, cfg, force=force, resume=resume,
-                                  progress=_progress(), extra={"cache": str(Path(cache_dir).resolve())}, device=device)
+                                  progress=_progress(), device=device)
     click.echo(f"wrote {bundle}" + (f" (best validation epoch {result.best_epoch}: {out / 'best.safetensors'})"
                                     if result.best_epoch is not None else ""))
     for d, r in result.history[-1]["eval"].items():

@@ -119,8 +119,7 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     t = stage(4, "training JEDI (students + teachers, jointly)")
     cfg = JEDIConfig(epochs=settings.jedi_epochs, burn_in=settings.burn_in, lr=settings.lr,
                      batch_size=settings.batch_size, seed=settings.seed)
-    result, bundle = train_to_dir(cache, out / "train", cfg, progress=progress,
-                                  extra={"cache": str((out / "cache").resolve())})
+    result, bundle = train_to_dir(cache, out / "train", cfg, progress=progress)
     timings["train JEDI"] = time.perf_counter() - t
 
     t = stage(5, "evaluating experts, students and teachers")
@@ -132,7 +131,7 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     parity = export_bundle(bundle, out / "onnx", progress=progress)
     timings["export ONNX"] = time.perf_counter() - t
     t = time.perf_counter()
-    gates = quantize_exported(bundle, out / "onnx", [e["name"] for e in result.experts], Int8Options(seed=settings.seed),
+    gates = quantize_exported(bundle, out / "onnx", [e.name for e in result.experts], Int8Options(seed=settings.seed),
                               progress=progress)
     timings["quantize INT8 (gated)"] = time.perf_counter() - t
 

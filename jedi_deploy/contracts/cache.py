@@ -1,7 +1,8 @@
 """The embedding-cache file format: the contract between ``jedi cache`` and everything that
 reads a cache (training, evaluation, CKA). The builder lives in ``jedi_deploy.train.cache``;
-this module owns the layout, the typed header (:class:`CacheHeader`, the only writer and
-reader of a cache file's metadata) and the loaded form (:class:`Cache`, :func:`load_cache`).
+this module owns the layout and the typed header (:class:`CacheHeader`, the only writer and
+reader of a cache file's metadata). The tensors are written and loaded (as torch tensors, which
+also hold bfloat16) by :mod:`jedi_deploy.train.cached`.
 
 Layout: ``CACHE/<dataset>/<split>.safetensors``, one self-describing shard per dataset and
 split. Tensors: ``emb.<expert>`` ``[N, D_expert]``, ``logits.<expert>`` ``[N, C_expert]``,
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jedi_deploy.contracts.errors import CacheMismatchError, InputError
-from jedi_deploy.contracts.expert import check_expert_descriptions
+from jedi_deploy.contracts.expert import ExpertCard, read_expert_cards
 from jedi_deploy.contracts.header import (
     read_safetensors_metadata,
 )
@@ -25,16 +26,6 @@ from jedi_deploy.contracts.header import (
 SHARD_KIND, PART_KIND = "cache", "cache-part"
 PARTS_DIR = ".parts"
 FAILURES_FILE = "failures.jsonl"
-#: What identifies an expert in a cache: two caches with the same identities are interchangeable.
-EXPERT_IDENTITY = ("name", "arch", "embed_dim", "num_classes", "dataset", "sha256")
-
-
-def expert_identity(desc: dict) -> dict:
-    return {k: desc.get(k) for k in EXPERT_IDENTITY}
-
-
-def same_experts(a: list[dict], b: list[dict]) -> bool:
-    return [expert_identity(x) for x in a] == [expert_identity(x) for x in b]
 
 
 def shard_path(cache_dir: str | Path, dataset: str, split: str) -> Path:
@@ -52,7 +43,7 @@ class CacheHeader:
     kind: str
     dataset: str
     split: str
-    experts: list[dict]  # expert descriptions (registry.Expert.describe), in cache order
+    experts: list[ExpertCard]  # in cache order
     failures: list[dict] = field(default_factory=list)  # {"path", "error"} of videos left out
     notes: list[dict] = field(default_factory=list)  # {"path", "warning"}: kept, sampled from a clean prefix
     categories: list[str] = field(default_factory=list)  # shard: the dataset's class names
@@ -63,7 +54,8 @@ class CacheHeader:
     stop: int = 0
 
     def to_dict(self) -> dict:
-        d = {"kind": self.kind, "dataset": self.dataset, "split": self.split, "experts": self.experts,
+        d = {"kind": self.kind, "dataset": self.dataset, "split": self.split,
+             "experts": [e.to_dict() for e in self.experts],
              "failures": self.failures, "notes": self.notes}
         if self.kind == SHARD_KIND:
             d.update(categories=self.categories, samples=self.samples, dtype=self.dtype, root=self.root)
@@ -78,9 +70,10 @@ class CacheHeader:
         missing = [k for k in need if k not in d]
         if missing:
             raise CacheMismatchError(f"{source}: cache header lacks field {missing[0]!r}")
-        check_expert_descriptions(d["experts"], source, "cache")
-        return cls(kind, d["dataset"], d["split"], list(d["experts"]), list(d.get("failures", [])),
-                   list(d.get("notes", [])), list(d.get("categories", [])), list(d.get("samples") or []), d.get("dtype", "float32"),
+        experts = read_expert_cards(d["experts"], source, "cache")
+        return cls(kind, d["dataset"], d["split"], experts, list(d.get("failures", [])),
+                   list(d.get("notes", [])), list(d.get("categories", [])), list(d.get("samples") or []),
+                   d.get("dtype", "float32"),
                    str(d.get("root") or ""), int(d.get("start", 0)), int(d.get("stop", 0)))
 
     def where(self, i: int) -> str:

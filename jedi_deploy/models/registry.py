@@ -18,6 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from jedi_deploy.contracts.errors import CheckpointError, ConfigError
+from jedi_deploy.contracts.expert import ExpertCard
 from jedi_deploy.contracts.header import (
     atomic_path,
     dump_metadata,
@@ -70,13 +71,13 @@ class Expert:
     def num_classes(self) -> int:
         return self.model.head.out_features
 
-    def describe(self) -> dict:
-        """The JSON that later stages carry to identify and rebuild this expert."""
-        return {"name": self.name, "arch": self.arch, "arch_kwargs": self.arch_kwargs,
-                "dataset": self.dataset, "categories": list(self.categories),
-                "preprocess": self.preprocess.to_dict(), "embed_dim": self.embed_dim,
-                "num_classes": self.num_classes,
-                "checkpoint": str(self.path) if self.path else None, "sha256": self.sha256}
+    @property
+    def card(self) -> ExpertCard:
+        """What later stages carry (cache, bundle, checkpoint headers) to identify and rebuild this expert."""
+        return ExpertCard(name=self.name, arch=self.arch, dataset=self.dataset, categories=tuple(self.categories),
+                          preprocess=self.preprocess, embed_dim=self.embed_dim, num_classes=self.num_classes,
+                          arch_kwargs=dict(self.arch_kwargs), checkpoint=str(self.path) if self.path else None,
+                          sha256=self.sha256)
 
 
 def save_expert(model: ExpertModel, path: str | Path, *, name: str, arch: str, arch_kwargs: dict,

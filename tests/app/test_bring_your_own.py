@@ -88,14 +88,9 @@ def readme_commands() -> list[str]:
 @pytest.mark.slow
 def test_readme_bring_your_own_commands_run(tmp_path):
     """Each route of the README section, run exactly as written, on files of the names it uses."""
-    from jedi_deploy.models.zoo.torchvision import torchvision_video_model
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
-    try:
-        from test_zoo import _mmaction_resnet_keys
-    finally:
-        sys.path.pop(0)
     from jedi_deploy.models.tv_compat import import_torchvision
+    from jedi_deploy.models.zoo.torchvision import torchvision_video_model
+    from support.checkpoints import _mmaction_resnet_keys
 
     tv = import_torchvision()
     cmds = readme_commands()

@@ -1,27 +1,12 @@
 """The CLI as a user meets it: real subprocesses, one-line errors, non-zero exits."""
-import subprocess
-import sys
-import tempfile
 
 import pytest
 
+from support.cli import assert_clean_error, jedi
+
 # Subprocesses run from a temporary folder, never the repository root (where the bare train/,
 # export/ and serve/ folders would import as a second copy of the package).
-CWD = tempfile.gettempdir()
 COMMANDS = ["archs", "synth", "pretrain", "cache", "train", "eval", "export", "infer", "serve", "bench", "demo"]
-
-
-def jedi(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "jedi_deploy.app.cli", *map(str, args)], cwd=CWD,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def assert_clean_error(out, *needles):
-    assert out.returncode != 0
-    assert "Traceback" not in out.stderr, out.stderr
-    last = out.stderr.strip().splitlines()[-1]
-    for n in needles:
-        assert n in last, out.stderr
 
 
 def test_help_lists_every_stage():

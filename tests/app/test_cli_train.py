@@ -4,8 +4,7 @@ import json
 import pytest
 
 from jedi_deploy.models.bundle import load_bundle
-
-from .test_cli import assert_clean_error, jedi
+from support.cli import assert_clean_error, jedi
 
 QUICK = ["--epochs", "3", "--burn-in", "1", "--lr", "1e-3", "--hidden", "16", "--batch-size", "32"]
 

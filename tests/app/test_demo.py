@@ -2,12 +2,9 @@
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-# Subprocesses run from a temporary folder, never the repository root (where the bare train/,
-# export/ and serve/ folders would import as a second copy of the package).
-CWD = tempfile.gettempdir()
+from support.cli import CWD  # children run outside the repository root
 
 
 def test_demo_quick_end_to_end(tmp_path):

@@ -30,7 +30,9 @@ def test_triton_repository_parses_with_tritons_schema(onnx_dir, experts, tmp_pat
     assert cfg.instance_group[0].count == 2
     with pytest.raises(InputError, match="already exists"):
         write_model_repository(onnx_dir / f"{ex.name}.student.onnx", tmp_path / "repo")
-    with pytest.raises(Exception):
+    from google.protobuf.text_format import ParseError
+
+    with pytest.raises(ParseError):
         parse_config('name: "x" max_batch_size: "eight"')
 
 

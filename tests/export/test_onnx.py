@@ -83,9 +83,10 @@ def test_uint8_input_normalises_inside_the_graph(experts, test_video, tmp_path):
 def test_views_are_averaged_inside_the_graph(experts, test_video, tmp_path, average):
     from dataclasses import replace
 
+    from jedi_deploy.contracts.model_card import softmax
     from jedi_deploy.export.students import export_model
     from jedi_deploy.media.decode import load_views
-    from jedi_deploy.serve.runtime import OnnxModel, softmax
+    from jedi_deploy.serve.runtime import OnnxModel
 
     ex, graph = _pair(experts, 1)
     pre = replace(ex.preprocess, crops=10, short_side=40, average=average)

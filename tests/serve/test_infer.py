@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from jedi_deploy.contracts.errors import InputError
+from jedi_deploy.contracts.model_card import softmax
 from jedi_deploy.media.datasets import collect_inputs
 from jedi_deploy.media.decode import load_clip
 from jedi_deploy.serve.infer import format_records, infer, run_infer
-from jedi_deploy.serve.runtime import OnnxModel, softmax
+from jedi_deploy.serve.runtime import OnnxModel
 
 ROOT = Path(__file__).resolve().parents[2]
 # Subprocesses run from a temporary folder, never the repository root (where the bare train/,
@@ -186,7 +187,7 @@ def test_multi_view_models_average_their_views(experts, test_video, tmp_path, av
 def test_provider_preference_and_overrides(monkeypatch):
     import onnxruntime
 
-    from jedi_deploy.serve.runtime import select_providers
+    from jedi_deploy.runners.onnxruntime import select_providers
 
     have = ["CPUExecutionProvider", "CUDAExecutionProvider", "AzureExecutionProvider", "TensorrtExecutionProvider"]
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: have)

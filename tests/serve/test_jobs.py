@@ -9,8 +9,8 @@ import pytest
 
 requests = pytest.importorskip("requests")
 
-from service_helpers import start, stop  # noqa: E402
-from test_timeline import colour_model, coloured_video  # noqa: E402
+from support.colour import colour_model, coloured_video  # noqa: E402
+from support.service import start, stop  # noqa: E402
 
 
 def wait(url, job_id, states=("done", "failed", "cancelled"), timeout=120):

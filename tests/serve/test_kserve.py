@@ -12,7 +12,7 @@ from jedi_deploy.serve.runtime import OnnxModel  # noqa: E402
 
 
 def test_tritonclient_speaks_to_jedi_serve(onnx_dir, test_video):
-    from service_helpers import start, stop
+    from support.service import start, stop
 
     student = sorted(onnx_dir.glob("*.student.onnx"))[0]
     proc, addr = start([student])

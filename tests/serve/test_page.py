@@ -6,8 +6,9 @@ import os
 import shutil
 
 import pytest
-from service_helpers import start, stop
-from test_timeline import colour_model, coloured_video
+
+from support.colour import colour_model, coloured_video
+from support.service import start, stop
 
 
 def browser():

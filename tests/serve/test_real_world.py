@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from service_helpers import predict, start, stop
 
 from jedi_deploy.app.cli import cli
 from jedi_deploy.serve.runtime import OnnxModel
 from support.footage import corrupt, pattern, truncate, write_video
+from support.service import predict, start, stop
 
 requests = pytest.importorskip("requests")
 

@@ -20,8 +20,8 @@ needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None
 
 @pytest.fixture
 def test_runtimes_importable(monkeypatch):
-    """The probe's children find tests/serve/crash_runtime.py."""
-    monkeypatch.setenv("PYTHONPATH", f"{HERE}:{__import__('os').environ.get('PYTHONPATH', '')}")
+    """The probe's children find tests/support/crash_runtime.py."""
+    monkeypatch.setenv("PYTHONPATH", f"{HERE.parent}:{__import__('os').environ.get('PYTHONPATH', '')}")
 
 
 def torch_free(code: str, timeout=300) -> str:
@@ -61,7 +61,7 @@ def test_providers_are_for_onnx_runtime_only(onnx_dir):
 def test_probe_skips_a_runtime_that_crashes_the_process(onnx_dir, test_runtimes_importable):
     warnings = []
     pick = pick_runtime(onnx_dir / "hmdb-mini.student.onnx", threads=1, warn=warnings.append,
-                        candidates={"crashy": "crash_runtime:CrashSession", "ort": "ort"})
+                        candidates={"crashy": "support.crash_runtime:CrashSession", "ort": "ort"})
     assert pick["name"] == "ort" and pick["runtime"] == "ort" and pick["probes"]["ort"] > 0
     assert "crashy" in pick["skipped"] and "SIGSEGV" in pick["skipped"]["crashy"]
     assert len(warnings) == 1 and "runtime crashy skipped" in warnings[0] and "SIGSEGV" in warnings[0]
@@ -72,7 +72,7 @@ def test_probe_skips_a_hang_and_a_refusal_and_fails_when_nothing_runs(onnx_dir, 
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
     with pytest.raises(InputError, match="no runtime could run") as e:
-        pick_runtime(junk, candidates={"ort": "ort", "hang": "crash_runtime:HangSession"}, timeout_s=5,
+        pick_runtime(junk, candidates={"ort": "ort", "hang": "support.crash_runtime:HangSession"}, timeout_s=5,
                      warn=lambda m: None)
     assert "ONNX Runtime cannot load" in str(e.value) and "no answer within 5 s" in str(e.value)
 
@@ -135,7 +135,8 @@ def test_cli_bench_times_int8_students_and_shows_their_gate(int8_dir, tmp_path):
 @needs_openvino
 def test_service_on_openvino(int8_dir, test_video):
     import requests
-    from service_helpers import predict, start, stop
+
+    from support.service import predict, start, stop
 
     models = [int8_dir / "hmdb-mini.student.onnx", int8_dir / "hmdb-mini.student.int8.onnx"]
     proc, addr = start(models, "--runtime", "openvino")

@@ -17,7 +17,9 @@ import pytest
 requests = pytest.importorskip("requests")
 pytest.importorskip("fastapi")
 
-from service_helpers import (  # noqa: E402
+from jedi_deploy.contracts.preprocess import Preprocess  # noqa: E402
+from jedi_deploy.serve.runtime import OnnxModel  # noqa: E402
+from support.service import (  # noqa: E402
     CWD,
     assert_same_predictions,
     expected,
@@ -26,9 +28,6 @@ from service_helpers import (  # noqa: E402
     start,
     stop,
 )
-
-from jedi_deploy.contracts.preprocess import Preprocess
-from jedi_deploy.serve.runtime import OnnxModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT_MB = 0.25

@@ -10,7 +10,8 @@ import threading
 import time
 
 import pytest
-from service_helpers import metrics, predict, start, stop
+
+from support.service import metrics, predict, start, stop
 
 requests = pytest.importorskip("requests")
 

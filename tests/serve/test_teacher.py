@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from jedi_deploy.app.cli import cli
+from jedi_deploy.contracts.model_card import softmax
 from jedi_deploy.media.decode import load_views
 from jedi_deploy.models.bundle import load_bundle
 from jedi_deploy.serve.bench import (
@@ -18,7 +19,7 @@ from jedi_deploy.serve.bench import (
     format_bench,
     ort_runtimes,
 )
-from jedi_deploy.serve.runtime import OnnxModel, softmax
+from jedi_deploy.serve.runtime import OnnxModel
 
 
 def jedi_teacher_probs(bundle_path, experts, video, dataset="ucf-mini"):
