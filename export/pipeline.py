@@ -7,8 +7,10 @@ validated before it is renamed into place (``export.onnx``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from jedi_deploy.contracts.gate import GateReport
 
 from .onnx import TOLERANCES, OnnxExportConfig
 from .quantize import Int8Options
@@ -42,17 +44,61 @@ class TritonOptions:
     force: bool = False
 
 
-def export_all(bundle: str | Path, out: str | Path, *, cfg: OnnxExportConfig = OnnxExportConfig(),
-               students: list[str] | None = None, expert_paths: dict[str, str] | None = None,
-               with_experts: bool = True, teachers: tuple[str, ...] = (), clip: str | Path | None = None,
-               trt: TrtOptions | None = None, triton: TritonOptions | None = None, int8: Int8Request | None = None,
-               progress: bool = False) -> list[dict]:
-    """Export a bundle's students (+ experts and teachers) and the optional deploy targets.
-    Returns one validation report per ONNX file; with ``trt`` each also has ``"plan"`` (the
-    engine, checked against ONNX Runtime), with ``triton`` ``"triton"`` (model folders). With
-    ``int8`` each student is also quantized behind the accuracy gate
-    (:mod:`jedi_deploy.export.quantize`): its gate report is a further entry (``"gate"``); a
-    student that fails the gate gets no INT8 file and, once everything else is written,
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything ``jedi export`` can be told, grouped: the graph and its validation (``cfg``), what
+    to export and the optional deploy targets."""
+
+    cfg: OnnxExportConfig = OnnxExportConfig()
+    students: tuple[str, ...] = ()  # empty: every student
+    expert_paths: dict | None = None  # NAME -> checkpoint, instead of the path the bundle records
+    with_experts: bool = True
+    teachers: tuple[str, ...] = ()
+    clip: Path | None = None  # a video to validate on as well
+    trt: TrtOptions | None = None
+    triton: TritonOptions | None = None
+    int8: Int8Request | None = None
+
+
+@dataclass
+class ExportResult:
+    """One file ``jedi export`` wrote, with what was checked: ``validation`` (an ONNX graph against
+    PyTorch), ``gate`` (an INT8 student's accuracy gate), ``plan`` (its TensorRT engine, checked
+    against ONNX Runtime), ``triton`` (its Triton model folders)."""
+
+    kind: str  # student | expert | teacher | student-int8
+    name: str
+    path: Path
+    validation: dict | None = None
+    gate: GateReport | None = None
+    gate_path: Path | None = None
+    plan: Path | None = None
+    triton: list[Path] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """What the CLI prints for this file."""
+        if self.gate is not None:
+            g, ev = self.gate.final, self.gate.evaluation
+            out = [f"{self.path}: INT8 gate passed: acc@1 {ev['acc1']:.2f} -> {g.acc1:.2f} (int8 - fp32 95% CI "
+                   f"[{g.ci95[0]:+.2f}, {g.ci95[1]:+.2f}] on {ev['videos']} videos), top-1 agreement "
+                   f"{g.agreement:.1f}%, {len(g.float_nodes)} node(s) kept float; report {self.gate_path}"]
+        else:
+            v = self.validation
+            out = [f"{self.path}: max abs diff {v['max_abs_diff']:.2e}"
+                   + (f", top-1 agreement {100 * v['top1_agreement']:.0f}% on {v['num_inputs']} inputs"
+                      if "top1_agreement" in v else "")]
+        if self.plan is not None:
+            out.append(f"{self.plan}: TensorRT engine matches ONNX Runtime")
+        out += [f"{folder}: Triton model (config.pbtxt checked against Triton's schema)" for folder in self.triton]
+        return out
+
+
+def export_all(bundle: str | Path, out: str | Path, opts: ExportOptions = ExportOptions(), *,
+               progress: bool = False) -> list[ExportResult]:
+    """Export a bundle's students (+ experts and teachers) and the optional deploy targets (``opts``).
+    Returns one :class:`ExportResult` per file. With ``opts.int8`` each student is also quantized
+    behind the accuracy gate (:mod:`jedi_deploy.export.quantize`); a student that fails the gate
+    gets no INT8 file and, once everything else is written,
     :class:`~jedi_deploy.contracts.errors.QuantizationGateError` is raised with its table."""
     from jedi_deploy.contracts.bundle import read_bundle_header
     from jedi_deploy.contracts.errors import InputError, QuantizationGateError
@@ -60,6 +106,7 @@ def export_all(bundle: str | Path, out: str | Path, *, cfg: OnnxExportConfig = O
     from .ensemble import check_options, export_teacher
     from .students import export_bundle, select_students
 
+    cfg, students, int8, trt, triton = opts.cfg, list(opts.students) or None, opts.int8, opts.trt, opts.triton
     if int8 is not None:  # refuse before any work: the options and where the videos come from
         if cfg.fp16:
             raise InputError("--int8 quantizes the fp32 graph; drop --fp16 (export fp16 models separately)")
@@ -76,44 +123,42 @@ def export_all(bundle: str | Path, out: str | Path, *, cfg: OnnxExportConfig = O
         from .trt import require_tensorrt
 
         require_tensorrt()
-    if teachers:
+    if opts.teachers:
         check_options(cfg)
-    reports = export_bundle(bundle, out, students=students, expert_paths=expert_paths, with_experts=with_experts,
-                            cfg=cfg, clip=clip, progress=progress)
-    reports += [export_teacher(bundle, out, d, expert_paths=expert_paths, cfg=cfg) for d in teachers]
+    reports = export_bundle(bundle, out, students=students, expert_paths=opts.expert_paths,
+                            with_experts=opts.with_experts, cfg=cfg, clip=opts.clip, progress=progress)
+    reports += [export_teacher(bundle, out, d, expert_paths=opts.expert_paths, cfg=cfg) for d in opts.teachers]
+    results = [ExportResult(r["kind"], r["name"], Path(r["path"]), validation=r) for r in reports]
     refused = []
     if int8 is not None:
         from jedi_deploy.contracts.gate import gate_path, refusal
 
         from .quantize import quantize_exported
 
-        names = [r["name"] for r in reports if r["kind"] == "student"]
+        names = [r.name for r in results if r.kind == "student"]
         for g in quantize_exported(bundle, out, names, int8.options, calib_lists=int8.calib_lists,
                                    eval_lists=int8.eval_lists, progress=progress):
             if not g.passed:
                 refused.append(g)
                 continue
-            reports.append({"name": Path(g.fp32_model).name.removesuffix(".student.onnx"), "kind": "student-int8",
-                            "path": g.model, "gate": str(gate_path(g.model)), "gate_report": g})
-    for r in reports:
-        onnx_path = Path(r["path"])
-        plan = None
+            results.append(ExportResult("student-int8", Path(g.fp32_model).name.removesuffix(".student.onnx"),
+                                        Path(g.model), gate=g, gate_path=gate_path(g.model)))
+    for r in results:
         if trt is not None:
             from .trt import build_engine, check_engine_parity
 
-            plan = onnx_path.with_suffix(".plan")
-            build_engine(onnx_path, plan, fp16=cfg.fp16, int8=r["kind"] == "student-int8", batch=trt.batch,
+            r.plan = r.path.with_suffix(".plan")
+            build_engine(r.path, r.plan, fp16=cfg.fp16, int8=r.kind == "student-int8", batch=trt.batch,
                          timing_cache=trt.timing_cache)
-            check_engine_parity(plan, onnx_path, output_name=cfg.output_name, batch=trt.batch,
-                                tol=TOLERANCES["int8"] if r["kind"] == "student-int8" else cfg.tolerance())
-            r["plan"] = str(plan)
+            check_engine_parity(r.plan, r.path, output_name=cfg.output_name, batch=trt.batch,
+                                tol=TOLERANCES["int8"] if r.kind == "student-int8" else cfg.tolerance())
         if triton is not None:
             from .triton import write_model_repository
 
-            r["triton"] = [str(f) for f in write_model_repository(
-                onnx_path, triton.repo, plan_path=plan, max_batch_size=triton.max_batch_size,
-                instances=triton.instances, gpu=trt is not None, force=triton.force)]
+            r.triton = list(write_model_repository(r.path, triton.repo, plan_path=r.plan,
+                                                   max_batch_size=triton.max_batch_size, instances=triton.instances,
+                                                   gpu=trt is not None, force=triton.force))
     if refused:
         raise QuantizationGateError("\n\n".join(refusal(g) for g in refused)
                                     + "\n\n(everything else is written)", refused)
-    return reports
+    return results

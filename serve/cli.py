@@ -88,13 +88,15 @@ def infer(model, inputs, out, fmt, as_json, topk, batch_size, workers, strict, p
 def _timeline(model, inputs, out, fmt, as_json, topk, providers, threads, runtime, window, stride, smooth, plot):
     from jedi_deploy.contracts.errors import ConfigError
 
+    from .config import WindowSpec
     from .timeline import format_segments, run_timeline
 
     if window is None:
         raise ConfigError("--stride and --plot belong to sliding-window mode: give --window SEC too")
     if len(inputs) != 1:
         raise ConfigError(f"--window takes one video, got {len(inputs)} inputs")
-    text, tl = run_timeline(model, inputs[0], window=window, stride=stride or window / 2, smooth_windows=smooth,
+    spec = WindowSpec.parse(window, stride, smooth)
+    text, tl = run_timeline(model, inputs[0], spec,
                             topk=topk, out=out, fmt="jsonl" if as_json else fmt, plot=plot, providers=providers,
                             threads=threads, runtime=runtime, progress=progress())
     if text:

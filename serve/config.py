@@ -1,10 +1,12 @@
-"""``ServeConfig``: everything ``jedi serve`` can be told, with its defaults (the CLI reads them here)."""
+"""``ServeConfig``: everything ``jedi serve`` can be told, with its defaults (the CLI reads them here);
+``WindowSpec``: the one rule for sliding-window requests (``jedi infer --window``, ``?window=``)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jedi_deploy.contracts.errors import InputError
+from jedi_deploy.contracts.errors import ConfigError, InputError
 
 
 @dataclass
@@ -52,3 +54,47 @@ class ServeConfig:
         if not 0 <= self.port <= 65535:
             raise InputError(f"port must be in 0..65535, got {self.port}")
         return self
+
+
+#: A window's default stride, as a share of the window (half-overlapping windows).
+DEFAULT_STRIDE = 0.5
+#: The longest window, in seconds (``jedi infer --window`` and ``/v1/predict?window=`` alike).
+MAX_WINDOW_S = 3600.0
+#: The widest moving average over windows (``--smooth`` / ``smooth=``).
+MAX_SMOOTH = 99
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Sliding-window inference: windows of ``window`` seconds every ``stride`` seconds, class
+    probabilities smoothed over ``smooth`` windows. One rule for the CLI and HTTP
+    (:meth:`parse`), which names the option (``--window`` or ``window``) it refuses."""
+
+    window: float
+    stride: float
+    smooth: int = 1
+
+    @classmethod
+    def parse(cls, window, stride=None, smooth=None, *, option: str = "--") -> "WindowSpec":
+        """From CLI values or HTTP fields (strings); ``stride`` defaults to :data:`DEFAULT_STRIDE`
+        of the window, ``smooth`` to 1. ``option`` prefixes the names in errors ("--" or "")."""
+        w, s, m = f"{option}window", f"{option}stride", f"{option}smooth"
+        try:
+            win = float(window)
+            step = float(stride) if stride not in (None, "") else win * DEFAULT_STRIDE
+        except (TypeError, ValueError):
+            raise ConfigError(f"{w} and {s} must be seconds, got {window!r} and {stride!r}") from None
+        try:
+            width = int(str(smooth).strip()) if smooth not in (None, "") else 1
+        except ValueError:
+            raise ConfigError(f"{m} must be a whole number of windows, got {smooth!r}") from None
+        if not (win > 0 and step > 0) or not (math.isfinite(win) and math.isfinite(step)):
+            raise ConfigError(f"{w} and {s} must be > 0 seconds, got {window} and {step:g}")
+        if step > win:
+            raise ConfigError(f"{s} {step:g} s is longer than {w} {win:g} s: frames between windows would "
+                              "never be looked at")
+        if win > MAX_WINDOW_S:
+            raise ConfigError(f"{w} {win:g} s is longer than the longest window, {MAX_WINDOW_S:g} s")
+        if not 1 <= width <= MAX_SMOOTH:
+            raise ConfigError(f"{m} must be 1..{MAX_SMOOTH} windows, got {width}")
+        return cls(win, step, width)

@@ -6,7 +6,9 @@ A job is a whole-video prediction or, with ``window``, a sliding-window timeline
 (:mod:`jedi_deploy.serve.timeline`). Its video is an upload (spooled to a private temp file before the
 202, removed when the job ends) or a ``path`` the server may read: only under ``--jobs-root``, after
 resolving links, so nothing outside it can be named. At most ``--max-jobs`` jobs are queued or running
-(more: 503 with Retry-After); finished jobs are kept ``--job-ttl-s`` seconds, then forgotten. Torch-free.
+(more: :class:`JobsFull`, a 503 with Retry-After); finished jobs are kept ``--job-ttl-s`` seconds, then
+forgotten. The store runs whatever callable it is given (the service's) and raises domain errors
+(:class:`JobError`), which the HTTP layer maps to statuses. Torch-free.
 """
 from __future__ import annotations
 
@@ -14,19 +16,40 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jedi_deploy.contracts.errors import InputError, VideoDecodeError
+from jedi_deploy.contracts.errors import InputError, JediError, VideoDecodeError
 
-from .guard import ApiError
+from .config import WindowSpec
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 
 
 class Cancelled(Exception):
     pass
+
+
+class JobError(JediError):
+    """What a client asked of the job store cannot be done; the HTTP layer maps each kind to a status."""
+
+
+class JobsFull(JobError):
+    """As many jobs are queued or running as the store keeps (``--max-jobs``)."""
+
+
+class UnknownJob(JobError):
+    """No such job (never made, or finished and forgotten)."""
+
+
+class PathNotAllowed(JobError):
+    """A path outside the jobs root, or any path when there is none."""
+
+
+class PathNotFound(JobError):
+    """A path under the jobs root that is not a file."""
 
 
 @dataclass
@@ -37,7 +60,7 @@ class Job:
     source: str  # the file read
     owned: bool  # a spooled upload, removed when the job ends
     topk: int
-    windowed: tuple | None
+    window: WindowSpec | None
     created: float = field(default_factory=time.time)
     status: str = "queued"
     progress: float = 0.0
@@ -58,10 +81,17 @@ class Job:
         return d
 
 
-class JobStore:
-    """The jobs of one service: a bounded set, worker threads, expiry."""
+#: What runs a job: ``run(job, progress)`` returns its result; ``progress(fraction)`` raises
+#: :class:`Cancelled` once the job is cancelled.
+JobRunner = Callable[[Job, Callable[[float], None]], dict]
 
-    def __init__(self, *, workers: int, max_jobs: int, ttl_s: float, root: Path | None):
+
+class JobStore:
+    """The jobs of one service: a bounded set, worker threads running ``run``, expiry. Raises
+    :class:`JobError` subclasses; it knows nothing of HTTP or of models."""
+
+    def __init__(self, run: JobRunner, *, workers: int, max_jobs: int, ttl_s: float, root: Path | None):
+        self.run = run
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
         self.max_jobs, self.ttl_s = max_jobs, ttl_s
         self.root = root.resolve() if root else None
@@ -70,16 +100,16 @@ class JobStore:
 
     # ------------------------------------------------------------------ what a client may name
     def allowed_path(self, raw: str) -> str:
-        """``raw`` resolved inside ``--jobs-root``, or a 403/404 naming why not."""
+        """``raw`` resolved inside ``--jobs-root``, or a :class:`JobError` naming why not."""
         if self.root is None:
-            raise ApiError(403, "path_not_allowed", "this service reads no paths (start it with --jobs-root DIR to "
-                                                    "allow paths under DIR); upload the video instead")
+            raise PathNotAllowed("this service reads no paths (start it with --jobs-root DIR to allow paths under "
+                                 "DIR); upload the video instead")
         p = Path(raw)
         p = (p if p.is_absolute() else self.root / p).resolve()
         if p != self.root and self.root not in p.parents:
-            raise ApiError(403, "path_not_allowed", f"{raw!r} is outside the jobs root")
+            raise PathNotAllowed(f"{raw!r} is outside the jobs root")
         if not p.is_file():
-            raise ApiError(404, "not_found", f"{raw!r}: no such file under the jobs root")
+            raise PathNotFound(f"{raw!r}: no such file under the jobs root")
         return str(p)
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -89,18 +119,19 @@ class JobStore:
             for k in [k for k, j in self.jobs.items() if j.finished and now - j.finished > self.ttl_s]:
                 del self.jobs[k]
 
-    def submit(self, service, *, model: str, video: str, source: str, owned: bool, topk: int, windowed) -> Job:
+    def submit(self, *, model: str, video: str, source: str, owned: bool, topk: int,
+               window: WindowSpec | None) -> Job:
         self.purge()
         with self.lock:
             active = sum(j.status in ("queued", "running") for j in self.jobs.values())
             if active >= self.max_jobs:
                 if owned:
                     os.unlink(source)
-                raise ApiError(503, "jobs_full", f"{active} jobs are queued or running, the most this service keeps "
-                                                 "(jedi serve --max-jobs); retry later", headers={"Retry-After": "5"})
-            job = Job(uuid.uuid4().hex[:16], model, video, source, owned, topk, windowed)
+                raise JobsFull(f"{active} jobs are queued or running, the most this service keeps "
+                               "(jedi serve --max-jobs); retry later")
+            job = Job(uuid.uuid4().hex[:16], model, video, source, owned, topk, window)
             self.jobs[job.id] = job
-        self.pool.submit(self._run, service, job)
+        self.pool.submit(self._run, job)
         return job
 
     def get(self, job_id: str) -> Job:
@@ -108,7 +139,7 @@ class JobStore:
         with self.lock:
             job = self.jobs.get(job_id)
         if job is None:
-            raise ApiError(404, "unknown_job", f"no job {job_id!r} (finished jobs are kept {self.ttl_s:g} s)")
+            raise UnknownJob(f"no job {job_id!r} (finished jobs are kept {self.ttl_s:g} s)")
         return job
 
     def cancel(self, job_id: str) -> Job:
@@ -129,20 +160,20 @@ class JobStore:
             except FileNotFoundError:
                 pass
 
-    def _run(self, service, job: Job) -> None:
+    def _run(self, job: Job) -> None:
         with self.lock:
             if job.status != "queued":
                 return  # cancelled while queued
             job.status, job.started = "running", time.time()
         try:
-            result = self._work(service, job)
+            result = self.run(job, lambda fraction: self._progress(job, fraction))
         except Cancelled:
             with self.lock:
                 self._finish(job, "cancelled")
             return
         except (VideoDecodeError, InputError) as e:
             with self.lock:
-                self._finish(job, "failed", error=str(e).replace(job.source, job.video))
+                self._finish(job, "failed", error=str(e))
             return
         except Exception as e:  # noqa: BLE001 - a job's bug must not take the service down
             with self.lock:
@@ -151,25 +182,11 @@ class JobStore:
         with self.lock:
             self._finish(job, "cancelled" if job.cancel.is_set() else "done", result=result)
 
-    def _work(self, service, job: Job) -> dict:
-        from .timeline import Timeline, run_windows
-
-        model = service.models[job.model]
-        if job.windowed is None:
-            probs = model.video_probs(job.source)
-            if job.cancel.is_set():
-                raise Cancelled
-            return {"predictions": [p.__dict__ for p in model.top(probs, job.topk)]}
-        window, stride, smooth = job.windowed
-
-        def progress(fraction: float) -> None:
-            if job.cancel.is_set():
-                raise Cancelled
-            job.progress = min(0.99, fraction)
-
-        tl: Timeline = run_windows(model, job.source, window=window, stride=stride, smooth_windows=smooth,
-                                   on_window=progress)
-        return tl.answer(job.topk, job.video, job.source)
+    @staticmethod
+    def _progress(job: Job, fraction: float) -> None:
+        if job.cancel.is_set():
+            raise Cancelled
+        job.progress = min(0.99, fraction)
 
     def close(self) -> None:
         for job in list(self.jobs.values()):

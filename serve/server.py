@@ -17,25 +17,28 @@ status, and the service keeps serving. On SIGINT/SIGTERM it stops accepting conn
 finishes the requests in flight, then exits.
 """
 import asyncio
-import os
 import socket
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from jedi_deploy.contracts.errors import InputError, VideoDecodeError
+from jedi_deploy.contracts.errors import ConfigError, InputError, VideoDecodeError
 
-from .batcher import MicroBatcher
-from .config import ServeConfig
+from .config import ServeConfig, WindowSpec
 from .guard import ApiError, UploadGuard, error_body
-from .jobs import JobStore
+from .jobs import Job, JobError, JobsFull, JobStore, PathNotAllowed, PathNotFound, UnknownJob
 from .metrics import Metrics
+from .pool import ModelPool
 from .runtime import OnnxModel, Prepared
+from .timeline import run_windows
+from .uploads import Spool, Upload, read_upload
 
-UPLOAD_FIELD = "video"
+#: Job-store errors -> (HTTP status, error type, extra headers).
+JOB_ERRORS = {JobsFull: (503, "jobs_full", {"Retry-After": "5"}), UnknownJob: (404, "unknown_job", None),
+              PathNotAllowed: (403, "path_not_allowed", None), PathNotFound: (404, "not_found", None)}
 
 
 def _int_field(value, name: str, low: int, high: int) -> int:
@@ -48,214 +51,117 @@ def _int_field(value, name: str, low: int, high: int) -> int:
     return n
 
 
-def _window_fields(params: dict) -> tuple[float, float, int] | None:
-    """``window``/``stride`` (seconds) and ``smooth`` (windows) of a sliding-window request, or None."""
+def _window(params: dict) -> WindowSpec | None:
+    """The request's sliding-window fields (``window``, ``stride``, ``smooth``) by the one rule
+    (:meth:`WindowSpec.parse`), or None for a whole-video request."""
     if "window" not in params:
         if "stride" in params or "smooth" in params:
             raise ApiError(422, "invalid_field", "'stride' and 'smooth' belong to sliding-window requests: "
                                                  "give 'window' (seconds) too")
         return None
     try:
-        window = float(params["window"])
-        stride = float(params.get("stride", window / 2))
-    except ValueError:
-        raise ApiError(422, "invalid_field", f"'window' and 'stride' must be seconds, got {params.get('window')!r} "
-                                             f"and {params.get('stride')!r}") from None
-    if not (0 < stride <= window <= 3600):
-        raise ApiError(422, "invalid_field", f"need 0 < stride <= window <= 3600 seconds, got window {window}, "
-                                             f"stride {stride}")
-    return window, stride, _int_field(params.get("smooth", 1), "smooth", 1, 99)
+        return WindowSpec.parse(params["window"], params.get("stride"), params.get("smooth"), option="")
+    except ConfigError as e:
+        raise ApiError(422, "invalid_field", str(e)) from None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a predict or job request asks: the served model, the labels per answer, the windows."""
+
+    model: str
+    topk: int
+    window: WindowSpec | None
 
 
 class Service:
-    """The models, their batchers and the decode pool behind one FastAPI app."""
+    """The request handlers behind one FastAPI app, over the served models (:class:`ModelPool`),
+    the upload spool (:mod:`.uploads`), the decode pool and the job store (:mod:`.jobs`)."""
 
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg.check()
         self.metrics = Metrics()
-        loaded = [OnnxModel(path, providers=cfg.providers, threads=cfg.threads, runtime=cfg.runtime)
-                  for path in cfg.models]
-        self.models: dict[str, OnnxModel] = {}
-        for m in loaded:  # served under its name; a student and its expert under their file stems
-            shared = sum(x.name == m.name for x in loaded) > 1
-            name = m.path.name.removesuffix(".onnx") if shared else m.name
-            if name in self.models:
-                raise InputError(f"two models would both be served as {name!r} ({self.models[name].path} and "
-                                 f"{m.path}); serve them from separate processes")
-            self.models[name] = m
-        self.batchers: dict[str, MicroBatcher] = {}
+        self.pool = ModelPool(cfg, self.metrics)
+        self.spool = Spool()
         self.decode_pool: ThreadPoolExecutor | None = None
-        self.tmp: tempfile.TemporaryDirectory | None = None
         self.stopping = False
-        self.jobs = JobStore(workers=cfg.job_workers, max_jobs=cfg.max_jobs, ttl_s=cfg.job_ttl_s,
+        self.jobs = JobStore(self.run_job, workers=cfg.job_workers, max_jobs=cfg.max_jobs, ttl_s=cfg.job_ttl_s,
                              root=Path(cfg.jobs_root) if cfg.jobs_root else None)
+
+    @property
+    def models(self) -> dict[str, OnnxModel]:
+        return self.pool.models
 
     # lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         import av.video.reformatter  # noqa: F401 - imported now, not on the first upload (~0.1 s)
 
-        self.tmp = tempfile.TemporaryDirectory(prefix="jedi-serve-")
+        self.spool.open()
         self.decode_pool = ThreadPoolExecutor(self.cfg.decode_workers, thread_name_prefix="decode")
-        for m in self.models.values():
-            m.run(m.sample_input(1))  # ORT's first run allocates and plans; not on a user's request
-        for name, m in self.models.items():
-            self.batchers[name] = MicroBatcher(m, name, self.cfg.max_batch_size, self.cfg.max_delay_ms / 1e3,
-                                               self.metrics)
-            self.batchers[name].start()
+        self.pool.start()
 
     async def stop(self) -> None:
         """Runs after uvicorn has stopped accepting and the requests in flight are answered."""
         self.stopping = True
-        for b in self.batchers.values():
-            await b.stop()
+        await self.pool.stop()
         if self.decode_pool is not None:
             self.decode_pool.shutdown(wait=True)
         self.jobs.close()  # running jobs stop at their next window; their uploads are removed
-        if self.tmp is not None:
-            self.tmp.cleanup()
+        self.spool.close()
         print("jedi serve: stopped cleanly (requests in flight were answered)", file=sys.stderr, flush=True)
 
     # requests ---------------------------------------------------------------------------
-    def model_info(self, name: str, m: OnnxModel) -> dict:
-        inputs = [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype, "layout": i.layout, "expert": i.expert,
-                   "preprocess": i.preprocess.to_dict(), "views_in_graph": i.views} for i in m.card.inputs]
-        return {"name": name, "kind": m.kind, "file": m.path.name, "dataset": m.card.dataset, "arch": m.card.arch,
-                "num_classes": len(m.categories), "categories": m.categories,
-                "preprocess": inputs[0]["preprocess"], "views_in_graph": inputs[0]["views_in_graph"],
-                "input": inputs[0], "inputs": inputs, "output": m.output_name,
-                "precision": m.card.precision, "runtime": m.runtime, "runtime_info": m.runtime_info,
-                "providers": m.runtime_info.get("providers", []),
-                "max_batch_size": self.cfg.max_batch_size, "max_delay_ms": self.cfg.max_delay_ms}
+    def request(self, params: dict) -> Request:
+        name = self.pool.pick(params.get("model"))
+        n = len(self.models[name].categories)
+        return Request(name, _int_field(params.get("topk", min(self.cfg.topk, n)), "topk", 1, n), _window(params))
 
-    def pick_model(self, name: str | None) -> str:
-        if name is None or name == "":
-            if len(self.models) == 1:
-                return next(iter(self.models))
-            raise ApiError(400, "missing_field", f"field 'model' is required when several models are served: "
-                                                 f"{sorted(self.models)}")
-        if name not in self.models:
-            raise ApiError(404, "unknown_model", f"no model named {name!r}; served: {sorted(self.models)}")
-        return name
-
-    def _temp_path(self, filename: str) -> str:
-        fd, tmp = tempfile.mkstemp(dir=self.tmp.name, suffix=Path(filename).suffix[:16])
-        os.close(fd)
-        return tmp
-
-    async def _spool_body(self, request, filename: str) -> str:
-        """Stream a raw request body into a private temp file: memory holds one chunk at a time,
-        whatever the upload's size (the guard caps the size and times out a stalled body)."""
-        tmp = self._temp_path(filename)
-        try:
-            with open(tmp, "wb") as f:
-                async for chunk in request.stream():
-                    f.write(chunk)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return tmp
-
-    def _as_file(self, source, filename: str) -> str:
-        """A spooled temp file's path as is, or a multipart file object copied into a new temp file
-        (removed again if the copy fails); the caller removes the file when done."""
-        if isinstance(source, str):
-            return source
-        tmp = self._temp_path(filename)
-        try:
-            with open(tmp, "wb") as f:
-                source.seek(0)
-                while chunk := source.read(1 << 20):
-                    f.write(chunk)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return tmp
-
-    def _decode_upload(self, model: OnnxModel, source, filename: str) -> Prepared:
-        """Decode one upload - a spooled temp file's path (removed here) or a multipart file object
-        (copied to one) - in the decode pool."""
+    def _decode(self, model: OnnxModel, upload: Upload) -> Prepared:
+        """Decode one spooled upload (removed here), in the decode pool."""
         t0 = time.perf_counter()
-        tmp = self._as_file(source, filename)
         try:
-            try:
-                x = model.prepare_video(tmp)
-            except VideoDecodeError as e:
-                raise ApiError(422, "invalid_video", str(e).replace(tmp, filename)) from None
-            if x.warning:
-                x = Prepared(x.feed, x.warning.replace(tmp, filename).replace(Path(tmp).name, filename))
+            x = model.prepare_video(upload.path, name=upload.name)
+        except VideoDecodeError as e:
+            raise ApiError(422, "invalid_video", str(e)) from None
         finally:
-            os.unlink(tmp)
+            upload.discard()
         self.metrics.decode.observe(time.perf_counter() - t0)
         return x
 
-    async def _read_form(self, request, params: dict):
-        """A multipart body: (the form, which the caller closes; its video upload). Its text fields
-        (model, topk, window, stride, smooth) join ``params`` unless the query already set them."""
-        from starlette.datastructures import UploadFile
-        from starlette.requests import ClientDisconnect
-
-        try:  # python-multipart spools file parts to disk past 1 MiB
-            form = await request.form(max_files=1, max_fields=8)
-        except (ApiError, ClientDisconnect):
-            raise  # over the size limit, stalled, or the client went away: answered by the guard
-        except Exception as e:  # whatever the multipart parser makes of a malformed body
-            raise ApiError(400, "malformed_request", f"cannot parse the multipart body ({e})") from None
-        try:
-            for k in ("model", "topk", "window", "stride", "smooth"):
-                if k in form and not isinstance(form[k], UploadFile):
-                    params.setdefault(k, form[k])
-            upload = form.get(UPLOAD_FIELD)
-            if upload is None:
-                raise ApiError(400, "missing_field", f"multipart field {UPLOAD_FIELD!r} (the video file) is "
-                                                     f"missing; got fields {sorted(form.keys())}")
-            if not isinstance(upload, UploadFile):
-                raise ApiError(422, "invalid_field", f"field {UPLOAD_FIELD!r} must be a file upload, not a text value")
-        except ApiError:
-            await form.close()
-            raise
-        return form, upload
-
     async def predict(self, request) -> dict:
         params = dict(request.query_params)
-        ctype = request.headers.get("content-type", "")
-        form = None
+        upload, req = await read_upload(request, params, self.spool, self.request)
+        model = self.models[req.model]
+        loop = asyncio.get_running_loop()
+        if req.window is not None:  # a timeline: the windows run in the decode pool, outside the batcher
+            return await loop.run_in_executor(self.decode_pool, self._timeline, model, req, upload)
+        batcher = self.pool.batchers[req.model]
+        t0 = time.perf_counter()
+        batcher.incoming += 1
         try:
-            if ctype.startswith("multipart/form-data"):
-                form, upload = await self._read_form(request, params)
-                source, filename = upload.file, upload.filename or "upload"
-                name, topk = self._request_model(params)
-            elif ctype.startswith(("application/x-www-form-urlencoded", "application/json", "text/")):
-                raise ApiError(415, "unsupported_media_type",
-                               f"send the video as multipart/form-data (field {UPLOAD_FIELD!r}) or as the raw "
-                               f"request body (e.g. video/mp4), not {ctype.split(';')[0]}")
-            else:
-                filename = params.get("filename", "upload")
-                name, topk = self._request_model(params)  # before reading a body that would be refused
-                source = await self._spool_body(request, filename)
-            model = self.models[name]
-            loop = asyncio.get_running_loop()
-            windowed = _window_fields(params)
-            if windowed is not None:  # a timeline: the windows run in the decode pool, outside the batcher
-                return await loop.run_in_executor(self.decode_pool, self._timeline_upload, model, name, source,
-                                                  filename, windowed, topk)
-            batcher = self.batchers[name]
-            t0 = time.perf_counter()
-            batcher.incoming += 1
-            try:
-                x = await loop.run_in_executor(self.decode_pool, self._decode_upload, model, source, filename)
-            finally:
-                batcher.incoming -= 1
-            t1 = time.perf_counter()
-            probs = await batcher.submit(x.feed)
-            t2 = time.perf_counter()
+            x = await loop.run_in_executor(self.decode_pool, self._decode, model, upload)
         finally:
-            if form is not None:
-                await form.close()
-        answer = {"model": name, "video": filename, "predictions": [p.__dict__ for p in model.top(probs, topk)],
+            batcher.incoming -= 1
+        t1 = time.perf_counter()
+        probs = await batcher.submit(x.feed)
+        t2 = time.perf_counter()
+        answer = {"model": req.model, "video": upload.name,
+                  "predictions": [p.__dict__ for p in model.top(probs, req.topk)],
                   "timing_ms": {"decode": round(1e3 * (t1 - t0), 3), "queue_and_inference": round(1e3 * (t2 - t1), 3)}}
         if x.warning:  # truncated or corrupt: predicted from the frames before the first error
             answer["warning"] = x.warning
         return answer
+
+    def _timeline(self, model: OnnxModel, req: Request, upload: Upload) -> dict:
+        """Sliding-window inference over one upload (serve.timeline), in the decode pool."""
+        t0 = time.perf_counter()
+        try:
+            tl = run_windows(model, upload.path, req.window, name=upload.name)
+        except (VideoDecodeError, InputError) as e:
+            raise ApiError(422, "invalid_video", str(e)) from None
+        finally:
+            upload.discard()
+        return {"model": req.model, **tl.answer(req.topk), "timing_ms": {"total": round(1e3 * (time.perf_counter() - t0), 3)}}
 
     async def submit_job(self, request) -> dict:
         """``POST /v1/jobs``: a path under the jobs root (JSON ``{"path": ...}``) or an upload (multipart
@@ -263,8 +169,7 @@ class Service:
         import json
 
         params = dict(request.query_params)
-        ctype = request.headers.get("content-type", "")
-        if ctype.startswith("application/json"):
+        if request.headers.get("content-type", "").startswith("application/json"):
             try:
                 body = json.loads(await request.body())
             except ValueError as e:
@@ -272,47 +177,34 @@ class Service:
             if not isinstance(body, dict) or not isinstance(body.get("path"), str):
                 raise ApiError(400, "missing_field", 'a JSON job needs {"path": "<file under the jobs root>"}')
             params.update({k: str(v) for k, v in body.items() if k != "path"})
-            name, topk = self._request_model(params)
-            windowed = _window_fields(params)
-            source, video, owned = self.jobs.allowed_path(body["path"]), body["path"], False
-        elif ctype.startswith("multipart/form-data"):
-            form, upload = await self._read_form(request, params)
-            try:
-                name, topk = self._request_model(params)
-                windowed = _window_fields(params)
-                video = upload.filename or "upload"
-                source, owned = self._as_file(upload.file, video), True
-            finally:
-                await form.close()
+            req = self.request(params)
+            source, video, owned = self.job_call(self.jobs.allowed_path, body["path"]), body["path"], False
         else:
-            video = params.get("filename", "upload")
-            name, topk = self._request_model(params)
-            windowed = _window_fields(params)
-            source, owned = await self._spool_body(request, video), True
-        return self.jobs.submit(self, model=name, video=video, source=source, owned=owned, topk=topk,
-                                windowed=windowed).to_dict()
+            upload, req = await read_upload(request, params, self.spool, self.request)
+            source, video, owned = upload.path, upload.name, True
+        job = self.job_call(self.jobs.submit, model=req.model, video=video, source=source, owned=owned,
+                            topk=req.topk, window=req.window)
+        return job.to_dict()
 
-    def _timeline_upload(self, model: OnnxModel, name: str, source, filename: str, windowed, topk: int) -> dict:
-        """Sliding-window inference over one upload (serve.timeline), in the decode pool."""
-        from .timeline import run_windows
-
-        window, stride, smooth = windowed
-        t0 = time.perf_counter()
-        tmp = self._as_file(source, filename)
+    @staticmethod
+    def job_call(fn, *args, **kwargs):
+        """``fn(...)`` of the job store, its domain errors answered as HTTP errors (:data:`JOB_ERRORS`)."""
         try:
-            try:
-                tl = run_windows(model, tmp, window=window, stride=stride, smooth_windows=smooth)
-            except (VideoDecodeError, InputError) as e:
-                raise ApiError(422, "invalid_video", str(e).replace(tmp, filename)) from None
-        finally:
-            os.unlink(tmp)
-        return {"model": name, **tl.answer(topk, filename, tmp),
-                "timing_ms": {"total": round(1e3 * (time.perf_counter() - t0), 3)}}
+            return fn(*args, **kwargs)
+        except JobError as e:
+            status, kind, headers = JOB_ERRORS[type(e)]
+            raise ApiError(status, kind, str(e), headers=headers) from None
 
-    def _request_model(self, params: dict) -> tuple[str, int]:
-        name = self.pick_model(params.get("model"))
-        n = len(self.models[name].categories)
-        return name, _int_field(params.get("topk", min(self.cfg.topk, n)), "topk", 1, n)
+    def run_job(self, job: Job, progress) -> dict:
+        """What a job does (the job store's run callable): a whole-video prediction, or windows."""
+        model = self.models[job.model]
+        if job.window is None:
+            x = model.prepare_video(job.source, name=job.video)
+            probs = model.run_many([x.feed])[0]
+            progress(1.0)
+            out = {"predictions": [p.__dict__ for p in model.top(probs, job.topk)]}
+            return {**out, "warning": x.warning} if x.warning else out
+        return run_windows(model, job.source, job.window, on_window=progress, name=job.video).answer(job.topk)
 
 
 #: The web page at ``/``: one static file, no build step (package data of jedi_deploy.serve).
@@ -378,12 +270,12 @@ def create_app(cfg: ServeConfig):
     @app.get("/v1/jobs/{job_id}")
     async def get_job(job_id: str):
         """Status, progress and (when done) the result of a job."""
-        return service.jobs.get(job_id).to_dict()
+        return service.job_call(service.jobs.get, job_id).to_dict()
 
     @app.delete("/v1/jobs/{job_id}")
     async def cancel_job(job_id: str):
         """Cancel a job: a queued one never runs, a running one stops at its next window."""
-        return service.jobs.cancel(job_id).to_dict()
+        return service.job_call(service.jobs.cancel, job_id).to_dict()
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -395,7 +287,7 @@ def create_app(cfg: ServeConfig):
     @app.get("/v1/models")
     async def models():
         """Metadata of every served model."""
-        return {"models": [service.model_info(k, x) for k, x in service.models.items()]}
+        return {"models": [service.pool.info(k) for k in service.models]}
 
     @app.get("/healthz")
     async def healthz():

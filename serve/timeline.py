@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jedi_deploy.contracts.errors import ConfigError, InputError
+from jedi_deploy.contracts.errors import InputError
 from jedi_deploy.contracts.preprocess import clip_indices
 from jedi_deploy.media.decode import FrameStream
 
+from .config import WindowSpec
 from .runtime import OnnxModel
 
 
@@ -37,18 +38,10 @@ class Window:
     frames: int  # frames of the video inside the window
 
 
-def check_window(window: float, stride: float) -> None:
-    if not window > 0 or not stride > 0:
-        raise ConfigError(f"--window and --stride must be > 0 seconds, got {window} and {stride}")
-    if stride > window:
-        raise ConfigError(f"--stride {stride} s is longer than --window {window} s: frames between windows would "
-                          "never be looked at")
-
-
-def windows(model: OnnxModel, video: str | Path, window: float, stride: float,
+def windows(model: OnnxModel, video: str | Path, spec: WindowSpec,
             stream: FrameStream | None = None) -> Iterator[Window]:
     """Class probabilities of every window of ``video``, in order, from one decoding pass."""
-    check_window(window, stride)
+    window, stride = spec.window, spec.stride
     specs = [s.preprocess for s in model.card.inputs]
     stream = stream or FrameStream(video, specs)
     buf: deque = deque()  # (t, [frame per spec]) of frames some later window still needs
@@ -141,13 +134,9 @@ class Timeline:
                                 for i in order]})
         return out
 
-    def answer(self, topk: int, video: str, source: str | Path) -> dict:
-        """The JSON answer of a windowed request or job: the summary and the windows, naming the
-        video as the client did (``source`` is the file that was read, e.g. a temp file)."""
-        out = {**self.summary(), "video": video, "windows": self.rows(topk)}
-        if self.warning:
-            out["warning"] = self.warning.replace(str(source), video).replace(Path(source).name, video)
-        return out
+    def answer(self, topk: int) -> dict:
+        """The JSON answer of a windowed request or job: the summary and the windows."""
+        return {**self.summary(), "windows": self.rows(topk)}
 
     def summary(self) -> dict:
         return {"video": self.video, "duration_s": round(self.duration, 3), "windows": len(self.starts),
@@ -155,29 +144,30 @@ class Timeline:
                 "segments": self.segments, **({"warning": self.warning} if self.warning else {})}
 
 
-def run_windows(model: OnnxModel, video: str | Path, *, window: float, stride: float, smooth_windows: int = 1,
-                progress: bool = False, on_window=None) -> Timeline:
+def run_windows(model: OnnxModel, video: str | Path, spec: WindowSpec, *, progress: bool = False, on_window=None,
+                name: str | None = None) -> Timeline:
     """Every window of ``video`` classified, smoothed and merged into segments. ``on_window(fraction)``
     is called after each window with the share of the video done (by its declared duration); it may
-    raise to stop."""
+    raise to stop. ``name`` is what the answer, errors and warnings call the video (an upload's own
+    name rather than its temporary file)."""
     from tqdm.auto import tqdm
 
-    if smooth_windows < 1:
-        raise ConfigError(f"--smooth must be >= 1 window, got {smooth_windows}")
-    stream = FrameStream(video, [s.preprocess for s in model.card.inputs])
+    window, stride, smooth_windows = spec.window, spec.stride, spec.smooth
+    shown = name or str(video)
+    stream = FrameStream(video, [s.preprocess for s in model.card.inputs], name=shown)
     found = []
-    for w in tqdm(windows(model, video, window, stride, stream), desc=Path(video).name, unit="window",
+    for w in tqdm(windows(model, video, spec, stream), desc=Path(shown).name, unit="window",
                   disable=not progress, leave=False):
         found.append(w)
         if on_window is not None:
             on_window(w.end / stream.duration if stream.duration else 0.0)
     if not found:
-        raise InputError(f"{video}: no window of {window} s has a frame")
+        raise InputError(f"{shown}: no window of {window} s has a frame")
     starts = np.array([w.start for w in found])
     ends = np.array([w.end for w in found])
     probs = smooth(np.stack([w.probs for w in found]), smooth_windows)
     duration = float(ends[-1])
-    return Timeline(str(video), window, stride, smooth_windows, starts, ends, probs, model.categories,
+    return Timeline(shown, window, stride, smooth_windows, starts, ends, probs, model.categories,
                     segments(starts, ends, probs, model.categories, stride, duration), duration, stream.warning)
 
 
@@ -227,9 +217,8 @@ def plot_timeline(tl: Timeline, path: str | Path, classes: int = 6) -> Path:
     return Path(path)
 
 
-def run_timeline(model_path: str | Path, video: str | Path, *, window: float, stride: float, smooth_windows: int = 1,
-                 topk: int = 5, out: Path | None = None, fmt: str | None = None, plot: Path | None = None,
-                 providers: str | None = None, threads: int | None = None, runtime: str = "ort",
+def run_timeline(model_path: str | Path, video: str | Path, spec: WindowSpec, *, topk: int = 5,
+                 out: Path | None = None, fmt: str | None = None, plot: Path | None = None, providers: str | None = None, threads: int | None = None, runtime: str = "ort",
                  progress: bool = False) -> tuple[str, Timeline]:
     """``jedi infer MODEL VIDEO --window``: the per-window rows to ``out`` (JSONL or CSV, atomically;
     else returned as text), the segments beside it (``<out stem>.segments.json``) and the plot."""
@@ -242,9 +231,8 @@ def run_timeline(model_path: str | Path, video: str | Path, *, window: float, st
     for p in (out, plot):
         if p is not None:
             require_writable_dir(Path(p).parent)
-    check_window(window, stride)
     model = OnnxModel(model_path, providers=providers, threads=threads, runtime=runtime)
-    tl = run_windows(model, video, window=window, stride=stride, smooth_windows=smooth_windows, progress=progress)
+    tl = run_windows(model, video, spec, progress=progress)
     text = format_rows(tl.rows(topk), fmt)
     if plot is not None:
         plot_timeline(tl, plot)

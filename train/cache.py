@@ -400,7 +400,40 @@ def build_cache(experts: list[Expert], datasets: list[VideoDataset], cache_dir: 
     if rank == 0:
         join_splits(plan, cache_dir, experts, descs, dtype, chunk_size)
     _barrier(group)
-    return [shard_path(cache_dir, d.name, s) for d in datasets for s in (splits or d.splits())]
+    return CacheSummary.of(cache_dir, [shard_path(cache_dir, d.name, s) for d in datasets for s in (splits or d.splits())],
+                           rank)
+
+
+@dataclass(frozen=True)
+class CacheSummary:
+    """What ``build_cache`` wrote: the shards, and how many videos were skipped (unreadable) or
+    sampled from a clean prefix (corrupt), both listed in ``failures``."""
+
+    shards: list[Path]
+    failures: Path
+    skipped: int = 0
+    partial: int = 0
+    rank: int = 0  # under torchrun; only rank 0 reports
+
+    @classmethod
+    def of(cls, cache_dir: Path, shards: list[Path], rank: int = 0) -> "CacheSummary":
+        path = Path(cache_dir) / FAILURES_FILE
+        lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+        return cls(shards, path, sum("error" in x for x in lines), sum("warning" in x for x in lines), rank)
+
+    def lines(self) -> list[str]:
+        """The shards (stdout)."""
+        return [str(s) for s in self.shards] if self.rank == 0 else []
+
+    def warnings(self) -> list[str]:
+        """What was left out or partly used (stderr)."""
+        if self.rank != 0:
+            return []
+        out = [f"{self.skipped} unreadable video(s) skipped, listed in {self.failures}"] if self.skipped else []
+        if self.partial:
+            out.append(f"{self.partial} corrupt video(s) sampled from the frames before the corruption, listed in "
+                       f"{self.failures}")
+        return out
 
 
 def _init_group(world: int, device):

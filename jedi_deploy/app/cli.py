@@ -23,8 +23,7 @@ from .. import __version__
 from ..export.quantize import METHODS as INT8_METHODS
 from ..export.quantize import Int8Options
 from ..serve.cli import infer, serve
-
-GRID_NAMES = ("table3", "variants", "semi")  # train.ablate.GRIDS (kept torch-free here)
+from ..train.ablate import GRIDS  # the grid table itself (numpy and the config only: no torch)
 
 device_option = click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 
@@ -143,25 +142,18 @@ def cache(data, experts, out, splits, dtype, precision, device, batch_size, work
     and listed in OUT/failures.jsonl (--strict stops instead). For several processes or nodes,
     launch the same command with torchrun (e.g. `torchrun --nproc-per-node 2 -m jedi_deploy
     cache ...`); ranks share OUT and rank 0 joins the result."""
-    from jedi_deploy.contracts.cache import FAILURES_FILE
     from jedi_deploy.media.datasets import discover_datasets
     from jedi_deploy.models.registry import load_expert
-    from jedi_deploy.train.cache import build_cache, dist_info
+    from jedi_deploy.train.cache import build_cache
 
-    shards = build_cache([load_expert(p) for p in experts], discover_datasets(data), out,
+    summary = build_cache([load_expert(p) for p in experts], discover_datasets(data), out,
                          splits=tuple(splits) or None, batch_size=batch_size, dtype=dtype, progress=_progress(),
                          workers=workers, chunk_size=chunk_size, strict=strict, device=device, precision=precision,
                          log=lambda m: click.echo(m, err=True))
-    if dist_info()[0] == 0:
-        for s in shards:
-            click.echo(str(s))
-        lines = [json.loads(x) for x in (out / FAILURES_FILE).read_text().splitlines() if x.strip()]
-        skipped, partial = sum("error" in x for x in lines), sum("warning" in x for x in lines)
-        if skipped:
-            click.echo(f"{skipped} unreadable video(s) skipped, listed in {out / FAILURES_FILE}", err=True)
-        if partial:
-            click.echo(f"{partial} corrupt video(s) sampled from the frames before the corruption, listed in "
-                       f"{out / FAILURES_FILE}", err=True)
+    for line in summary.lines():
+        click.echo(line)
+    for line in summary.warnings():
+        click.echo(line, err=True)
 
 
 @cli.command("import-expert")
@@ -267,7 +259,7 @@ def train(cache_dir, out, resume, force, device, config_file, sets, **flags):
 @click.option("--cache", "cache_dir", type=EXISTING, required=True, help="Cache folder from `jedi cache`.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Folder for one run per scenario, <grid>.md, <grid>.png and results.json.")
-@click.option("--grid", type=click.Choice(sorted(GRID_NAMES)), default="table3", show_default=True,
+@click.option("--grid", type=click.Choice(sorted(GRIDS)), default="table3", show_default=True,
               help="table3 = the paper's Table 3; variants = losses/schemes; semi = CMPL label fractions.")
 @click.option("--pool", help="Dataset used as the unlabeled pool (the paper's 'Just Kinetics'); its expert is "
                              "left out of every scenario, as the paper leaves Kinetics out of Table 3.")
@@ -373,10 +365,7 @@ def evaluate_cmd(bundle, cache_dir, split, as_json, device):
 @click.option("--int8-activations", type=click.Choice(["uint8", "int8"]), default=Int8Options.activations,
               show_default=True, help="Activation type (uint8: ONNX Runtime's advice for x86 CPUs; int8: for "
                                       "TensorRT).")
-def export(bundle, out, students, expert_paths, no_experts, teachers, clip, uint8_input, views, fp16, simplify,
-           exporter, atol, opset, trt, trt_batch, trt_timing_cache, triton, triton_max_batch, triton_instances,
-           force, device, int8, calib_method, calib_videos, calib_lists, eval_lists, max_drop, float_budget,
-           int8_activations):
+def export(bundle, out, **o):
     """Fuse encoder + adjustment + head into one ONNX graph per student (and export each
     initial expert the same way), validated with ONNX Runtime against PyTorch before it is
     written: a failed check writes nothing and exits 1. Optionally INT8 students, TensorRT
@@ -390,40 +379,22 @@ def export(bundle, out, students, expert_paths, no_experts, teachers, clip, uint
     <name>.student.int8.gate.json and shown by `jedi bench`.
     """
     from jedi_deploy.export.onnx import OnnxExportConfig
-    from jedi_deploy.export.pipeline import (
-        Int8Request,
-        TritonOptions,
-        TrtOptions,
-        export_all,
-    )
+    from jedi_deploy.export.pipeline import ExportOptions, Int8Request, TritonOptions, TrtOptions, export_all
     from jedi_deploy.export.trt import parse_profile
 
-    cfg = OnnxExportConfig(atol=atol, opset=opset, exporter=exporter, uint8_input=uint8_input, views=views,
-                           fp16=fp16, simplify=simplify, reference_device=device)
-    trt_opts = TrtOptions(parse_profile(trt_batch), trt_timing_cache) if trt else None
-    triton_opts = TritonOptions(triton, triton_max_batch, triton_instances, force) if triton else None
-    int8_req = Int8Request(Int8Options(method=calib_method, calib_videos=calib_videos, max_drop=max_drop,
-                                       float_budget=float_budget, activations=int8_activations),
-                           _optional_names(calib_lists), _optional_names(eval_lists)) if int8 else None
-    reports = export_all(bundle, out, cfg=cfg, students=list(students) or None,
-                         expert_paths=_pairs(expert_paths, "--expert"), with_experts=not no_experts,
-                         teachers=tuple(teachers), clip=clip, trt=trt_opts, triton=triton_opts, int8=int8_req,
-                         progress=_progress())
-    for r in reports:
-        if "gate_report" in r:
-            g = r["gate_report"].final
-            ev = r["gate_report"].evaluation
-            click.echo(f"{r['path']}: INT8 gate passed: acc@1 {ev['acc1']:.2f} -> {g.acc1:.2f} (int8 - fp32 95% CI "
-                       f"[{g.ci95[0]:+.2f}, {g.ci95[1]:+.2f}] on {ev['videos']} videos), top-1 agreement "
-                       f"{g.agreement:.1f}%, {len(g.float_nodes)} node(s) kept float; report {r['gate']}")
-            continue
-        click.echo(f"{r['path']}: max abs diff {r['max_abs_diff']:.2e}"
-                   + (f", top-1 agreement {100 * r['top1_agreement']:.0f}% on {r['num_inputs']} inputs"
-                      if "top1_agreement" in r else ""))
-        if "plan" in r:
-            click.echo(f"{r['plan']}: TensorRT engine matches ONNX Runtime")
-        for folder in r.get("triton", []):
-            click.echo(f"{folder}: Triton model (config.pbtxt checked against Triton's schema)")
+    cfg = OnnxExportConfig(atol=o["atol"], opset=o["opset"], exporter=o["exporter"], uint8_input=o["uint8_input"],
+                           views=o["views"], fp16=o["fp16"], simplify=o["simplify"], reference_device=o["device"])
+    int8 = Int8Request(Int8Options(method=o["calib_method"], calib_videos=o["calib_videos"], max_drop=o["max_drop"],
+                                   float_budget=o["float_budget"], activations=o["int8_activations"]),
+                       _optional_names(o["calib_lists"]), _optional_names(o["eval_lists"])) if o["int8"] else None
+    opts = ExportOptions(
+        cfg, tuple(o["students"]), _pairs(o["expert_paths"], "--expert"), not o["no_experts"], tuple(o["teachers"]),
+        o["clip"], TrtOptions(parse_profile(o["trt_batch"]), o["trt_timing_cache"]) if o["trt"] else None,
+        TritonOptions(o["triton"], o["triton_max_batch"], o["triton_instances"], o["force"]) if o["triton"] else None,
+        int8)
+    for result in export_all(bundle, out, opts, progress=_progress()):
+        for line in result.lines():
+            click.echo(line)
 
 
 cli.add_command(infer)

@@ -39,14 +39,43 @@ def test_the_wheel_installs_one_top_level_package(wheel):
     assert "jedi_deploy/serve/infer.py" in names and "jedi_deploy/train/cache.py" in names
 
 
+def fresh_venv_with_our_packages(env_dir: Path) -> Path:
+    """A new virtual environment whose other packages (torch, onnxruntime, ...) are the RUNNING
+    interpreter's - a user's venv, the system's, whichever runs the tests - and not the base
+    interpreter's (``system_site_packages`` would give those: a venv-only torch would be missing).
+    Only the paths are added, not their ``.pth`` files, so an editable jedi-deploy of the running
+    environment stays out; jedi-deploy itself is then installed from the wheel."""
+    import site
+    import sysconfig
+
+    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(env_dir)
+    py = env_dir / "bin" / "python"
+    inner = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    ours = list(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+                               *site.getsitepackages()]))
+    (Path(inner) / "outer_packages.pth").write_text("\n".join(ours) + "\n")
+    return py
+
+
+def test_the_inner_venv_sees_this_interpreters_packages_not_the_base_ones(tmp_path):
+    """README command 2 from a user's venv: torch is found where the running interpreter finds it."""
+    py = fresh_venv_with_our_packages(tmp_path / "venv")
+    out = subprocess.run([str(py), "-c", "import torch, onnx, sys; print(torch.__file__); print(sys.prefix)"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    torch_file, prefix = out.stdout.split()
+    import torch
+
+    assert Path(torch_file).resolve() == Path(torch.__file__).resolve()
+    assert Path(prefix) == tmp_path / "venv"
+
+
 @pytest.mark.slow
 def test_entry_points_work_from_a_project_with_its_own_train_serve_export(wheel, tmp_path, data_root, expert_paths,
                                                                            onnx_dir, test_video):
     env_dir = tmp_path / "venv"
-    # The environment's other packages (torch, onnxruntime, ...) come from this interpreter's
-    # site-packages; jedi-deploy itself is installed from the wheel, not editable.
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
-    py = env_dir / "bin" / "python"
+    py = fresh_venv_with_our_packages(env_dir)
     res = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index",
                           "-q", str(wheel)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -53,10 +53,10 @@ def test_window_errors_are_one_line(tmp_path):
                          (["--window", 2, video], "one video")):
         r = infer(model, video, *args, cwd=tmp_path)
         assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith("error:") and needle in r.stderr
-    from jedi_deploy.serve.timeline import check_window
+    from jedi_deploy.serve.config import WindowSpec
 
     with pytest.raises(ConfigError):
-        check_window(1, 2)
+        WindowSpec.parse(1, 2)
 
 
 @pytest.mark.slow
