@@ -108,9 +108,12 @@ def _torch_export(module, dummy: tuple, path: Path, cfg: OnnxExportConfig, names
         try:
             if cfg.exporter == "dynamo":
                 batch = torch.export.Dim("batch", min=1, max=1024)
+                shapes = tuple({0: batch} for _ in names)
+                if _takes_varargs(module):  # forward(*videos): one tuple argument for torch.export
+                    shapes = (shapes,)
                 torch.onnx.export(module, dummy, str(path), input_names=names,
                                   output_names=[cfg.output_name], opset_version=cfg.opset, dynamo=True,
-                                  dynamic_shapes=tuple({0: batch} for _ in names), external_data=False)
+                                  dynamic_shapes=shapes, external_data=False)
             else:
                 torch.onnx.export(module, dummy, str(path), input_names=names,
                                   output_names=[cfg.output_name], opset_version=cfg.opset, dynamo=False,
@@ -120,6 +123,12 @@ def _torch_export(module, dummy: tuple, path: Path, cfg: OnnxExportConfig, names
             raise ExportValidationError(f"{what}: the {cfg.exporter} ONNX exporter cannot export this model "
                                         f"({type(e).__name__}: {first}); try --exporter "
                                         f"{'torchscript' if cfg.exporter == 'dynamo' else 'dynamo'}") from None
+
+
+def _takes_varargs(module: nn.Module) -> bool:
+    import inspect
+
+    return any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values())
 
 
 def export_onnx(module: nn.Module, out_path: str | Path, card: ModelCard, reference: nn.Module | None = None,

@@ -116,7 +116,7 @@ def balanced_sample(labels: list[int | None], n: int, seed: int = 0) -> list[int
 FEED_MEMORY_BYTES = 2 << 30
 
 
-class Decoded:
+class DecodedList:
     """The readable videos of a list as ``model`` feeds them (its card's preprocessing), their
     labels, and the unreadable ones (``skipped``: ``{"path", "error"}``). Iterating yields the
     feeds in order: from memory when they fit in ``budget`` bytes, else decoded again."""
@@ -157,8 +157,8 @@ class Decoded:
             return iter(self._feeds)
         return (self.model.prepare(p) for p in self.paths)
 
-    def subset(self, keep: list[int]) -> "Decoded":
-        out = object.__new__(Decoded)
+    def subset(self, keep: list[int]) -> "DecodedList":
+        out = object.__new__(DecodedList)
         out.model, out.what, out.skipped = self.model, self.what, self.skipped
         out.paths, out.labels = [self.paths[i] for i in keep], [self.labels[i] for i in keep]
         out._feeds = None if self._feeds is None else [self._feeds[i] for i in keep]
@@ -216,7 +216,7 @@ class Graph:
 
 def video_probs(path: Path, feeds, batch: int = 8) -> np.ndarray:
     """``[N, C]`` class probabilities of each decoded video under the model at ``path`` (ORT CPU);
-    ``feeds`` is any iterable of feeds (a :class:`Decoded` list streams)."""
+    ``feeds`` is any iterable of feeds (a :class:`DecodedList` list streams)."""
     runner = OrtRunner(path, providers="cpu")
     probs, pending = [], []
     for feed in feeds:
@@ -348,8 +348,8 @@ def quantize_student(fp32: str | Path, calib: VideoList, evaluation: VideoList, 
     if any(lab is None for lab in evaluation.labels):
         raise InputError(f"{evaluation.source}: the accuracy gate needs a label for every held-out video")
     out = int8_path(fp32)
-    cal = Decoded(model, calib, "calibration", progress)
-    ev = Decoded(model, evaluation, "held-out", progress)
+    cal = DecodedList(model, calib, "calibration", progress)
+    ev = DecodedList(model, evaluation, "held-out", progress)
     if opts.eval_videos is not None:
         ev = ev.subset(balanced_sample(ev.labels, opts.eval_videos, opts.seed))
     labels = np.asarray(ev.labels)

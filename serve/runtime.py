@@ -70,10 +70,6 @@ class OnnxModel:
     def preprocess(self) -> Preprocess:
         return self.card.inputs[0].preprocess
 
-    @property
-    def graph_views(self) -> int:
-        return self.card.inputs[0].views
-
     def run(self, feed: Feed | np.ndarray) -> np.ndarray:
         """Logits for a batch: a feed ``{input: array}`` (see :meth:`prepare`), or one array for a
         single-input graph."""
@@ -101,10 +97,6 @@ class OnnxModel:
         first error were sampled. ``name`` is how errors and warnings call the file (an upload's
         own name rather than its temporary path)."""
         return Prepared(*video_feed(self.card, video, name))
-
-    def feed_from_clips(self, clips: list[np.ndarray], source: str | Path) -> Feed:
-        """The graph's feed from sampled frames, ``uint8[K, T, H, W, 3]`` per input (resized)."""
-        return self.card.feed_from_clips(clips, source)
 
     def rows(self, feed: Feed) -> int:
         return len(next(iter(feed.values())))

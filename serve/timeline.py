@@ -56,7 +56,7 @@ def windows(model: OnnxModel, video: str | Path, spec: WindowSpec,
         for i, spec in enumerate(specs):
             frames = np.stack([f[1][i] for f in inside])
             clips.append(frames[clip_indices(len(frames), spec, stream.fps)])
-        feed = model.feed_from_clips(clips, video)
+        feed = model.card.feed_from_clips(clips, video)
         return Window(start, end, model.probs(model.run(feed)), len(inside))
 
     for t, frames in stream:
@@ -218,7 +218,8 @@ def plot_timeline(tl: Timeline, path: str | Path, classes: int = 6) -> Path:
 
 
 def run_timeline(model_path: str | Path, video: str | Path, spec: WindowSpec, *, topk: int = 5,
-                 out: Path | None = None, fmt: str | None = None, plot: Path | None = None, providers: str | None = None, threads: int | None = None, runtime: str = "ort",
+                 out: Path | None = None, fmt: str | None = None, plot: Path | None = None,
+                 providers: str | None = None, threads: int | None = None, runtime: str = "ort",
                  progress: bool = False) -> tuple[str, Timeline]:
     """``jedi infer MODEL VIDEO --window``: the per-window rows to ``out`` (JSONL or CSV, atomically;
     else returned as text), the segments beside it (``<out stem>.segments.json``) and the plot."""

@@ -7,20 +7,20 @@ from pathlib import Path
 from jedi_deploy.contracts.errors import InputError
 from jedi_deploy.runners.base import Runtime
 
-RUNTIMES = ("ort-cpu", "ort-cuda", "ort-tensorrt", "openvino-cpu", "torch-cpu", "torch-cuda", "tensorrt")
+BENCH_RUNTIMES = ("ort-cpu", "ort-cuda", "ort-tensorrt", "openvino-cpu", "torch-cpu", "torch-cuda", "tensorrt")
 
 
 def resolve_runtimes(wanted: list[str] | None = None, *, threads: int = 1, bundle: str | Path | None = None,
                      expert_paths: dict[str, str] | None = None) -> list[Runtime]:
-    """``wanted`` names from :data:`RUNTIMES`; None = every ONNX Runtime provider available,
+    """``wanted`` names from :data:`BENCH_RUNTIMES`; None = every ONNX Runtime provider available,
     OpenVINO when installed, plus torch-cpu (and torch-cuda with a GPU) when ``bundle`` is given."""
     import importlib.util
 
     from ..serve.bench import openvino_runtimes, ort_runtimes
 
-    unknown = sorted(set(wanted or []) - set(RUNTIMES))
+    unknown = sorted(set(wanted or []) - set(BENCH_RUNTIMES))
     if unknown:
-        raise InputError(f"unknown runtime(s) {unknown}; choose from {', '.join(RUNTIMES)}")
+        raise InputError(f"unknown runtime(s) {unknown}; choose from {', '.join(BENCH_RUNTIMES)}")
     ort_wanted = None if wanted is None else [r for r in wanted if r.startswith("ort-")]
     rts = ort_runtimes(threads, ort_wanted) if ort_wanted is None or ort_wanted else []
     if (wanted is None and importlib.util.find_spec("openvino")) or (wanted and "openvino-cpu" in wanted):

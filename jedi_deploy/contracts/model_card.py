@@ -32,7 +32,7 @@ CARD_FORMAT_VERSION = 2
 KINDS = ("student", "expert", "teacher")
 DTYPES = ("float32", "uint8")
 #: Layout of a graph input (batch first). ``V`` = views averaged inside the graph.
-LAYOUTS = ("NTCHW", "NTHWC", "NVTCHW", "NVTHWC")
+INPUT_LAYOUTS = ("NTCHW", "NTHWC", "NVTCHW", "NVTHWC")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class InputSpec:
     name: str
     dtype: str  # "float32" (normalised) or "uint8" (decoded frames; the graph normalises)
     shape: tuple  # ("batch", ...) with ints after the batch axis
-    layout: str  # one of LAYOUTS
+    layout: str  # one of INPUT_LAYOUTS
     preprocess: Preprocess
     views: int = 1  # > 1: the graph takes [B, V, ...] and averages the V views itself
     expert: str = ""  # the expert whose encoder reads this input
@@ -89,8 +89,8 @@ class ModelCard:
         for spec in self.inputs:
             if spec.dtype not in DTYPES:
                 raise InputError(f"model card: input {spec.name!r} dtype must be one of {DTYPES}, got {spec.dtype!r}")
-            if spec.layout not in LAYOUTS:
-                raise InputError(f"model card: input {spec.name!r} layout must be one of {LAYOUTS}, "
+            if spec.layout not in INPUT_LAYOUTS:
+                raise InputError(f"model card: input {spec.name!r} layout must be one of {INPUT_LAYOUTS}, "
                                  f"got {spec.layout!r}")
 
     @property
@@ -270,7 +270,10 @@ def embed_card(model, card: ModelCard) -> None:
 
 
 def read_card(path: str | Path) -> ModelCard:
-    """The card of an ONNX file on disk (reads the graph's header only, no weights)."""
+    """The card of an ONNX file on disk. ``onnx.load`` parses the whole protobuf - weights stored
+    inside the file included (only external-data files are left unread) - so this costs about the
+    file's size in memory and time; a runner that already opened the file reads the card from its
+    session instead."""
     import onnx
 
     p = Path(path)

@@ -19,7 +19,7 @@ CROP_VIEWS = (1, 3, 10)
 AVERAGING = ("score", "prob", "feature")
 
 
-LAYOUTS = ("NTCHW", "NCTHW")
+MODEL_LAYOUTS = ("NTCHW", "NCTHW")
 
 
 RULES = ("mmaction2", "torchvision", "transformers")
@@ -87,8 +87,8 @@ class Preprocess:
             raise ConfigError(f"preprocess.average must be one of {AVERAGING}, got {self.average!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("preprocess.mean/std must be 3 values each, std > 0")
-        if self.layout not in LAYOUTS:
-            raise ConfigError(f"preprocess.layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if self.layout not in MODEL_LAYOUTS:
+            raise ConfigError(f"preprocess.layout must be one of {MODEL_LAYOUTS}, got {self.layout!r}")
         if self.rules not in RULES:
             raise ConfigError(f"preprocess.rules must be one of {RULES}, got {self.rules!r}")
         if self.out_of_bound not in OUT_OF_BOUND:
@@ -255,11 +255,6 @@ def _torchvision_clips(n: int, spec: "Preprocess", fps: float | None) -> np.ndar
     return frames[np.mod(pos, len(frames))]
 
 
-def sample_indices(num_total: int, spec: "Preprocess") -> np.ndarray:
-    """Frame indices of the first test clip (``clip_indices(...)[0]``)."""
-    return clip_indices(num_total, spec)[0]
-
-
 def crop_offsets(h: int, w: int, c: int, crops: int, rules: str = "mmaction2") -> list[tuple[int, int, bool]]:
     """(top, left, flip) of every spatial view: the centre (MMAction2 and transformers floor
     ``(h - c) // 2``; torchvision's ``center_crop`` rounds ``(h - c) / 2``), MMAction2's
@@ -314,11 +309,3 @@ def normalize_views(views: np.ndarray, spec: "Preprocess") -> np.ndarray:
 def views_from_frames(clips: np.ndarray, spec: "Preprocess", source: str | Path | None = None) -> np.ndarray:
     """``uint8[K, T, H, W, 3]`` (resized) -> ``float32[K * crops, T, 3, crop, crop]``."""
     return normalize_views(crop_views(clips, spec, source), spec)
-
-
-def preprocess_frames(frames: np.ndarray, spec: "Preprocess") -> np.ndarray:
-    """All frames of a video ``uint8[N, H, W, 3]`` (already resized) -> its views
-    ``float32[V, T, 3, crop, crop]`` (V = ``spec.views``)."""
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise VideoDecodeError(f"expected frames of shape [N, H, W, 3], got {frames.shape}")
-    return views_from_frames(frames[clip_indices(frames.shape[0], spec)], spec)

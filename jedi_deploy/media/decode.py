@@ -316,19 +316,9 @@ def _sample_by_timestamp(container, stream, pts, n, specs, fps) -> tuple[dict, _
         return {}, f
 
 
-def decode_frames_multi(path: str | Path, specs: list["Preprocess"]) -> list[np.ndarray]:
-    """:func:`decode_clips` without the facts: ``uint8[K, T, H, W, 3]`` per spec."""
-    return decode_clips(path, specs).clips
-
-
-def decode_frames(path: str | Path, spec: "Preprocess") -> np.ndarray:
-    """``decode_frames_multi`` for one spec: ``uint8[K, T, H, W, 3]``."""
-    return decode_frames_multi(path, [spec])[0]
-
-
 def load_views(path: str | Path, spec: "Preprocess") -> np.ndarray:
     """Decode (seeking) and preprocess ``path``: ``float32[V, T, 3, crop, crop]``."""
-    return views_from_frames(decode_frames(path, spec), spec, path)
+    return views_from_frames(decode_clips(path, [spec]).clips[0], spec, path)
 
 
 def load_clip(path: str | Path, spec: "Preprocess") -> np.ndarray:

@@ -91,3 +91,20 @@ def test_validation_failure_leaves_no_partial_teacher(bundle_path, tmp_path):
     with pytest.raises(ExportValidationError, match="disagrees"):  # an impossible tolerance
         export_teacher(bundle_path, tmp_path, "ucf-mini", cfg=OnnxExportConfig(atol=-1.0))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_teacher_ensemble_goes_through_the_shared_export_path(bundle_path, experts, tmp_path, exporter):
+    """The teacher is exported like every student: the chosen exporter, simplification, the card,
+    the checker and the validation against PyTorch (one export path for 1 to n inputs)."""
+    from jedi_deploy.contracts.model_card import read_card
+    from jedi_deploy.export.onnx import OnnxExportConfig
+
+    report = export_teacher(bundle_path, tmp_path, "ucf-mini", cfg=OnnxExportConfig(exporter=exporter, simplify=True))
+    assert report["passed"] and report["max_abs_diff"] < 1e-4 and report["exporter"] == exporter
+    assert [c["batch"] for c in report["cases"]] == [8, 3, 1]
+    card = read_card(tmp_path / "ucf-mini.teacher.onnx")
+    assert card.kind == "teacher" and card.exporter == exporter and card.simplified
+    assert [i.name for i in card.inputs] == [f"video_{j}" for j in range(len(experts))]
+    saved = json.loads((tmp_path / "ucf-mini.teacher.validation.json").read_text())
+    assert saved["exporter"] == exporter and saved["kind"] == "teacher"

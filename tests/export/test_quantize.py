@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -151,12 +152,23 @@ def test_option_and_list_errors(offset_case):
 # --- the real pipeline: the session's bundle, with its cache recorded -------------------------
 
 @pytest.fixture(scope="module")
-def cached_bundle(trained, cache_dir, tmp_path_factory):
-    from jedi_deploy.models.bundle import save_bundle
+def cached_bundle(cache, tmp_path_factory):
+    """A bundle trained by calling ``train_to_dir`` from Python (no CLI, no demo): it records the
+    cache it was trained on itself, so ``--int8`` finds its videos."""
+    from jedi_deploy.contracts.config import JEDIConfig
+    from jedi_deploy.train.jedi import train_to_dir
 
-    path = tmp_path_factory.mktemp("int8run") / "jedi.safetensors"
-    return save_bundle(trained.model, path, experts=trained.experts, datasets=trained.datasets,
-                       config=trained.config, extra={"cache": str(cache_dir)})
+    cfg = JEDIConfig(epochs=6, burn_in=2, lr=1e-3, batch_size=32, hidden=32)
+    _, path = train_to_dir(cache, tmp_path_factory.mktemp("int8run") / "run", cfg, progress=False)
+    return path
+
+
+def test_a_bundle_trained_from_python_records_its_cache(cached_bundle, cache_dir):
+    from jedi_deploy.contracts.bundle import read_bundle_header
+
+    header = read_bundle_header(cached_bundle)
+    assert header.cache == str(Path(cache_dir).resolve())
+    assert read_bundle_header(Path(cached_bundle).parent / "best.safetensors").cache == header.cache
 
 
 def test_cli_export_int8_writes_gated_students(cached_bundle, tmp_path):

@@ -2,40 +2,37 @@ import numpy as np
 import pytest
 
 from jedi_deploy.contracts.errors import ConfigError, VideoDecodeError
-from jedi_deploy.contracts.preprocess import (
-    Preprocess,
-    preprocess_frames,
-    sample_indices,
-)
+from jedi_deploy.contracts.preprocess import Preprocess, clip_indices, views_from_frames
 from jedi_deploy.media.decode import decode_video, load_clip
 from jedi_deploy.media.synthetic import write_mp4
 
 
 def test_segment_sampling_takes_segment_centres():
-    idx = sample_indices(16, Preprocess(num_frames=8, sampling="segments"))
+    idx = clip_indices(16, Preprocess(num_frames=8, sampling="segments"))[0]
     assert idx.tolist() == [1, 3, 5, 7, 9, 11, 13, 15]
 
 
 def test_clip_sampling_starts_at_half_the_slack_and_loops_short_videos():
     # MMAction2 test mode: span 7, start (20 - 7) // 2 = 6; a 3-frame video loops (out_of_bound_opt='loop')
-    assert sample_indices(20, Preprocess(num_frames=4, sampling="clip", frame_interval=2)).tolist() == [6, 8, 10, 12]
-    assert sample_indices(3, Preprocess(num_frames=4, sampling="clip", frame_interval=2)).tolist() == [0, 2, 1, 0]
+    assert clip_indices(20, Preprocess(num_frames=4, sampling="clip", frame_interval=2))[0].tolist() == [6, 8, 10, 12]
+    assert clip_indices(3, Preprocess(num_frames=4, sampling="clip", frame_interval=2))[0].tolist() == [0, 2, 1, 0]
     last = Preprocess(num_frames=4, sampling="clip", frame_interval=2, out_of_bound="repeat_last")
-    assert sample_indices(3, last).tolist() == [0, 2, 2, 2]
+    assert clip_indices(3, last)[0].tolist() == [0, 2, 2, 2]
 
 
 def test_preprocess_normalises_and_centre_crops():
     frames = np.zeros((4, 6, 8, 3), np.uint8)
     frames[:, 1:5, 2:6] = 200  # the centre 4x4 window
     spec = Preprocess(num_frames=2, crop=4, mean=(100, 100, 100), std=(50, 50, 50))
-    out = preprocess_frames(frames, spec)
+    out = views_from_frames(frames[clip_indices(len(frames), spec)], spec)
     assert out.shape == (1, 2, 3, 4, 4) and out.dtype == np.float32
     np.testing.assert_allclose(out, 2.0)
 
 
 def test_preprocess_rejects_frames_smaller_than_crop():
     with pytest.raises(VideoDecodeError, match="smaller than the model.s 16x16 crop"):
-        preprocess_frames(np.zeros((4, 8, 8, 3), np.uint8), Preprocess(crop=16))
+        spec = Preprocess(crop=16)
+        views_from_frames(np.zeros((4, 8, 8, 3), np.uint8)[clip_indices(4, spec)], spec)
 
 
 def test_preprocess_spec_round_trips_and_validates():

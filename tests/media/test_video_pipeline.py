@@ -16,8 +16,7 @@ from jedi_deploy.contracts.preprocess import (
     views_from_frames,
 )
 from jedi_deploy.media.decode import (
-    decode_frames,
-    decode_frames_multi,
+    decode_clips,
     decode_video,
     load_clip,
     load_views,
@@ -57,7 +56,7 @@ SPECS = [Preprocess(8, "segments", crop=32), Preprocess(16, "clip", 2, crop=32, 
 def test_real_clips_seek_decode_equals_full_decode(clip):
     for spec in SPECS:
         full = decode_video(clip, spec.short_side)
-        got = decode_frames(clip, spec)
+        got = decode_clips(clip, [spec]).clips[0]
         np.testing.assert_array_equal(got, full[clip_indices(len(full), spec)])
         views = load_views(clip, spec)
         assert views.shape == (spec.views, spec.num_frames, 3, 32, 32) and np.isfinite(views).all()
@@ -89,7 +88,7 @@ def test_long_video_random_access_is_frame_accurate(tmp_path, monkeypatch, gap):
     monkeypatch.setattr(video, "SEEK_GAP", gap)
     monkeypatch.setattr(video, "VERIFY_FRAMES", 0)  # this test is about seeking
     full = decode_video(p)
-    got = decode_frames_multi(p, SPECS)
+    got = decode_clips(p, SPECS).clips
     for spec, g in zip(SPECS, got):
         want = decode_video(p, spec.short_side)[clip_indices(600, spec)] if spec.short_side else \
             full[clip_indices(600, spec)]
@@ -139,7 +138,7 @@ def test_audio_only_file_is_a_clear_error(tmp_path):
         for pk in s.encode():
             c.mux(pk)
     with pytest.raises(VideoDecodeError, match="no video stream") as e:
-        decode_frames(p, Preprocess())
+        decode_clips(p, [Preprocess()])
     assert "sound.m4a" in str(e.value)
 
 
@@ -157,4 +156,4 @@ def test_containers_with_and_without_frame_counts(tmp_path, ext, codec):
             c.mux(pk)
     full = decode_video(p)
     spec = Preprocess(8, "clip", 3, crop=32, num_clips=3)
-    np.testing.assert_array_equal(decode_frames(p, spec), full[clip_indices(len(full), spec)])
+    np.testing.assert_array_equal(decode_clips(p, [spec]).clips[0], full[clip_indices(len(full), spec)])

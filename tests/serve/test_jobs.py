@@ -10,6 +10,7 @@ import pytest
 requests = pytest.importorskip("requests")
 
 from support.colour import colour_model, coloured_video  # noqa: E402
+from support.poll import until  # noqa: E402
 from support.service import start, stop  # noqa: E402
 
 
@@ -71,7 +72,7 @@ def test_job_lifecycle_paths_and_cancel(files):
         r = submit(url, files["long"], window=2, stride=1)
         jid = r.json()["id"]
         wait(url, jid, states=("running",))
-        time.sleep(0.5)
+        until(lambda: requests.get(f"{url}/v1/jobs/{jid}", timeout=10).json()["progress"] > 0, what="progress")
         assert requests.delete(f"{url}/v1/jobs/{jid}", timeout=10).status_code == 200
         job, _ = wait(url, jid, timeout=30)
         assert job["status"] == "cancelled" and "result" not in job and 0 < job["progress"] < 1
@@ -94,12 +95,9 @@ def test_jobs_survive_disconnects_queue_limit_and_expiry(files):
         with socket.create_connection((host, int(port))) as s:  # upload, then hang up without reading the answer
             s.sendall(b"POST /v1/jobs?window=4 HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            time.sleep(0.3)
-        t0 = time.time()
-        while not requests.get(f"{url}/v1/jobs", timeout=10).json()["jobs"]:
-            assert time.time() - t0 < 10
-            time.sleep(0.05)
-        jid = requests.get(f"{url}/v1/jobs", timeout=10).json()["jobs"][0]["id"]
+            jobs = until(lambda: requests.get(f"{url}/v1/jobs", timeout=10).json()["jobs"], timeout=10,
+                         what="the job to be queued")
+        jid = jobs[0]["id"]
         job, _ = wait(url, jid)
         assert job["status"] == "done" and [s["label"] for s in job["result"]["segments"]] == ["red", "blue"]
         # one job at most: a second while the first runs is refused
@@ -109,8 +107,9 @@ def test_jobs_survive_disconnects_queue_limit_and_expiry(files):
         requests.delete(f"{url}/v1/jobs/{first.json()['id']}", timeout=10)
         wait(url, first.json()["id"], timeout=30)
         # results are kept --job-ttl-s, then forgotten
-        time.sleep(2.5)
-        assert requests.get(f"{url}/v1/jobs/{jid}", timeout=10).status_code == 404
+        assert requests.get(f"{url}/v1/jobs/{jid}", timeout=10).status_code == 200
+        until(lambda: requests.get(f"{url}/v1/jobs/{jid}", timeout=10).status_code == 404, timeout=10,
+              interval=0.2, what="the finished job to expire")
         r = requests.post(f"{url}/v1/jobs", json={"path": "x.mp4"}, timeout=10)
         assert r.status_code == 403  # no --jobs-root: paths are refused
     finally:

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ pytest.importorskip("fastapi")
 
 from jedi_deploy.contracts.preprocess import Preprocess  # noqa: E402
 from jedi_deploy.serve.runtime import OnnxModel  # noqa: E402
+from support.poll import until, until_stable  # noqa: E402
 from support.service import (  # noqa: E402
     CWD,
     assert_same_predictions,
@@ -168,6 +168,14 @@ def test_missing_and_wrongly_typed_fields(service, test_video):
     assert predict(service["url"], test_video, model="ucf-mini.student").status_code == 200
 
 
+def accepts(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def open_sockets_and_uploads(pid: int) -> int:
     targets = [os.readlink(f"/proc/{pid}/fd/{f}") for f in os.listdir(f"/proc/{pid}/fd")]
     return sum(t.startswith("socket:") or "jedi-serve" in t for t in targets)
@@ -175,28 +183,22 @@ def open_sockets_and_uploads(pid: int) -> int:
 
 def test_client_disconnect_mid_upload_does_not_wedge_a_worker(service, test_video):
     host, port = service["addr"].rsplit(":", 1)
-    time.sleep(0.5)
-    fds = open_sockets_and_uploads(service["proc"].pid)
+    fds = until_stable(lambda: open_sockets_and_uploads(service["proc"].pid))
     for _ in range(6):
         s = socket.create_connection((host, int(port)), timeout=10)
         s.sendall(b"POST /v1/predict?model=ucf-mini.student HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
                   b"Content-Length: 100000\r\n\r\n" + b"\0" * 5000)
         s.close()
-    time.sleep(0.5)
+    until(lambda: metrics(service["url"]).get(("jedi_errors_total", (("type", "client_disconnect"),)), 0) >= 6,
+          timeout=10, interval=0.2, what="six client disconnects counted")
     for _ in range(3):  # plain connections that we close, so only the service's own sockets count
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
         conn.request("POST", "/v1/predict?model=ucf-mini.student", body=Path(test_video).read_bytes(),
                      headers={"Content-Type": "video/mp4"})
         assert conn.getresponse().status == 200
         conn.close()
-    time.sleep(0.5)
-    open_fds = open_sockets_and_uploads(service["proc"].pid)
-    deadline = time.time() + 10
-    while True:
-        m = metrics(service["url"])
-        if m.get(("jedi_errors_total", (("type", "client_disconnect"),)), 0) >= 6 or time.time() > deadline:
-            break
-        time.sleep(0.2)
+    open_fds = until_stable(lambda: open_sockets_and_uploads(service["proc"].pid))
+    m = metrics(service["url"])
     assert m[("jedi_errors_total", (("type", "client_disconnect"),))] >= 6
     assert m[("jedi_requests_in_flight", ())] == 1  # just this /metrics request
     assert open_fds <= fds + 1  # no leaked sockets or temp files
@@ -221,9 +223,10 @@ def test_graceful_shutdown_answers_the_request_in_flight(onnx_dir, test_video):
     s = socket.create_connection((host, int(port)), timeout=30)
     s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
               + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
-    time.sleep(0.3)
+    until(lambda: metrics(f"http://{addr}").get(("jedi_requests_in_flight", ()), 0) >= 2,  # the upload + this one
+          timeout=10, what="the upload to be in flight")
     proc.send_signal(signal.SIGTERM)  # the upload is still in flight
-    time.sleep(0.3)
+    until(lambda: not accepts(host, int(port)), timeout=10, what="the service to stop accepting")
     s.sendall(body[100:])
     reply = b""
     while chunk := s.recv(65536):
