@@ -108,15 +108,16 @@ def cache_check(tmp: Path, device, videos: int, precision: str) -> dict:
 
 def train_check(device, epochs: int, samples: int) -> dict:
     from jedi_deploy.contracts.config import JEDIConfig
+    from jedi_deploy.contracts.expert import ExpertCard
+    from jedi_deploy.contracts.preprocess import Preprocess
     from jedi_deploy.train.cached import Cache, Split
     from jedi_deploy.train.jedi import train_jedi
 
     dims, classes = [2048, 2048, 2048, 1024], [200, 51, 101, 400]
     names = [f"e{j}" for j in range(4)]
     gen = torch.Generator().manual_seed(0)
-    experts = [{"name": n, "arch": "x", "dataset": f"d{j}", "categories": [str(c) for c in range(classes[j])],
-                "preprocess": {}, "embed_dim": dims[j], "num_classes": classes[j], "sha256": str(j)}
-               for j, n in enumerate(names)]
+    experts = [ExpertCard(n, "x", f"d{j}", tuple(str(c) for c in range(classes[j])), Preprocess(), dims[j], classes[j],
+                          sha256=str(j)) for j, n in enumerate(names)]
     splits, heads = {}, {}
     per = samples // 4
     for j, n in enumerate(names):
@@ -126,7 +127,7 @@ def train_check(device, epochs: int, samples: int) -> dict:
             return Split(f"d{j}", kind, emb, logits, torch.randint(0, classes[j], (k,), generator=gen))
         splits[f"d{j}"] = {"train": split(per, "train"), "test": split(max(64, per // 20), "test")}
         heads[n] = {"weight": torch.randn(classes[j], dims[j], generator=gen) * 0.01, "bias": torch.zeros(classes[j])}
-    cache = Cache(experts, {f"d{j}": experts[j]["categories"] for j in range(4)}, splits, heads)
+    cache = Cache(experts, {f"d{j}": list(experts[j].categories) for j in range(4)}, splits, heads)
     cfg = JEDIConfig(epochs=epochs, batch_size=256, val_fraction=0.0, eval_every=max(1, epochs))
     t0 = time.perf_counter()
     train_jedi(cache, cfg, progress=False, device=str(device))

@@ -111,7 +111,7 @@ def plan_cache(datasets: list[VideoDataset], splits: tuple[str, ...] | None, cac
                 h = read_cache_header(p)
                 if same_experts(h.experts, descs):
                     continue  # already cached by an earlier (possibly interrupted) run
-                raise CacheMismatchError(f"{p} was cached for other experts ({[x['name'] for x in h.experts]}); "
+                raise CacheMismatchError(f"{p} was cached for other experts ({[x.name for x in h.experts]}); "
                                          "use another cache folder")
             open_splits.append((d, s, samples))
             for k, a in enumerate(range(0, len(samples), chunk_size)):

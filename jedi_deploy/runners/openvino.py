@@ -38,7 +38,10 @@ class OpenVinoRunner(Runner):
         ov, path, threads = require("openvino"), self.path, self.threads
         config = {"PERFORMANCE_HINT": "LATENCY",
                   # like ONNX Runtime's set_denormal_as_zero: masked attention makes subnormals
-                  "CPU_DENORMALS_OPTIMIZATION": True}
+                  "CPU_DENORMALS_OPTIMIZATION": True,
+                  # fp32 graphs run in fp32: OpenVINO's CPU default on avx512_bf16 / AMX machines is bf16,
+                  # whose logits differ from ONNX Runtime's by ~1e-2 (a silent precision change)
+                  "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()
@@ -57,7 +60,8 @@ class OpenVinoRunner(Runner):
             raise InputError(f"{path}: OpenVINO finds no output {self.card.output!r} (has {sorted(self._outputs)})")
         self._input_names = [self._card_name(i) for i in self.compiled.inputs]
         self.info = {"runtime": "openvino", "openvino": ov.__version__, "device": "CPU",
-                     "inference_num_threads": threads}
+                     "inference_num_threads": threads,
+                     "inference_precision": str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))}
 
     def metadata(self) -> dict[str, str]:
         return self.card.to_props()

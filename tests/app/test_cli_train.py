@@ -16,7 +16,7 @@ def test_train_config_file_flags_and_set_are_layered_into_the_bundle(cache_dir, 
                "--epochs", "2", "--set", "lr=0.002", "--set", "weights=[[1,0,0],[0,1,0],[0,0,1]]", "--hidden", "8")
     assert out.returncode == 0, out.stderr
     meta = load_bundle(tmp_path / "run/jedi.safetensors")[1]
-    c = meta.config
+    c = meta.config.to_dict()
     assert (c["kd_loss"], c["tau"], c["epochs"], c["lr"], c["hidden"]) == ("hard", 0.6, 2, 0.002, 8)
     assert c["weights"] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
     assert json.loads((tmp_path / "run/config.json").read_text()) == c

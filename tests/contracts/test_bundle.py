@@ -8,8 +8,8 @@ from jedi_deploy.models.bundle import load_bundle
 def test_bundle_round_trip_is_exact_and_self_describing(bundle_path, trained):
     model, meta = load_bundle(bundle_path)
     assert meta.datasets == trained.datasets
-    assert [e["sha256"] for e in meta.experts] == [e["sha256"] for e in trained.experts]
-    assert meta.config == trained.config.to_dict()
+    assert [e.sha256 for e in meta.experts] == [e.sha256 for e in trained.experts]
+    assert meta.config == trained.config
     embs = [torch.randn(3, d) for d in model.dims]
     trained.model.eval()
     with torch.no_grad():

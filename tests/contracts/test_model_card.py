@@ -79,7 +79,7 @@ def test_bundle_and_cache_headers_name_what_is_missing(bundle_path, cache_dir, t
     broken = {k: v for k, v in h.to_dict().items() if k != "datasets"}
     with pytest.raises(CheckpointError, match="bundle header lacks field 'datasets'"):
         BundleHeader.from_dict(broken, "b")
-    no_dim = {**h.to_dict(), "experts": [{k: v for k, v in e.items() if k != "embed_dim"} for e in h.experts]}
+    no_dim = {**h.to_dict(), "experts": [{k: v for k, v in e.to_dict().items() if k != "embed_dim"} for e in h.experts]}
     with pytest.raises(CheckpointError, match="lacks field 'embed_dim'"):
         BundleHeader.from_dict(no_dim, "b")
     shard = next(cache_dir.glob("*/test.safetensors"))

@@ -35,7 +35,7 @@ def test_unknown_student_moved_and_wrong_checkpoints(bundle_path, expert_paths, 
     with pytest.raises(InputError, match="unknown student 'nope'; this bundle has students"):
         export_bundle(bundle_path, tmp_path / "o", students=["nope"], progress=False)
     _, meta = load_bundle(bundle_path)
-    names = [e["name"] for e in meta.experts]
+    names = meta.expert_names
     with pytest.raises(CheckpointError, match="hash"):  # another expert's checkpoint in its place
         export_bundle(bundle_path, tmp_path / "o", students=[names[0]],
                       expert_paths={names[0]: str(expert_paths[1])}, progress=False)

@@ -19,7 +19,7 @@ def test_export_writes_metadata_validates_and_has_a_dynamic_batch(experts, tmp_p
     ex = experts[1]
     module = ExpertGraph(ex.encoder, ex.head).eval()
     shape = ex.preprocess.input_shape()
-    report = export_onnx(module, tmp_path / "m.onnx", shape, _card(ex))
+    report = export_onnx(module, tmp_path / "m.onnx", _card(ex))
     assert report["passed"] and report["num_inputs"] >= 8 and report["max_abs_diff"] <= 1e-4
     assert report["top1_agreement"] == 1.0
     model = onnx.load(tmp_path / "m.onnx")
@@ -39,7 +39,7 @@ def test_failed_validation_raises_with_figures_and_writes_nothing(experts, tmp_p
     target = tmp_path / "m.onnx"
     target.write_bytes(b"previous file")
     with pytest.raises(ExportValidationError, match="max abs diff") as e:
-        export_onnx(module, target, ex.preprocess.input_shape(), _card(ex),
+        export_onnx(module, target, _card(ex),
                     reference=ExpertGraph(ex.encoder, wrong_head).eval())
     assert e.value.report["failures"] and e.value.report["max_abs_diff"] > 1e-4
     assert target.read_bytes() == b"previous file"
@@ -50,7 +50,7 @@ def test_tolerance_is_configurable(experts, tmp_path):
     ex = experts[2]
     module = ExpertGraph(ex.encoder, ex.head).eval()
     cfg = OnnxExportConfig(atol=1e-3, batch_sizes=(2, 7), input_name="x", output_name="y")
-    report = export_onnx(module, tmp_path / "m.onnx", ex.preprocess.input_shape(), _card(ex, cfg), cfg=cfg)
+    report = export_onnx(module, tmp_path / "m.onnx", _card(ex, cfg), cfg=cfg)
     assert report["num_inputs"] == 9 and report["tolerance"]["atol"] == 1e-3
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["x"] and [o.name for o in sess.get_outputs()] == ["y"]
@@ -102,7 +102,7 @@ def test_views_are_averaged_inside_the_graph(experts, test_video, tmp_path, aver
 
 def test_fp16_and_simplify_pass_their_own_tolerance(experts, tmp_path):
     ex, graph = _pair(experts, 2)
-    rep = export_onnx(graph, tmp_path / "h.onnx", ex.preprocess.input_shape(), _card(ex),
+    rep = export_onnx(graph, tmp_path / "h.onnx", _card(ex),
                       cfg=OnnxExportConfig(fp16=True, simplify=True, batch_sizes=(4, 1)))
     assert rep["passed"] and rep["precision"] == "fp16" and rep["tolerance"]["atol"] == 2e-2
     model = onnx.load(tmp_path / "h.onnx")
@@ -127,5 +127,5 @@ def test_bad_options_and_exporter_failures_are_clear(experts, tmp_path):
 
     target = tmp_path / "u.onnx"
     with pytest.raises(ExportValidationError, match="does not take its input") as e:
-        export_onnx(Unexportable(), target, (3,), _card(experts[0]))
+        export_onnx(Unexportable(), target, _card(experts[0]))
     assert "u.onnx" in str(e.value) and not target.exists()

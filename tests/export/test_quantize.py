@@ -214,11 +214,11 @@ def test_cli_export_int8_input_errors(bundle_path, cached_bundle, tmp_path, data
 
 
 def test_a_list_too_big_for_memory_is_decoded_again_on_each_pass(offset_case):
-    from jedi_deploy.export.quantize import Decoded
+    from jedi_deploy.export.quantize import DecodedList
 
     path, _, held = offset_case
     model = OnnxModel(path)
-    kept, streamed = Decoded(model, held, "held-out"), Decoded(model, held, "held-out", budget=0)
+    kept, streamed = DecodedList(model, held, "held-out"), DecodedList(model, held, "held-out", budget=0)
     assert streamed._feeds is None and kept._feeds is not None and len(streamed) == len(kept) == len(held.paths)
     for _ in range(2):  # every pass re-decodes the same feeds
         for a, b in zip(kept, streamed):

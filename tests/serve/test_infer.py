@@ -174,8 +174,7 @@ def test_multi_view_models_average_their_views(experts, test_video, tmp_path, av
     ex = experts[0]
     pre = replace(ex.preprocess, num_clips=2, crops=3, average=average, short_side=32)  # ThreeCrop spans the short side
     path = tmp_path / "m.onnx"
-    export_onnx(ExpertGraph(ex.encoder, ex.head), path, pre.input_shape(),
-                model_card("expert", replace(ex, preprocess=pre), OnnxExportConfig()))
+    export_onnx(ExpertGraph(ex.encoder, ex.head), path, model_card("expert", replace(ex, preprocess=pre), OnnxExportConfig()))
     probs = OnnxModel(path).video_probs(test_video)
     with torch.no_grad():
         logits = ex.model(torch.from_numpy(load_views(test_video, pre))).numpy()

@@ -53,7 +53,8 @@ np.testing.assert_allclose(ov.video_probs({str(test_video)!r}), ort.video_probs(
 
 def test_providers_are_for_onnx_runtime_only(onnx_dir):
     with pytest.raises(InputError, match="--providers"):
-        OnnxModel(onnx_dir / "hmdb-mini.student.onnx", providers="cpu", runtime="jedi_deploy.runners.openvino:OpenVinoSession")
+        OnnxModel(onnx_dir / "hmdb-mini.student.onnx", providers="cpu",
+                  runtime="jedi_deploy.runners.openvino:OpenVinoRunner")
     with pytest.raises(InputError, match="unknown runtime"):
         OnnxModel(onnx_dir / "hmdb-mini.student.onnx", runtime="tvm")
 

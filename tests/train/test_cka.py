@@ -37,5 +37,5 @@ def test_cka_report_on_the_cache_with_adjusted_students(cache, bundle_path, tmp_
     table = paths["table"].read_text()
     assert all(name in table for name in names) and table.count("\n") == 4 + len(names)
     # a student's adjusted embedding stays close to its expert's (small residual)
-    i, j = names.index(cache.experts[0]["name"]), names.index(f"{cache.experts[0]['name']} (adjusted)")
+    i, j = names.index(cache.experts[0].name), names.index(f"{cache.experts[0].name} (adjusted)")
     assert m[i][j] > 0.5
