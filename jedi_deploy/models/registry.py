@@ -86,10 +86,11 @@ def save_expert(model: ExpertModel, path: str | Path, *, name: str, arch: str, a
 
     if len(categories) != model.head.out_features:
         raise ConfigError(f"{len(categories)} categories for a head of {model.head.out_features} classes")
-    meta = {"kind": "expert", "name": name, "arch": arch, "arch_kwargs": arch_kwargs,
-            "num_classes": model.head.out_features, "embed_dim": model.head.in_features,
-            "dataset": dataset, "categories": list(categories),
-            "preprocess": preprocess.to_dict(), **(extra or {})}
+    card = ExpertCard(name, arch, dataset, tuple(categories), preprocess, model.head.in_features,
+                      model.head.out_features, dict(arch_kwargs))
+    # the card, less what a file cannot say of itself (where it is, its own hash)
+    meta = {"kind": "expert", **{k: v for k, v in card.to_dict().items() if k not in ("checkpoint", "sha256")},
+            **(extra or {})}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path, ".safetensors") as tmp:
         save_file(state, str(tmp), metadata=dump_metadata(meta))
@@ -106,18 +107,13 @@ def load_expert(path: str | Path, expected_sha256: str | None = None) -> Expert:
     if expected_sha256 and digest != expected_sha256:
         raise CheckpointError(f"{path}: checkpoint hash {digest[:12]} differs from the one recorded "
                               f"({expected_sha256[:12]}); it is not the expert this was built with")
+    card = ExpertCard.from_dict({"embed_dim": 0, **meta}, str(path), "expert checkpoint")  # embed_dim: the head's
     try:
-        arch, num_classes = meta["arch"], int(meta["num_classes"])
         with factory_search(path.resolve().parent):  # generic: its factory may sit beside the expert file
-            model = build_expert(arch, num_classes, **meta.get("arch_kwargs", {}))
-        preprocess = Preprocess.from_dict(meta["preprocess"])
-        categories = tuple(meta["categories"])
-        name, dataset = meta["name"], meta["dataset"]
-    except KeyError as e:
-        raise CheckpointError(f"{path}: expert metadata lacks field {e}") from None
+            model = build_expert(card.arch, card.num_classes, **card.arch_kwargs)
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
     load_state_strict(model, load_file(str(path)), str(path))
     model.eval().requires_grad_(False)
-    return Expert(name, arch, dict(meta.get("arch_kwargs", {})), dataset, categories, preprocess,
+    return Expert(card.name, card.arch, dict(card.arch_kwargs), card.dataset, card.categories, card.preprocess,
                   model, path.resolve(), digest)
