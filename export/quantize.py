@@ -18,6 +18,9 @@ ranges and re-evaluated. If none passes, nothing is written and
 Written on success: ``<name>.student.int8.onnx`` (card: precision ``int8``, the calibration
 facts under ``extra["quantization"]``) and its report ``<name>.student.int8.gate.json``
 (:mod:`jedi_deploy.contracts.gate`). The fp32 file is never touched.
+
+One module because calibration, the gate and the sensitive-node search are one loop over the same
+decoded videos and calibration ranges.
 """
 from __future__ import annotations
 

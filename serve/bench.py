@@ -21,6 +21,9 @@ every expert is measured rather than claimed.
 This module is torch-free; torch eager and TensorRT-engine runtimes come from ``export.eager`` /
 ``export.trt``; every runtime is a :class:`jedi_deploy.runners.base.Runtime` whose ``open(path)`` gives a
 :class:`~jedi_deploy.runners.base.Runner`, timed through its one ``infer(feed)``.
+
+One module because every benchmark here shares the timing block
+(``time_block``/``round_order``/``stats``) and the report that formats them.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``jedi cache``: every expert's frozen-encoder embeddings and own-head logits over every
 dataset's videos (the paper's section 3.3), written in the format of
-:mod:`jedi_deploy.contracts.cache` (which also loads it).
+:mod:`jedi_deploy.contracts.cache` (tensors: :mod:`jedi_deploy.train.cached`).
 
 Three steps, one function each: :func:`plan_cache` (which chunks of which splits are still to
 do, and this rank's share), :func:`decode_chunks` (worker processes decode each video once for
@@ -8,6 +8,10 @@ all experts and cut every expert's views), and :class:`ChunkWriter` (encode, the
 chunk atomically as soon as it is complete); :func:`join_splits` joins a split's chunks into
 its shard. :func:`build_cache` runs them. An existing shard or chunk for the same experts is
 kept, so an interrupted run resumes where it stopped.
+
+One module because planning, decoding, encoding and joining share the chunk layout and the resume
+rule; each step is a function of its own (``plan_cache``, ``decode_chunks``, ``ChunkWriter``,
+``join_splits``).
 """
 from __future__ import annotations
 

@@ -16,6 +16,9 @@ A run folder holds, when a run completes: ``jedi.safetensors`` (last epoch), ``b
 ``in_progress/`` (checkpoint after every epoch + live log), so a failed or stopped run never
 touches the outputs of an earlier one, and ``--resume`` continues from the last epoch with the
 same result as an uninterrupted run.
+
+One module because the run folder, the epoch loop and the refit are one training run's life cycle
+(the step, the losses and the data live in their own modules).
 """
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """The ``jedi`` command line. It only parses arguments and calls library functions; stage
 packages are imported inside each command so ``jedi infer``/``jedi bench`` never load torch.
 ``infer`` and ``serve`` are defined in ``jedi_deploy.serve.cli`` (shared with the torch-free
-``python -m jedi_deploy.serve.*`` entry points)."""
+``python -m jedi_deploy.serve.*`` entry points).
+
+One module because it is the command table: each command only parses and calls one library function.
+"""
 from __future__ import annotations
 
 import json

@@ -1,3 +1,13 @@
+"""How a video becomes a model input, as plain data and pure numpy (torch- and PyAV-free): the
+:class:`Preprocess` card (JSON in expert checkpoints and model cards) and its rules - the frame
+indices of every test clip by each upstream's rules (:func:`clip_indices`), the resize shape
+(:func:`resize_shape`), the crop windows (:func:`crop_offsets`, :func:`crop_views`) and the
+normalisation (:func:`normalize_views`). Decoding a file into those frames is
+:mod:`jedi_deploy.media.decode`'s job.
+
+One module because the card and its rules are one contract: every rule reads the card's fields,
+and the card's validation states which combinations the rules accept.
+"""
 from __future__ import annotations
 
 import dataclasses

@@ -1,9 +1,13 @@
-"""Video decoding and preprocessing, in numpy: the one implementation used by
-pretraining, caching and serving alike (torch-free, so ``serve`` can import it).
+"""Video decoding with PyAV: the one implementation used by pretraining, caching and serving
+alike (torch-free, so ``serve`` can import it). The preprocessing rules it applies - which
+frames, what size, which crops - are :mod:`jedi_deploy.contracts.preprocess`'s; this module
+turns a file into those frames: :func:`decode_clips` (sampled clips, seeking, the frame-index
+rule, corruption, rotation), :class:`FrameStream` (one sequential pass for long videos),
+:func:`video_feed` (a graph's feed for a model card) and ``load_clip`` (``float32[T, 3, S, S]``).
 
-A :class:`Preprocess` is plain data (JSON in checkpoints and ONNX metadata): how many
-frames, how they are sampled, the resize/crop and the normalisation. ``load_clip`` turns a
-video file into the model input ``float32[T, 3, S, S]``.
+One module because the seeking, the frame index, the corruption handling and the rotation are
+one decoder's state machine, read together; splitting them would pass a container, a stream and
+a reformatter between files.
 """
 from __future__ import annotations
 
