@@ -37,6 +37,12 @@ def test_the_wheel_installs_one_top_level_package(wheel):
     for stage in ("train", "export", "serve"):  # the design card's folders, inside the package
         assert f"jedi_deploy/{stage}/__init__.py" in names
     assert "jedi_deploy/serve/infer.py" in names and "jedi_deploy/train/cache.py" in names
+    for floor in ("contracts", "common", "media", "runners", "models", "models/zoo"):  # the core's floors
+        assert f"jedi_deploy/{floor}/__init__.py" in names, floor
+    assert not any("footage" in n for n in names)  # test footage is not in the wheel
+    # every package in the source tree is in the wheel
+    for init in ROOT.glob("jedi_deploy/**/__init__.py"):
+        assert str(init.relative_to(ROOT)) in names, init
 
 
 def fresh_venv_with_our_packages(env_dir: Path) -> Path:
