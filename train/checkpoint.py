@@ -30,10 +30,11 @@ class Checkpoint:
     best: float | None
     rng_state: dict
     experts: list[ExpertCard]
+    best_epoch: int | None = None  # the first epoch that reached ``best`` (None in older checkpoints)
 
 
 def save_checkpoint(path: Path, model, optimizer, *, config: JEDIConfig, epoch: int, best: float | None,
-                    rng_state: dict, experts: list[ExpertCard]) -> None:
+                    rng_state: dict, experts: list[ExpertCard], best_epoch: int | None = None) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -42,7 +43,7 @@ def save_checkpoint(path: Path, model, optimizer, *, config: JEDIConfig, epoch: 
         for k, v in state.items():
             t = v if torch.is_tensor(v) else torch.tensor(v)
             tensors[f"optim.{idx}.{k}"] = t.detach().cpu().contiguous()
-    meta = {"kind": "checkpoint", "config": config.to_dict(), "epoch": epoch, "best": best,
+    meta = {"kind": "checkpoint", "config": config.to_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
             "param_groups": opt["param_groups"], "rng_state": rng_state,
             "experts": [e.identity() for e in experts]}
     with atomic_path(path, ".safetensors") as tmp:
@@ -78,4 +79,5 @@ def load_checkpoint(path: Path, model, optimizer, *, config: JEDIConfig, experts
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: optimizer state does not fit this model ({e})") from None
-    return Checkpoint(saved, int(meta["epoch"]), meta.get("best"), meta["rng_state"], meta["experts"])
+    return Checkpoint(saved, int(meta["epoch"]), meta.get("best"), meta["rng_state"], meta["experts"],
+                      meta.get("best_epoch"))

@@ -201,7 +201,9 @@ class RunFolder:
             if self.log_path.exists():
                 history = [json.loads(x) for x in self.log_path.read_text().splitlines() if x.strip()]
                 history = [r for r in history if r["epoch"] <= ck.epoch]
-            best_epoch = max((r["epoch"] for r in history if _score(r.get("val", {})) == best), default=None)
+            best_epoch = ck.best_epoch
+            if best_epoch is None and best is not None:  # a checkpoint of an older release: the live rule
+                best_epoch = min((r["epoch"] for r in history if _score(r.get("val", {})) == best), default=None)
         elif self.work:
             if self.work.exists():
                 shutil.rmtree(self.work)
@@ -221,12 +223,13 @@ class RunFolder:
             self._log.close()
             self._log = None
 
-    def save_epoch(self, model, optimizer, cfg: JEDIConfig, epoch: int, best, rng, experts: list[ExpertCard]) -> None:
+    def save_epoch(self, model, optimizer, cfg: JEDIConfig, epoch: int, best, rng, experts: list[ExpertCard],
+                   best_epoch: int | None = None) -> None:
         if self.checkpoint:
             from .checkpoint import save_checkpoint
 
             save_checkpoint(self.checkpoint, model, optimizer, config=cfg, epoch=epoch, best=best,
-                            rng_state=rng.state, experts=experts)
+                            rng_state=rng.state, experts=experts, best_epoch=best_epoch)
 
     def save_best(self, model, data: TrainData, cfg: JEDIConfig, epoch: int, score: float) -> None:
         if self.work:
@@ -333,7 +336,7 @@ def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True, run_dir:
                 record_eval(rec)
             history.append(rec)
             folder.log(rec)
-            folder.save_epoch(model, optimizer, cfg, epoch, best, rng, data.experts)
+            folder.save_epoch(model, optimizer, cfg, epoch, best, rng, data.experts, best_epoch)
             bar.update()
             shown = {"loss": f"{rec['loss']:.3f}"}
             if "val" in rec:

@@ -85,6 +85,29 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(cache, tmp_pa
     assert load_bundle(tmp_path / "b/jedi.safetensors")[1].config.to_dict() == cfg.to_dict()
 
 
+def test_resume_keeps_the_best_epoch_rule_so_refit_ends_bit_identical(cache, tmp_path):
+    """Validation scores tie on small data; the best epoch is the FIRST to reach
+    the best score, before and after a resume, so the refit trains for the same epoch count."""
+    from jedi_deploy.train.jedi import _score
+
+    # a learning rate too small to move any prediction: every epoch ties with epoch 0
+    cfg = JEDIConfig(epochs=8, burn_in=1, refit=True, lr=1e-12, batch_size=32, hidden=16)
+    straight_result, straight = train_to_dir(cache, tmp_path / "a", cfg, progress=False)
+    scores = [_score(r["val"]) for r in straight_result.history]
+    assert len(set(scores)) == 1 and straight_result.best_epoch == 0  # the case: tied epochs
+    with pytest.raises(Stop):
+        train_to_dir(cache, tmp_path / "b", cfg, progress=False, on_epoch=_stop_after(5))
+    resumed_result, resumed = train_to_dir(cache, tmp_path / "b", cfg, resume=True, progress=False)
+    ha, hb = load_bundle(straight)[1], load_bundle(resumed)[1]
+    assert ha.extra["refit"] == hb.extra["refit"] and ha.extra["best_epoch"] == hb.extra["best_epoch"]
+    assert resumed_result.best_epoch == straight_result.best_epoch
+    a, b = load_bundle(straight)[0].state_dict(), load_bundle(resumed)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    best_a, best_b = (load_bundle(tmp_path / x / "best.safetensors") for x in ("a", "b"))
+    assert best_a[1].extra["epoch"] == best_b[1].extra["epoch"] == ha.extra["best_epoch"]
+    assert all(torch.equal(best_a[0].state_dict()[k], best_b[0].state_dict()[k]) for k in a)
+
+
 def test_a_failed_run_leaves_the_earlier_run_untouched(cache, tmp_path):
     cfg = JEDIConfig(epochs=2, burn_in=0, **FAST)
     _, bundle = train_to_dir(cache, tmp_path, cfg, progress=False)
