@@ -62,6 +62,9 @@ DEFAULT_STRIDE = 0.5
 MAX_WINDOW_S = 3600.0
 #: The widest moving average over windows (``--smooth`` / ``smooth=``).
 MAX_SMOOTH = 99
+#: The most windows one request or job may step through (a 10-hour video at a 2 s stride is 18,000);
+#: empty windows (a gap in the timestamps) count too, so no file can make the loop run away.
+MAX_WINDOWS = 20_000
 
 
 @dataclass(frozen=True)

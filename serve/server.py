@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from jedi_deploy.contracts.errors import ConfigError, InputError, VideoDecodeError
+from jedi_deploy.contracts.errors import BudgetError, ConfigError, InputError, VideoDecodeError
 
 from .config import ServeConfig, WindowSpec
 from .guard import ApiError, UploadGuard, error_body
@@ -157,6 +157,8 @@ class Service:
         t0 = time.perf_counter()
         try:
             tl = run_windows(model, upload.path, req.window, name=upload.name)
+        except BudgetError as e:
+            raise ApiError(422, "over_budget", str(e)) from None
         except (VideoDecodeError, InputError) as e:
             raise ApiError(422, "invalid_video", str(e)) from None
         finally:
@@ -204,7 +206,8 @@ class Service:
             progress(1.0)
             out = {"predictions": [p.__dict__ for p in model.top(probs, job.topk)]}
             return {**out, "warning": x.warning} if x.warning else out
-        return run_windows(model, job.source, job.window, on_window=progress, name=job.video).answer(job.topk)
+        return run_windows(model, job.source, job.window, on_window=progress, name=job.video,
+                           check=lambda: progress(job.progress)).answer(job.topk)
 
 
 #: The web page at ``/``: one static file, no build step (package data of jedi_deploy.serve).

@@ -16,17 +16,17 @@ import csv
 import io
 import json
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from jedi_deploy.contracts.errors import InputError
+from jedi_deploy.contracts.errors import BudgetError, InputError
 from jedi_deploy.contracts.preprocess import clip_indices
 from jedi_deploy.media.decode import FrameStream
 
-from .config import WindowSpec
+from .config import MAX_WINDOWS, WindowSpec
 from .runtime import OnnxModel
 
 
@@ -38,14 +38,38 @@ class Window:
     frames: int  # frames of the video inside the window
 
 
+def check_budget(spec: WindowSpec, stream: FrameStream, shown: str) -> None:
+    """Refuse, before decoding, a stride below one frame interval of this video (windows that could
+    hold no new frame) and more windows than :data:`MAX_WINDOWS` by the declared duration."""
+    if stream.fps and spec.stride < 1.0 / stream.fps - 1e-9:
+        raise BudgetError(f"{shown}: stride {spec.stride:g} s is below one frame interval of this video "
+                          f"(1/{stream.fps:g} s = {1.0 / stream.fps:.4g} s)")
+    if stream.duration and stream.duration / spec.stride > MAX_WINDOWS:
+        raise BudgetError(f"{shown}: {stream.duration:.1f} s in windows every {spec.stride:g} s is "
+                          f"{stream.duration / spec.stride:.0f} windows, more than the {MAX_WINDOWS} a request may "
+                          "have; use a longer stride")
+
+
 def windows(model: OnnxModel, video: str | Path, spec: WindowSpec,
-            stream: FrameStream | None = None) -> Iterator[Window]:
-    """Class probabilities of every window of ``video``, in order, from one decoding pass."""
+            stream: FrameStream | None = None, check: Callable[[], None] | None = None) -> Iterator[Window]:
+    """Class probabilities of every window of ``video``, in order, from one decoding pass. At most
+    :data:`MAX_WINDOWS` window steps (empty ones count: a gap in the timestamps cannot make the
+    loop run away); ``check()`` is called at every step and may raise to stop (a cancelled job)."""
     window, stride = spec.window, spec.stride
     specs = [s.preprocess for s in model.card.inputs]
     stream = stream or FrameStream(video, specs)
+    check_budget(spec, stream, str(stream.shown))
     buf: deque = deque()  # (t, [frame per spec]) of frames some later window still needs
     k, last = 0, None
+
+    def step() -> None:
+        nonlocal k
+        k += 1
+        if k > MAX_WINDOWS:
+            raise BudgetError(f"{stream.shown}: more than {MAX_WINDOWS} windows of {window:g} s every {stride:g} s "
+                              "(the timestamps run past the declared duration); use a longer stride")
+        if check is not None:
+            check()
 
     def classify(k: int, end: float) -> Window | None:
         start = k * stride
@@ -64,7 +88,7 @@ def windows(model: OnnxModel, video: str | Path, spec: WindowSpec,
             w = classify(k, k * stride + window)
             if w is not None:
                 yield w
-            k += 1
+            step()
             while buf and buf[0][0] < k * stride:
                 buf.popleft()
         if t >= k * stride:
@@ -74,7 +98,7 @@ def windows(model: OnnxModel, video: str | Path, spec: WindowSpec,
         w = classify(k, min(k * stride + window, last + 1.0 / (stream.fps or 25.0)))
         if w is not None:
             yield w
-        k += 1
+        step()
         while buf and buf[0][0] < k * stride:
             buf.popleft()
 
@@ -145,18 +169,19 @@ class Timeline:
 
 
 def run_windows(model: OnnxModel, video: str | Path, spec: WindowSpec, *, progress: bool = False, on_window=None,
-                name: str | None = None) -> Timeline:
+                name: str | None = None, check: Callable[[], None] | None = None) -> Timeline:
     """Every window of ``video`` classified, smoothed and merged into segments. ``on_window(fraction)``
     is called after each window with the share of the video done (by its declared duration); it may
-    raise to stop. ``name`` is what the answer, errors and warnings call the video (an upload's own
-    name rather than its temporary file)."""
+    raise to stop; ``check()`` is called at every window step, empty ones included, and may raise
+    too. ``name`` is what the answer, errors and warnings call the video (an upload's own name
+    rather than its temporary file)."""
     from tqdm.auto import tqdm
 
     window, stride, smooth_windows = spec.window, spec.stride, spec.smooth
     shown = name or str(video)
     stream = FrameStream(video, [s.preprocess for s in model.card.inputs], name=shown)
     found = []
-    for w in tqdm(windows(model, video, spec, stream), desc=Path(shown).name, unit="window",
+    for w in tqdm(windows(model, video, spec, stream, check), desc=Path(shown).name, unit="window",
                   disable=not progress, leave=False):
         found.append(w)
         if on_window is not None:

@@ -19,6 +19,11 @@ class VideoDecodeError(InputError):
     """A video file cannot be opened or decoded."""
 
 
+class BudgetError(InputError):
+    """A request or a file asks for more work than its budget allows (windows, pixels, bytes, time);
+    nothing was computed. docs/ARCHITECTURE.md lists every budget."""
+
+
 class AnnotationError(InputError):
     """An annotation list or class-name file is malformed."""
 

@@ -11,6 +11,7 @@ import pytest
 
 from jedi_deploy.contracts.errors import ConfigError
 from support.colour import colour_model, coloured_video
+from support.poll import until
 
 
 def infer(*args, cwd):
@@ -102,10 +103,93 @@ def test_the_service_returns_the_same_timeline(tmp_path):
         assert body["windows"][0]["start"] == 0 and len(body["windows"][0]["top"]) == 1 and body["video"] == "upload"
         r2 = predict(url, video, window="4", stride="2", name="v.mp4")
         assert r2.status_code == 200 and r2.json()["segments"] == body["segments"] and r2.json()["video"] == "v.mp4"
-        for q in ("window=0", "window=4&stride=5", "stride=2", "window=abc"):
+        for q in ("window=0", "window=4&stride=5", "stride=2", "window=abc", "window=nan", "window=1e9"):
             bad = requests.post(f"{url}/v1/predict?{q}", data=video.read_bytes(), headers={"Content-Type": "video/mp4"},
                                 timeout=60)
             assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_field", (q, bad.text)
+        tiny = requests.post(f"{url}/v1/predict?window=1e-9&stride=1e-9", data=video.read_bytes(),
+                             headers={"Content-Type": "video/mp4"}, timeout=60)  # once froze the service
+        assert tiny.status_code == 422 and tiny.json()["error"]["type"] == "over_budget", tiny.text
+        job = requests.post(f"{url}/v1/jobs?window=1e-300&stride=1e-300", data=video.read_bytes(),
+                            headers={"Content-Type": "video/mp4"}, timeout=60).json()
+        done = until(lambda: requests.get(f"{url}/v1/jobs/{job['id']}", timeout=10).json()["status"] != "running"
+                     and requests.get(f"{url}/v1/jobs/{job['id']}", timeout=10).json(), timeout=30)
+        assert done["status"] == "failed" and "frame interval" in done["error"]
         assert requests.get(f"{url}/healthz", timeout=10).status_code == 200
     finally:
         stop(proc)
+
+
+# --- budgets: no window/stride choice and no file makes the window loop run away -------------------
+
+def test_a_stride_below_one_frame_interval_is_refused_before_decoding(tmp_path):
+    import time
+
+    from jedi_deploy.contracts.errors import BudgetError
+    from jedi_deploy.serve.config import WindowSpec
+    from jedi_deploy.serve.runtime import OnnxModel
+    from jedi_deploy.serve.timeline import run_windows
+
+    model = OnnxModel(colour_model(tmp_path / "colour.onnx"))
+    video = coloured_video(tmp_path / "v.mp4", [("red", 2.0)], fps=4)
+    for window, stride in ((1e-9, 1e-9), (1e-300, 1e-300), (2.0, 0.2)):
+        t0 = time.perf_counter()
+        with pytest.raises(BudgetError, match=r"below one frame interval of this video \(1/4 s"):
+            run_windows(model, video, WindowSpec.parse(window, stride), name="clip.mp4")
+        assert time.perf_counter() - t0 < 5
+    r = infer(tmp_path / "colour.onnx", video, "--window", "1e-9", "--stride", "1e-9", cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: ") and "frame interval" in r.stderr
+
+
+def test_the_window_count_is_capped_by_duration_and_by_steps(tmp_path, monkeypatch):
+    from jedi_deploy.contracts.errors import BudgetError
+    from jedi_deploy.media.decode import FrameStream
+    from jedi_deploy.serve import timeline
+    from jedi_deploy.serve.config import WindowSpec
+    from jedi_deploy.serve.runtime import OnnxModel
+
+    model = OnnxModel(colour_model(tmp_path / "colour.onnx"))
+    video = coloured_video(tmp_path / "v.mp4", [("red", 6.0)], fps=4)
+    monkeypatch.setattr(timeline, "MAX_WINDOWS", 5)
+    with pytest.raises(BudgetError, match="more than the 5 a request may have"):  # by the declared duration
+        timeline.run_windows(model, video, WindowSpec.parse(1.0, 0.5))
+    stream = FrameStream(video, [s.preprocess for s in model.card.inputs])
+    stream.duration = None  # a container that declares nothing: the steps themselves are counted
+    with pytest.raises(BudgetError, match="more than 5 windows"):
+        list(timeline.windows(model, video, WindowSpec.parse(1.0, 0.5), stream))
+    assert len(timeline.run_windows(model, video, WindowSpec.parse(2.0, 2.0)).starts) == 3  # within the budget
+
+
+def test_every_window_and_stride_is_bounded_or_refused(tmp_path):
+    """Generated window/stride/frame-rate choices: each either runs at most duration/stride + 1
+    windows, or is refused with a BudgetError or ConfigError - never a hang."""
+    pytest.importorskip("hypothesis")
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from jedi_deploy.contracts.errors import BudgetError, InputError
+    from jedi_deploy.serve.config import WindowSpec
+    from jedi_deploy.serve.runtime import OnnxModel
+    from jedi_deploy.serve.timeline import run_windows
+
+    model = OnnxModel(colour_model(tmp_path / "colour.onnx"))
+    videos = {fps: coloured_video(tmp_path / f"v{fps}.mp4", [("red", 1.5), ("blue", 1.5)], fps=fps) for fps in (2, 5, 12)}
+    seconds = st.floats(min_value=1e-300, max_value=5000, allow_nan=False, allow_infinity=False)
+
+    @settings(max_examples=40, deadline=None, database=None, derandomize=True)
+    @given(fps=st.sampled_from(sorted(videos)), window=seconds, stride=seconds | st.none())
+    def check(fps, window, stride):
+        try:
+            spec = WindowSpec.parse(window, stride)
+        except ConfigError:
+            return
+        try:
+            tl = run_windows(model, videos[fps], spec)
+        except BudgetError:
+            assert spec.stride < 1 / fps or 3.0 / spec.stride > 20_000
+            return
+        except InputError as e:  # a window longer than the video still has its frames: never this
+            raise AssertionError(e) from None
+        assert 1 <= len(tl.starts) <= 3.0 / spec.stride + 2
+
+    check()
