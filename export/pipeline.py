@@ -7,9 +7,13 @@ validated before it is renamed into place (``export.onnx``).
 """
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jedi_deploy.contracts.errors import InputError, QuantizationGateError
 from jedi_deploy.contracts.gate import GateReport
 
 from .onnx import TOLERANCES, OnnxExportConfig
@@ -101,48 +105,114 @@ def export_all(bundle: str | Path, out: str | Path, opts: ExportOptions = Export
     gets no INT8 file and, once everything else is written,
     :class:`~jedi_deploy.contracts.errors.QuantizationGateError` is raised with its table."""
     from jedi_deploy.contracts.bundle import read_bundle_header
-    from jedi_deploy.contracts.errors import InputError, QuantizationGateError
+    from jedi_deploy.contracts.gate import refusal
+    from jedi_deploy.contracts.header import require_writable_dir
 
-    from .ensemble import check_options, export_teacher
-    from .students import export_bundle, select_students
+    from .ensemble import check_options
+    from .students import select_students
 
     cfg, students, int8, trt, triton = opts.cfg, list(opts.students) or None, opts.int8, opts.trt, opts.triton
-    if int8 is not None:  # refuse before any work: the options and where the videos come from
+    meta = read_bundle_header(bundle)
+    chosen = [meta.expert_names[j] for j in select_students(meta, students)]
+    unknown = [d for d in opts.teachers if d not in meta.datasets]
+    if unknown:  # refuse before any work: every target is named by the bundle
+        raise InputError(f"no teacher for dataset {unknown[0]!r}; this bundle has {meta.datasets}")
+    if int8 is not None:  # the options and where the videos come from
         if cfg.fp16:
             raise InputError("--int8 quantizes the fp32 graph; drop --fp16 (export fp16 models separately)")
         from .quantize import default_lists, per_student
 
-        meta = read_bundle_header(bundle)
-        names = [meta.expert_names[j] for j in select_students(meta, students)]
-        int8 = Int8Request(int8.options, per_student(int8.calib_lists, names, "--calib-list"),
-                           per_student(int8.eval_lists, names, "--eval-list"))
-        for n in names:
+        int8 = Int8Request(int8.options, per_student(int8.calib_lists, chosen, "--calib-list"),
+                           per_student(int8.eval_lists, chosen, "--eval-list"))
+        for n in chosen:
             default_lists(meta, n, int8.options, int8.calib_lists.get(n), int8.eval_lists.get(n))
-
     if trt is not None:  # fail before any work when TensorRT or the GPU is missing
         from .trt import require_tensorrt
 
         require_tensorrt()
     if opts.teachers:
         check_options(cfg)
-    reports = export_bundle(bundle, out, students=students, expert_paths=opts.expert_paths,
+    out = require_writable_dir(out)
+    targets = planned_files(chosen, opts)
+    for name in targets:  # a folder (or anything not a file) where a file is to go
+        if (out / name).exists() and not (out / name).is_file():
+            raise InputError(f"{out / name} is in the way: a {'folder' if (out / name).is_dir() else 'non-file'} "
+                             "where jedi export writes a file; move it or choose another --out")
+    remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    try:
+        results, refused = _export_into(bundle, staging, opts, cfg, students, int8, trt, triton, progress)
+        commit_staged(staging, out, results)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if refused:
+        raise QuantizationGateError("\n\n".join(refusal(g) for g in refused)
+                                    + "\n\n(everything else is written)", refused)
+    return results
+
+
+#: Staging folders of an export in progress (``<out>/.jedi-export-*``): everything is written there,
+#: validated, then moved into place; a killed export leaves one behind, which the next removes.
+STAGING_PREFIX = ".jedi-export-"
+
+
+def planned_files(names: list[str], opts: ExportOptions) -> list[str]:
+    """The file names an export of students ``names`` (with ``opts``) writes into its folder."""
+    stems = [f"{n}.student" for n in names] + ([f"{n}.expert" for n in names] if opts.with_experts else [])
+    stems += [f"{d}.teacher" for d in opts.teachers]
+    files = [f"{s}{ext}" for s in stems for ext in (".onnx", ".validation.json", *((".plan",) if opts.trt else ()))]
+    if opts.int8 is not None:
+        files += [f"{n}.student.int8{ext}" for n in names for ext in (".onnx", ".gate.json",
+                                                                          *((".plan",) if opts.trt else ()))]
+    return files
+
+
+def remove_stale_staging(out: Path) -> None:
+    """Staging folders an earlier export left when it was killed (one export per folder at a time)."""
+    for stale in out.glob(STAGING_PREFIX + "*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def commit_staged(staging: Path, out: Path, results: list[ExportResult]) -> None:
+    """Move every staged file into ``out`` (each an atomic rename on one file system) and point the
+    results at their final paths. Only runs once everything was written and validated."""
+    for f in sorted(staging.iterdir()):
+        if f.is_file():
+            try:
+                os.replace(f, out / f.name)
+            except OSError as e:
+                raise InputError(f"cannot move {f.name} into {out}: {e.strerror or e}") from None
+    for r in results:
+        for attr in ("path", "gate_path", "plan"):
+            value = getattr(r, attr)
+            if value is not None:
+                setattr(r, attr, out / Path(value).name)
+
+
+def _export_into(bundle, staging: Path, opts: ExportOptions, cfg, students, int8, trt, triton, progress):
+    from .ensemble import export_teacher
+    from .students import export_bundle
+
+    reports = export_bundle(bundle, staging, students=students, expert_paths=opts.expert_paths,
                             with_experts=opts.with_experts, cfg=cfg, clip=opts.clip, progress=progress)
-    reports += [export_teacher(bundle, out, d, expert_paths=opts.expert_paths, cfg=cfg) for d in opts.teachers]
+    reports += [export_teacher(bundle, staging, d, expert_paths=opts.expert_paths, cfg=cfg) for d in opts.teachers]
     results = [ExportResult(r["kind"], r["name"], Path(r["path"]), validation=r) for r in reports]
     refused = []
     if int8 is not None:
-        from jedi_deploy.contracts.gate import gate_path, refusal
+        from jedi_deploy.contracts.gate import gate_path
 
         from .quantize import quantize_exported
 
         names = [r.name for r in results if r.kind == "student"]
-        for g in quantize_exported(bundle, out, names, int8.options, calib_lists=int8.calib_lists,
+        for g in quantize_exported(bundle, staging, names, int8.options, calib_lists=int8.calib_lists,
                                    eval_lists=int8.eval_lists, progress=progress):
             if not g.passed:
                 refused.append(g)
                 continue
+            model = staging / Path(g.model).name
             results.append(ExportResult("student-int8", Path(g.fp32_model).name.removesuffix(".student.onnx"),
-                                        Path(g.model), gate=g, gate_path=gate_path(g.model)))
+                                        model, gate=g, gate_path=gate_path(model)))
     for r in results:
         if trt is not None:
             from .trt import build_engine, check_engine_parity
@@ -158,7 +228,4 @@ def export_all(bundle: str | Path, out: str | Path, opts: ExportOptions = Export
             r.triton = list(write_model_repository(r.path, triton.repo, plan_path=r.plan,
                                                    max_batch_size=triton.max_batch_size, instances=triton.instances,
                                                    gpu=trt is not None, force=triton.force))
-    if refused:
-        raise QuantizationGateError("\n\n".join(refusal(g) for g in refused)
-                                    + "\n\n(everything else is written)", refused)
-    return results
+    return results, refused

@@ -368,7 +368,8 @@ def quantize_student(fp32: str | Path, calib: VideoList, evaluation: VideoList, 
         evaluation_info = {"source": evaluation.source, "videos": len(ev), "skipped": len(ev.skipped),
                            "acc1": float(100 * (p32.argmax(1) == labels).mean()),
                            "acc5": 100 * topk_accuracy(p32, labels, 5)}
-        report = GateReport(str(out), str(fp32), opts.max_drop, opts.float_budget, calibration, evaluation_info)
+        # file names, not paths: the report sits beside both files wherever they are moved
+        report = GateReport(out.name, fp32.name, opts.max_drop, opts.float_budget, calibration, evaluation_info)
         ranges, candidate = work / "ranges.json", work / "int8.onnx"
         quantize_once(float_path, candidate, cal, opts, [], ranges)
         report.attempts.append(compare(p32, video_probs(candidate, ev), labels, [], opts.max_drop))

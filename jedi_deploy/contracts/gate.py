@@ -46,7 +46,8 @@ class Attempt:
 
 @dataclass
 class GateReport:
-    model: str  # the int8 file (as it is, or would have been, written)
+    model: str  # the int8 file name (as it is, or would have been, written), beside this report
+    # fp32_model: the fp32 file name it was quantized from, beside it too
     fp32_model: str
     max_drop: float  # the gate: fp32 acc@1 - int8 acc@1 <= max_drop (points)
     float_budget: int  # most nodes the gate may keep in float

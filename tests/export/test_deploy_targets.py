@@ -108,3 +108,45 @@ def test_teacher_ensemble_goes_through_the_shared_export_path(bundle_path, exper
     assert [i.name for i in card.inputs] == [f"video_{j}" for j in range(len(experts))]
     saved = json.loads((tmp_path / "ucf-mini.teacher.validation.json").read_text())
     assert saved["exporter"] == exporter and saved["kind"] == "teacher"
+
+
+# --- export is all-or-nothing ---------------------------------------------------------------------
+
+def _snapshot(folder):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_failing_export_leaves_the_previous_one_intact(bundle_path, tmp_path):
+    out = tmp_path / "exp1"
+    res = CliRunner().invoke(cli, ["export", "--bundle", str(bundle_path), "--out", str(out), "--student", "ucf-mini"])
+    assert res.exit_code == 0, res.output
+    before = _snapshot(out)
+    assert "ucf-mini.student.onnx" in before and "ucf-mini.expert.validation.json" in before
+    # an unknown teacher: refused before anything is written (it used to rewrite every file first)
+    res = CliRunner().invoke(cli, ["export", "--bundle", str(bundle_path), "--out", str(out), "--teacher", "nosuch"])
+    assert res.exit_code == 1 and "no teacher for dataset 'nosuch'" in res.output
+    assert _snapshot(out) == before
+    # a validation that fails after some files were made: none of them reaches the folder
+    res = CliRunner().invoke(cli, ["export", "--bundle", str(bundle_path), "--out", str(out), "--atol", "-1"])
+    assert res.exit_code == 1 and "disagrees" in res.output
+    assert _snapshot(out) == before and [p.name for p in out.iterdir() if p.is_dir()] == []
+
+
+def test_a_folder_in_the_way_is_one_line_and_nothing_changes(bundle_path, tmp_path):
+    out = tmp_path / "exp"
+    (out / "ucf-mini.expert.onnx").mkdir(parents=True)
+    res = CliRunner().invoke(cli, ["export", "--bundle", str(bundle_path), "--out", str(out), "--student", "ucf-mini"])
+    assert res.exit_code == 1 and "ucf-mini.expert.onnx is in the way: a folder" in res.output
+    assert "Traceback" not in res.output and sorted(p.name for p in out.iterdir()) == ["ucf-mini.expert.onnx"]
+
+
+def test_a_killed_exports_staging_folder_is_removed_by_the_next(bundle_path, tmp_path):
+    from jedi_deploy.export.pipeline import STAGING_PREFIX, ExportOptions, export_all
+
+    out = tmp_path / "exp"
+    stale = out / f"{STAGING_PREFIX}killed"
+    stale.mkdir(parents=True)
+    (stale / "ucf-mini.student.onnx").write_bytes(b"half written")
+    results = export_all(bundle_path, out, ExportOptions(students=("ucf-mini",), with_experts=False))
+    assert [r.path for r in results] == [out / "ucf-mini.student.onnx"] and results[0].path.is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["ucf-mini.student.onnx", "ucf-mini.student.validation.json"]
