@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from jedi_deploy.contracts.errors import ConfigError, ExportValidationError
-from jedi_deploy.contracts.header import atomic_path
+from jedi_deploy.contracts.errors import ConfigError, ExportValidationError, InputError
+from jedi_deploy.contracts.header import atomic_path, write_failure
 from jedi_deploy.contracts.model_card import ModelCard, embed_card
 from jedi_deploy.runners.base import TOLERANCES, compare, random_feeds
 
@@ -119,6 +119,9 @@ def _torch_export(module, dummy: tuple, path: Path, cfg: OnnxExportConfig, names
                                   output_names=[cfg.output_name], opset_version=cfg.opset, dynamo=False,
                                   dynamic_axes={**{n: {0: "batch"} for n in names}, cfg.output_name: {0: "batch"}})
         except Exception as e:  # the exporters raise many types; name what failed and how
+            why = write_failure(e)
+            if why is not None:  # the disk, not the exporter
+                raise InputError(f"cannot write {what}: {why}; nothing was changed there") from None
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise ExportValidationError(f"{what}: the {cfg.exporter} ONNX exporter cannot export this model "
                                         f"({type(e).__name__}: {first}); try --exporter "

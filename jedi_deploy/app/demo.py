@@ -6,13 +6,13 @@ bench -> ``report.md`` + ``accuracy_curves.png``.
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from jedi_deploy.contracts.errors import InputError
+from jedi_deploy.contracts.header import write_json
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
 
     t = stage(5, "evaluating experts, students and teachers")
     table = evaluate(result.model, result.experts, result.datasets, cache)
-    (out / "eval.json").write_text(json.dumps(table, indent=2))
+    write_json(out / "eval.json", table)
     timings["evaluate"] = time.perf_counter() - t
 
     t = stage(6, "exporting students and initial experts to ONNX (validated), INT8 students (gated)")
@@ -146,7 +146,7 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
 
     t = stage(8, "benchmarking latency: students vs initial experts")
     bench = bench_dir(out / "onnx", runs=settings.bench_runs, warmup=20, threads=1)
-    (out / "bench.json").write_text(json.dumps(bench, indent=2))
+    write_json(out / "bench.json", bench)
     timings["bench"] = time.perf_counter() - t
 
     expert_acc1 = {d: table[d]["expert"]["acc1"] for d in table}

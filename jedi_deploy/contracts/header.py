@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -83,12 +85,46 @@ def dump_metadata(meta: dict) -> dict[str, str]:
     return {METADATA_KEY: json.dumps({"format_version": FORMAT_VERSION, **meta}, sort_keys=True)}
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` sets it, which races other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: errno values that mean "this file cannot be written here" (not a bug): disk full, quota, too
+#: large for a limit, read-only, permission.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def write_failure(e: BaseException) -> str | None:
+    """What went wrong writing a file, when it is the file system's refusal (disk full, quota,
+    permission, ...) rather than a bug - also through safetensors, which wraps the OS error in its
+    own message (``... (os error 28)``, ``IoError(Os { code: 28, ... })``); else None."""
+    if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
+        return e.strerror or str(e)
+    m = re.search(r"Os \{ code: (\d+)|\(os error (\d+)\)", str(e))
+    code = int(next(g for g in m.groups() if g)) if m else None
+    if code in WRITE_ERRNOS:
+        return os.strerror(code)
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it onto ``final`` only on success.
 
     On any exception the temporary file is removed and ``final`` is untouched, so a crash
-    or a failed validation never leaves a partial or corrupted file behind.
+    or a failed validation never leaves a partial or corrupted file behind. A file system that
+    refuses the write (disk full, quota, permission: :func:`write_failure`) is one
+    :class:`InputError` naming ``final``. Finished files get the mode the umask gives every new
+    file (0666 & ~umask), whichever library wrote them.
     """
     final = Path(final)
     parent = final.parent
@@ -98,15 +134,16 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     except OSError as e:
         raise InputError(f"cannot write to {parent}: {e.strerror or e}") from None
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; finished files get the usual mode
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~current_umask())  # after the writer: some recreate the file (0600)
         os.replace(tmp_path, final)
-    except BaseException:
+    except BaseException as e:
         tmp_path.unlink(missing_ok=True)
+        why = write_failure(e)
+        if why is not None:
+            raise InputError(f"cannot write {final}: {why}; nothing was changed there") from None
         raise
 
 
