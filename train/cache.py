@@ -90,6 +90,13 @@ class Chunk:
     def part(self, cache_dir: Path) -> Path:
         return part_path(cache_dir, self.dataset.name, self.split, self.number)
 
+    def videos(self) -> str:
+        """sha256 of the chunk's videos (relative paths) and labels, in order."""
+        import hashlib
+
+        text = "\n".join(f"{s.path.relative_to(self.dataset.root)} {s.label}" for s in self.samples)
+        return hashlib.sha256(text.encode()).hexdigest()
+
 
 @dataclass
 class CachePlan:
@@ -98,14 +105,16 @@ class CachePlan:
 
     chunks: list[Chunk]
     open_splits: list[tuple[VideoDataset, str, list]]  # every split without a final shard (all ranks)
+    chunk_size: int
     items: list[tuple[Chunk, int]]  # (chunk, sample index within it)
     batches: list[list[int]]  # indices into ``items``
 
 
 def plan_cache(datasets: list[VideoDataset], splits: tuple[str, ...] | None, cache_dir: Path, descs: list[ExpertCard], *,
-               chunk_size: int, batch_size: int, rank: int = 0, world: int = 1) -> CachePlan:
+               chunk_size: int, batch_size: int, rank: int = 0, world: int = 1, precision: str = "fp32") -> CachePlan:
     """Chunks still to do (splits with a shard, and chunks already written, are skipped; either
-    one written for other experts is refused) and this rank's share: every world-th chunk."""
+    one written for other experts is refused, and so is a part written with another chunk layout,
+    precision or video list: a resume never mixes) and this rank's share: every world-th chunk."""
     chunks, open_splits = [], []
     for d in datasets:
         for s in (splits or d.splits()):
@@ -120,23 +129,52 @@ def plan_cache(datasets: list[VideoDataset], splits: tuple[str, ...] | None, cac
             open_splits.append((d, s, samples))
             for k, a in enumerate(range(0, len(samples), chunk_size)):
                 chunks.append(Chunk(d, s, tuple(samples[a:a + chunk_size]), a, min(a + chunk_size, len(samples)), k))
-    mine = [c for k, c in enumerate(chunks) if k % world == rank and not _part_done(c.part(cache_dir), descs)]
+    for d, s, _ in open_splits:  # a part the layout does not have (a larger --chunk-size ran before)
+        folder = part_path(cache_dir, d.name, s, 0).parent
+        have = {c.number for c in chunks if c.dataset is d and c.split == s}
+        extra = sorted(int(f.stem) for f in folder.glob("*.safetensors") if f.stem.isdigit() and int(f.stem) not in have)
+        if extra:
+            _refuse_layout(folder, read_cache_header(folder / f"{extra[0]:06d}.safetensors", PART_KIND), chunk_size,
+                           precision)
+    mine = [c for k, c in enumerate(chunks)
+            if k % world == rank and not _part_done(c, cache_dir, descs, chunk_size, precision)]
     items = [(c, k) for c in mine for k in range(len(c.samples))]
     batches, pos = [], 0
     for c in mine:
         batches += [list(range(pos + a, pos + min(a + batch_size, len(c.samples))))
                     for a in range(0, len(c.samples), batch_size)]
         pos += len(c.samples)
-    return CachePlan(mine, open_splits, items, batches)
+    return CachePlan(mine, open_splits, chunk_size, items, batches)
 
 
-def _part_done(path: Path, descs) -> bool:
+def _part_done(chunk: Chunk, cache_dir: Path, descs, chunk_size: int, precision: str) -> bool:
+    """Whether ``chunk``'s part is already written - by this run's experts, chunk layout, precision
+    and videos; a part written otherwise is refused (one line naming the setting), never mixed in."""
+    path = chunk.part(cache_dir)
     if not path.exists():
         return False
-    if not same_experts(read_cache_header(path, PART_KIND).experts, descs):
+    h = read_cache_header(path, PART_KIND)
+    if not same_experts(h.experts, descs):
         raise CacheMismatchError(f"{path} was cached for other experts; remove {path.parent} or use another "
                                  "cache folder")
+    if (h.start, h.stop) != (chunk.start, chunk.stop) or (h.chunk_size and h.chunk_size != chunk_size):
+        _refuse_layout(path.parent, h, chunk_size, precision)
+    if (h.precision and h.precision != precision) or (h.videos and h.videos != chunk.videos()):
+        _refuse_layout(path.parent, h, chunk_size, precision, videos=h.videos != chunk.videos())
     return True
+
+
+def _refuse_layout(folder: Path, h: CacheHeader, chunk_size: int, precision: str, videos: bool = False) -> None:
+    """One line: which setting differs from the run that wrote ``folder``'s parts, and the way out."""
+    if videos:
+        what = f"its videos: {h.dataset}/{h.split}'s list changed since"
+    elif h.precision and h.precision != precision:
+        what = f"--precision {h.precision}; this run asks for --precision {precision}"
+    else:
+        size = h.chunk_size or (h.stop - h.start)
+        what = f"--chunk-size {size}; this run asks for --chunk-size {chunk_size}"
+    raise CacheMismatchError(f"{folder} holds parts of an interrupted run cached with {what}. Resume with the same "
+                             f"settings, or remove {folder} to cache {h.dataset}/{h.split} again")
 
 
 class _Decode(torch.utils.data.Dataset):
@@ -289,7 +327,8 @@ class ChunkWriter:
             tensors[f"logits.{e.name}"] = (torch.stack([results[i][1][j] for i in ok]) if ok
                                            else torch.zeros(0, e.num_classes))
         header = CacheHeader(PART_KIND, chunk.dataset.name, chunk.split, self.descs, failures, notes,
-                             start=chunk.start, stop=chunk.stop)
+                             start=chunk.start, stop=chunk.stop, chunk_size=self.plan.chunk_size,
+                             precision=self.precision, videos=chunk.videos())
         write_cache_file(chunk.part(self.cache_dir), tensors, header)
 
 
@@ -389,7 +428,7 @@ def build_cache(experts: list[Expert], datasets: list[VideoDataset], cache_dir: 
             f"prefetch {PREFETCH if nw else 0} batch(es) each, batch {batch_size}, {precision} encoders, "
             f"{dtype} storage")
     plan = plan_cache(datasets, splits, cache_dir, descs, chunk_size=chunk_size, batch_size=batch_size,
-                      rank=rank, world=world)
+                      rank=rank, world=world, precision=precision)
     writer = ChunkWriter(plan, cache_dir, experts, descs, strict, precision)
     bar = tqdm(total=len(plan.items), desc="caching embeddings" + (f" (rank {rank}/{world})" if world > 1 else ""),
                unit="video", disable=not progress, position=rank if world > 1 else None)

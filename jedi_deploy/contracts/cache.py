@@ -52,6 +52,9 @@ class CacheHeader:
     root: str = ""  # shard: the dataset folder ``samples`` are relative to, absolute, at cache time
     start: int = 0  # part: the chunk's first and one-past-last sample of the split
     stop: int = 0
+    chunk_size: int = 0  # part: the layout it belongs to (0: written before parts recorded it)
+    precision: str = ""  # part: the encoders' precision (fp32, fp16, bf16)
+    videos: str = ""  # part: sha256 of its videos and labels, in order (the split's list may change)
 
     def to_dict(self) -> dict:
         d = {"kind": self.kind, "dataset": self.dataset, "split": self.split,
@@ -60,7 +63,8 @@ class CacheHeader:
         if self.kind == SHARD_KIND:
             d.update(categories=self.categories, samples=self.samples, dtype=self.dtype, root=self.root)
         else:
-            d.update(start=self.start, stop=self.stop)
+            d.update(start=self.start, stop=self.stop, chunk_size=self.chunk_size, precision=self.precision,
+                     videos=self.videos)
         return d
 
     @classmethod
@@ -74,7 +78,8 @@ class CacheHeader:
         return cls(kind, d["dataset"], d["split"], experts, list(d.get("failures", [])),
                    list(d.get("notes", [])), list(d.get("categories", [])), list(d.get("samples") or []),
                    d.get("dtype", "float32"),
-                   str(d.get("root") or ""), int(d.get("start", 0)), int(d.get("stop", 0)))
+                   str(d.get("root") or ""), int(d.get("start", 0)), int(d.get("stop", 0)),
+                   int(d.get("chunk_size", 0)), str(d.get("precision") or ""), str(d.get("videos") or ""))
 
     def where(self, i: int) -> str:
         """`` (<video path>)`` of row ``i`` when known, for error messages."""

@@ -137,3 +137,38 @@ def test_two_torchrun_ranks_equal_one_process(data_root, expert_paths, tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert one.wait(timeout=300) == 0, one.stderr.read()[-2000:]
     assert_same_cache(tmp_path / "one", tmp_path / "two", exact=False)
+
+
+def test_a_resume_with_other_settings_is_refused_never_mixed(data_root, expert_paths, tmp_path):
+    """Killed with one --chunk-size, resumed with another (or another --precision): one line naming
+    the setting, the parts kept; resumed with the same settings: the same cache as an uninterrupted run.
+    (It used to mix layouts: a split with a third of its samples, or twice as many rows as videos.)"""
+    ucf = [p for p in expert_paths if p.stem == "ucf-mini"]
+    args = ["--batch-size", "1", "--workers", "0", "--split", "test"]
+    ref = run_cli(cache_cmd(data_root, ucf, tmp_path / "ref", "--chunk-size", "2", *args))
+    out = tmp_path / "killed"
+    proc = run_cli(cache_cmd(data_root, ucf, out, "--chunk-size", "2", *args))
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / PARTS_DIR).rglob("*.safetensors"))) < 2:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    parts = sorted((out / PARTS_DIR).rglob("*.safetensors"))
+    assert len(parts) >= 2 and not list(out.glob("*/*.safetensors")), "the run finished before it could be killed"
+    before = {p: p.read_bytes() for p in parts}
+    for extra, needle in ((["--chunk-size", "8"], "cached with --chunk-size 2; this run asks for --chunk-size 8"),
+                          (["--chunk-size", "1"], "cached with --chunk-size 2; this run asks for --chunk-size 1"),
+                          (["--chunk-size", "2", "--precision", "bf16"],
+                           "cached with --precision fp32; this run asks for --precision bf16")):
+        r = run_cli(cache_cmd(data_root, ucf, out, *extra, *args))
+        _, err = r.communicate(timeout=300)
+        assert r.returncode == 1 and "Traceback" not in err, err[-2000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("error: ") and needle in last and "Resume with the same settings" in last, last
+        assert {p: p.read_bytes() for p in parts if p.exists()} == before and all(p.exists() for p in parts)
+    rerun = run_cli(cache_cmd(data_root, ucf, out, "--chunk-size", "2", *args))
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read()[-2000:]
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()[-2000:]
+    assert_same_cache(tmp_path / "ref", out, exact=True)
+    h = read_safetensors_metadata(shard_path(out, "ucf-mini", "test"))
+    assert len(h["samples"]) == len((data_root / "ucf-mini" / "test.txt").read_text().split("\n")) - 1
