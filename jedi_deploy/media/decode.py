@@ -11,6 +11,7 @@ a reformatter between files.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,14 +140,28 @@ def frame_timestamps(container, stream) -> tuple[np.ndarray, str | None] | None:
 
 
 class _Seeker:
-    """Frame-accurate random access by presentation timestamp on one open video stream: seeks
-    (to the keyframe before a target, then decodes forward) only when the next wanted frame is
-    far ahead; otherwise decodes through."""
+    """Frame-accurate random access by presentation timestamp on one video stream: seeks (to the
+    keyframe before a target, then decodes forward) only when the next wanted frame is far ahead;
+    otherwise decodes through. Decoding from the start never seeks: ``reopen()`` gives a fresh
+    container positioned on its first packet (a seek to the first timestamp lands later than that
+    in some containers - MPEG-TS - and would silently skip frames). A seek that lands after its
+    target or yields no frame at all (the container cannot seek exactly) switches to one
+    sequential pass from the start; a seek that lands on frames already passed (a video with few
+    keyframes: every seek decodes from the same early keyframe) stops seeking, so such a video
+    costs about one pass instead of one pass per sampled frame."""
 
-    def __init__(self, container, stream, pts: np.ndarray):
-        self.c, self.s, self.pts = container, stream, pts
+    def __init__(self, container, stream, pts: np.ndarray, reopen=None):
+        self.c, self.s, self.pts, self.reopen = container, stream, pts, reopen
         self.it, self.pos, self.gop, self.last_key, self.first = None, -1, 0, None, None
         self.seeks = len(pts) > VERIFY_FRAMES  # short videos: decode through, so every error is seen
+        self.decoded = 0  # frames decoded so far (the cost of this access pattern)
+
+    def _from_start(self) -> None:
+        if self.reopen is not None:
+            self.c, self.s = self.reopen()
+        else:
+            self.c.seek(int(self.pts[0]), stream=self.s, backward=True, any_frame=False)
+        self.it, self.pos, self.last_key = self.c.decode(self.s), -1, None
 
     def _seek(self, target: int) -> None:
         self.c.seek(int(self.pts[target]), stream=self.s, backward=True, any_frame=False)
@@ -157,21 +172,41 @@ class _Seeker:
         error or when the stream ends before a wanted frame."""
         out: dict = {}
         for t in sorted(set(targets)):
+            sought, before = False, -1
             if self.it is None:
-                self._seek(t if self.seeks else 0)
+                if self.seeks and t > 0:
+                    self._seek(t)
+                    sought = True
+                else:
+                    self._from_start()
             elif self.seeks and t - self.pos > max(SEEK_GAP, self.gop):
+                before = self.pos
                 self._seek(t)
+                sought = True
             hit = None
             while hit is None:
                 try:
                     frame = next(self.it)
                 except StopIteration:
+                    if sought:  # a seek that yields nothing (MPEG-TS): one sequential pass instead
+                        sought, self.seeks = False, False
+                        self._from_start()
+                        continue
                     raise _DecodeFailed(self.pos + 1, "the stream ended early") from None
                 except Exception as e:  # the decoder's error: frames from here on are not to be trusted
                     raise _DecodeFailed(self.pos + 1, f"{type(e).__name__}: {e}") from None
                 if frame.pts is None:
                     raise ValueError("decoded frames without timestamps")
                 idx = int(np.searchsorted(self.pts, frame.pts))
+                self.decoded += 1
+                if sought:
+                    sought = False
+                    if idx > t:  # the seek overshot: this container cannot seek exactly
+                        self.seeks = False
+                        self._from_start()
+                        continue
+                    if idx <= before:  # it went back to frames already passed (keyframes too sparse):
+                        self.seeks = False  # decoding on from here is cheaper than seeking again
                 if self.first is None:
                     self.first = frame
                 if frame.key_frame:
@@ -241,8 +276,14 @@ def decode_clips(path: str | Path, specs: list["Preprocess"], name: str | None =
     p = Path(path)
     shown = Path(name) if name else p
     _open_checked(p, shown)
+    opened = contextlib.ExitStack()  # containers reopened to decode from the first packet
+
+    def reopen():
+        c = opened.enter_context(av.open(str(p)))
+        return c, next(s for s in c.streams.video if s.index == stream.index)
+
     try:
-        with av.open(str(p)) as container:
+        with opened, av.open(str(p)) as container:
             if not container.streams.video:
                 raise VideoDecodeError(f"{shown}: file has no video stream")
             stream = container.streams.video[0]
@@ -256,12 +297,12 @@ def decode_clips(path: str | Path, specs: list["Preprocess"], name: str | None =
                 pts = index[0]
                 n = len(pts)
                 try:
-                    frames, failed = _sample_by_timestamp(container, stream, pts, n, specs, fps)
+                    frames, failed = _sample_by_timestamp(container, stream, pts, n, specs, fps, reopen)
                     if failed is not None:  # sample again from the frames before the failure
                         problem, n = str(failed.error), failed.index
                         if n < 1:
                             raise VideoDecodeError(f"{shown}: video has no decodable frames ({problem})")
-                        frames, again = _sample_by_timestamp(container, stream, pts, n, specs, fps)
+                        frames, again = _sample_by_timestamp(container, stream, pts, n, specs, fps, reopen)
                         if again is not None:
                             raise VideoDecodeError(f"{shown}: cannot decode video ({again.error})")
                 except ValueError:  # decoded frames carry no timestamps: count them instead
@@ -313,9 +354,9 @@ def _targets(n: int, specs, fps: float | None = None) -> list[int]:
     return np.unique(np.concatenate([clip_indices(n, s, fps).ravel() for s in specs])).tolist()
 
 
-def _sample_by_timestamp(container, stream, pts, n, specs, fps) -> tuple[dict, _DecodeFailed | None]:
+def _sample_by_timestamp(container, stream, pts, n, specs, fps, reopen=None) -> tuple[dict, _DecodeFailed | None]:
     try:
-        return _Seeker(container, stream, pts[:n]).frames_at(_targets(n, specs, fps)), None
+        return _Seeker(container, stream, pts[:n], reopen).frames_at(_targets(n, specs, fps)), None
     except _DecodeFailed as f:
         return {}, f
 

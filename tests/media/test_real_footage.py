@@ -126,3 +126,51 @@ def test_frames_smaller_than_the_crop_name_the_file_and_its_size(tmp_path):
         load_views(p, SEG)
     resized = Preprocess(num_frames=8, sampling="segments", crop=32, short_side=40)
     assert load_views(p, resized).shape == (1, 8, 3, 32, 32)  # a model that resizes takes it
+
+
+@pytest.mark.parametrize("kind", ["ts", "m2ts", "mp4", "mkv", "mov", "webm", "avi"])
+@pytest.mark.parametrize("frames", [60, 1200])  # decoded through / sought (> VERIFY_FRAMES)
+def test_every_container_samples_the_frames_the_rule_names(tmp_path, kind, frames):
+    """MPEG-TS timestamps start late and its seeks land inexactly: a seek to the first timestamp
+    used to start decoding tens of frames in, silently sampling the wrong frames."""
+    if kind in ("webm", "avi") and frames > 100:
+        pytest.skip("the slow encoders: the short case covers them")
+    p = write_video(tmp_path / f"v.{kind}", frames, kind=kind, gop=25)
+    for spec in (SEG, CLIP):
+        d = decode_clips(p, [spec])
+        assert d.num_frames == frames and d.warning is None
+        got = [[frame_index(f) for f in clip] for clip in d.clips[0]]
+        assert got == [[i % 64 for i in row] for row in clip_indices(frames, spec).tolist()], (kind, spec.sampling)
+
+
+def test_a_video_with_one_keyframe_costs_about_one_pass_not_one_per_sample(tmp_path):
+    """Every seek of a one-keyframe video decodes from its first frame: after one wasted seek the
+    decoder goes on sequentially (it cost 8 full decodes for 8 segments)."""
+    from jedi_deploy.media import decode
+
+    n = 1200
+    p = write_video(tmp_path / "onekey.mp4", n, gop=10 ** 6)
+    seen = []
+    real = decode._Seeker.frames_at
+
+    def counting(self, targets):  # the real method; records how many frames it decoded
+        try:
+            return real(self, targets)
+        finally:
+            seen.append(self.decoded)
+
+    decode._Seeker.frames_at = counting
+    try:
+        d = decode_clips(p, [SEG])
+    finally:
+        decode._Seeker.frames_at = real
+    assert [frame_index(f) for f in d.clips[0][0]] == [i % 64 for i in clip_indices(n, SEG)[0]]
+    assert sum(seen) <= 2 * n, seen  # one pass, plus at most the wasted seek's
+    regular = write_video(tmp_path / "gop25.mp4", n, gop=25)
+    seen.clear()
+    decode._Seeker.frames_at = counting
+    try:
+        decode_clips(regular, [SEG])
+    finally:
+        decode._Seeker.frames_at = real
+    assert sum(seen) < n / 2, seen  # with keyframes every 25 frames it still seeks

@@ -20,6 +20,8 @@ CONTAINERS = {
     "mkv": (".mkv", "libx264", "yuv420p"),
     "webm": (".webm", "libvpx", "yuv420p"),
     "avi": (".avi", "mpeg4", "yuv420p"),
+    "ts": (".ts", "libx264", "yuv420p"),  # MPEG-TS: timestamps start late, seeks land inexactly
+    "m2ts": (".m2ts", "libx264", "yuv420p"),
 }
 
 
