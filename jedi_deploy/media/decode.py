@@ -286,7 +286,7 @@ def decode_clips(path: str | Path, specs: list["Preprocess"], name: str | None =
         with opened, av.open(str(p)) as container:
             if not container.streams.video:
                 raise VideoDecodeError(f"{shown}: file has no video stream")
-            stream = container.streams.video[0]
+            stream, note = video_stream(container, shown)
             declared = int(stream.frames or 0)
             fps = _avg_fps(stream)
             index = frame_timestamps(container, stream)
@@ -327,11 +327,12 @@ def decode_clips(path: str | Path, specs: list["Preprocess"], name: str | None =
         raise
     except Exception as e:
         raise _decode_error(shown, e, p) from None
-    warning = None
+    warning = note
     if problem or (declared and n < declared and p.suffix.lower() in (".mp4", ".mov", ".m4v")):
-        warning = (f"{shown.name}: only the first {n} frames decode cleanly"
-                   + (f" of {declared} declared" if declared > n else "") + (f" ({problem})" if problem else "")
-                   + "; sampled from those")
+        warning = "; ".join(filter(None, [note, (
+            f"{shown.name}: only the first {n} frames decode cleanly"
+            + (f" of {declared} declared" if declared > n else "") + (f" ({problem})" if problem else "")
+            + "; sampled from those")]))
     return Decoded(out, n, warning)
 
 
@@ -341,6 +342,17 @@ def video_feed(card, path: str | Path, name: str | None = None) -> tuple[dict, s
     :meth:`ModelCard.feed_from_clips` says - and the partial-decode warning, if any."""
     decoded = decode_clips(path, [s.preprocess for s in card.inputs], name=name)
     return card.feed_from_clips(decoded.clips, name or path), decoded.warning
+
+
+def video_stream(container, shown: Path):
+    """The video stream FFmpeg itself would pick (``av_find_best_stream``: the default disposition,
+    then the most decodable), and a note naming it when the file has several."""
+    streams = container.streams.video
+    best = container.streams.best("video") or streams[0]
+    if len(streams) == 1:
+        return best, None
+    return best, (f"{shown.name}: {len(streams)} video streams; using stream #{best.index} "
+                  f"({best.codec_context.width}x{best.codec_context.height}, FFmpeg's choice)")
 
 
 def _avg_fps(stream) -> float | None:
@@ -398,7 +410,7 @@ class FrameStream:
         self.path = Path(path)
         self.shown = Path(name) if name else self.path  # what messages call the file
         _open_checked(self.path, self.shown)
-        self.specs, self.warning, self.frames = list(specs), None, 0
+        self.specs, self.frames = list(specs), 0
         try:
             self._container = av.open(str(self.path))
         except Exception as e:
@@ -406,7 +418,7 @@ class FrameStream:
         if not self._container.streams.video:
             self._container.close()
             raise VideoDecodeError(f"{self.shown}: file has no video stream")
-        self._stream = self._container.streams.video[0]
+        self._stream, self.warning = video_stream(self._container, self.shown)  # several streams: a note
         self.fps = _avg_fps(self._stream)
         s, c = self._stream, self._container
         if s.duration and s.time_base:
@@ -433,7 +445,8 @@ class FrameStream:
         except Exception as e:  # av.error.*: the frames before it stand
             if not self.frames:
                 raise _decode_error(self.shown, e, self.path) from None
-            self.warning = f"{self.shown.name}: decoding stopped after {self.frames} frames ({type(e).__name__}: {e})"
+            stopped = f"{self.shown.name}: decoding stopped after {self.frames} frames ({type(e).__name__}: {e})"
+            self.warning = "; ".join(filter(None, [self.warning, stopped]))
         finally:
             self._container.close()
         if not self.frames:

@@ -174,3 +174,43 @@ def test_a_video_with_one_keyframe_costs_about_one_pass_not_one_per_sample(tmp_p
     finally:
         decode._Seeker.frames_at = real
     assert sum(seen) < n / 2, seen  # with keyframes every 25 frames it still seeks
+
+
+def _two_streams(path, default: int):
+    """An MKV with two video streams (32x24 and 64x48) whose frames draw different indices, and
+    ``default`` the stream with the default disposition."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        streams = []
+        for w, h in ((32, 24), (64, 48)):
+            s = c.add_stream("libx264", rate=25)
+            s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+            streams.append(s)
+        for j, s in enumerate(streams):
+            s.disposition = av.stream.Disposition.default if j == default else 0
+        for i in range(20):
+            for j, s in enumerate(streams):
+                img = pattern(i + 32 * j, s.height, s.width)  # stream 1 draws indices 32..51
+                for packet in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    c.mux(packet)
+        for s in streams:
+            for packet in s.encode():
+                c.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("default", [0, 1])
+def test_of_several_video_streams_ffmpegs_choice_is_decoded_with_a_note(tmp_path, default):
+    from jedi_deploy.media.decode import FrameStream
+
+    p = _two_streams(tmp_path / "two.mkv", default)
+    d = decode_clips(p, [SEG])
+    w = (32, 64)[default]
+    assert d.clips[0].shape[3] == w
+    assert [frame_index(f) for f in d.clips[0][0]] == [(i + 32 * default) % 64 for i in clip_indices(20, SEG)[0]]
+    assert d.warning == f"two.mkv: 2 video streams; using stream #{default} ({w}x{(24, 48)[default]}, FFmpeg's choice)"
+    stream = FrameStream(p, [None])
+    frames = [f[0] for _, f in stream]
+    assert frames[0].shape[1] == w and frame_index(frames[3]) == (3 + 32 * default) % 64
+    assert stream.warning.startswith("two.mkv: 2 video streams; using stream #")
