@@ -177,7 +177,12 @@ def accepts(host: str, port: int) -> bool:
 
 
 def open_sockets_and_uploads(pid: int) -> int:
-    targets = [os.readlink(f"/proc/{pid}/fd/{f}") for f in os.listdir(f"/proc/{pid}/fd")]
+    targets = []
+    for f in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{f}"))
+        except FileNotFoundError:  # closed between the listing and the read
+            pass
     return sum(t.startswith("socket:") or "jedi-serve" in t for t in targets)
 
 
