@@ -98,9 +98,6 @@ class OnnxModel:
         own name rather than its temporary path)."""
         return Prepared(*video_feed(self.card, video, name))
 
-    def rows(self, feed: Feed) -> int:
-        return len(next(iter(feed.values())))
-
     def probs(self, logits: np.ndarray) -> np.ndarray:
         """Class probabilities of ONE video from the logits of its :meth:`prepare` rows."""
         return self.card.video_probs(logits, str(self.path))
