@@ -34,6 +34,7 @@ FORBIDDEN = {
     "media": {"torch", "torchvision", "transformers", "onnxruntime", "openvino", "tensorrt"},
     "serve": {"torch", "torchvision", "transformers"},
     "runners": {"torchvision", "transformers", "av"},
+    "models": {"av", "onnxruntime", "openvino", "tensorrt"},
 }
 #: Runner modules that may use torch (never imported by serve, checked below).
 TORCH_RUNNERS = {"jedi_deploy.runners.eager", "jedi_deploy.runners.tensorrt"}
