@@ -37,7 +37,7 @@ PROVIDERS_HELP = (f"ONNX Runtime providers: {', '.join(k for k in PROVIDER_ALIAS
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "text"]),
               help="Output format (default: from --out's suffix, else text).")
 @click.option("--json", "as_json", is_flag=True, help="Shorthand for --format jsonl.")
-@click.option("--topk", default=5, show_default=True, help="Labels per video.")
+@click.option("--topk", default=5, show_default=True, type=click.IntRange(min=1), help="Labels per video (>= 1).")
 @click.option("--batch-size", default=8, show_default=True, help="Videos per model call.")
 @click.option("--workers", default=2, show_default=True, help="Decoding threads.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable video (default: record an error, go on, "
@@ -103,7 +103,8 @@ def _timeline(model, inputs, out, fmt, as_json, topk, providers, threads, runtim
         click.echo(text, nl=False)
     click.echo(format_segments(tl), nl=False, err=True)
     where = f" -> {out}, {Path(out).with_suffix('.segments.json')}" if out else ""
-    click.echo(f"{len(tl.starts)} windows of {tl.window:g} s every {tl.stride:g} s over {tl.duration:.1f} s, "
+    n = len(tl.starts)
+    click.echo(f"{n} window{'s' if n != 1 else ''} of {tl.window:g} s every {tl.stride:g} s over {tl.duration:.1f} s, "
                f"{len(tl.segments)} segment(s){where}" + (f", plot {plot}" if plot else ""), err=True)
     if tl.warning:
         click.echo(f"warning: {tl.warning}", err=True)

@@ -145,6 +145,8 @@ def run_infer(model_path: str | Path, inputs: list[str | Path], *, out: Path | N
     """Classify every input; write the records to ``out`` (atomically) or return them as text.
     Returns ``(text for stdout, summary)``; the summary's ``runtime`` says what ran the model
     (for ``runtime="auto"``: the probe's pick, timings and skipped runtimes)."""
+    if topk < 1:
+        raise InputError(f"topk must be >= 1 label per video, got {topk}")
     from jedi_deploy.contracts.header import atomic_path, require_writable_dir
 
     fmt = output_format(out, fmt)

@@ -274,5 +274,5 @@ def run_timeline(model_path: str | Path, video: str | Path, spec: WindowSpec, *,
 
 def format_segments(tl: Timeline) -> str:
     lines = [f"{s['start']:9.2f} - {s['end']:9.2f} s  {s['label']}  (mean p {s['mean_prob']:.3f}, "
-             f"{s['windows']} windows)" for s in tl.segments]
+             f"{s['windows']} window{'s' if s['windows'] != 1 else ''})" for s in tl.segments]
     return "\n".join(lines) + "\n"

@@ -57,8 +57,10 @@ def cli():
 
     \b
     Stages and the files between them:
+      archs     -> the expert registry: architectures, checkpoint formats, upstream presets
       synth     -> DATA/<dataset>/{classes.txt, train.txt, test.txt, videos/}
       pretrain  -> EXPERT.safetensors            (one expert per dataset)
+      import-expert -> EXPERT.safetensors        (a torchvision / MMAction2 / Hugging Face / state-dict checkpoint)
       cache     -> CACHE/<dataset>/<split>.safetensors
       train     -> RUN/jedi.safetensors + RUN/metrics.jsonl
       ablate    -> OUT/<scenario>/ runs + OUT/table3.md + plot   (the paper's Table 3)
@@ -102,9 +104,9 @@ def synth(out, seed, quick):
 @click.argument("dataset", type=EXISTING)
 @click.option("--arch", required=True, help="Registry architecture (see `jedi archs`).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint to write (.safetensors).")
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--lr", default=3e-3, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--epochs", default=30, show_default=True, help="Training epochs of the expert.")
+@click.option("--lr", default=3e-3, show_default=True, help="Learning rate (AdamW).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the initialisation and the shuffling.")
 @device_option
 def pretrain(dataset, arch, out, epochs, lr, seed, device):
     """Train an initial expert on DATASET's training split (a folder with classes.txt)."""
@@ -307,7 +309,7 @@ def cka(cache_dir, out, bundle, split, max_samples, device):
 @cli.command(name="eval")
 @click.option("--bundle", type=EXISTING, required=True, help="jedi.safetensors from `jedi train`.")
 @click.option("--cache", "cache_dir", type=EXISTING, required=True, help="Cache built by the same experts.")
-@click.option("--split", default="test", show_default=True)
+@click.option("--split", default="test", show_default=True, help="The cached split to evaluate on.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a markdown table.")
 @device_option
 def evaluate_cmd(bundle, cache_dir, split, as_json, device):
@@ -471,7 +473,7 @@ def bench(model_dir, bundle, experts, runtimes, batch_sizes, runs, warmup, threa
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True,
               help="Run folder (must not exist or be empty, unless --force).")
 @click.option("--quick", is_flag=True, help="Small data and few epochs (about a minute; used by the tests).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic data, the experts and JEDI.")
 @click.option("--force", is_flag=True,
               help="Replace the outputs of an earlier demo in --out (other files there are kept).")
 def demo(out, quick, seed, force):

@@ -139,7 +139,7 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     first = datasets[0]
     video = first.samples("test")[0]
     preds, _ = run_infer(out / "onnx" / f"{first.name}.student.onnx", [video.path], topk=3)
-    infer_text = (f"$ python -m jedi_deploy.serve.infer {first.name}.student.onnx {video.path.relative_to(out)}\n"
+    infer_text = (f"$ python -m jedi_deploy.serve.infer onnx/{first.name}.student.onnx {video.path.relative_to(out)}\n"
                   + preds.rstrip("\n").replace(str(out) + "/", "")
                   + f"\n(true label: {first.categories[video.label]})")
     timings["infer"] = time.perf_counter() - t

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import tempfile
 from pathlib import Path
 
@@ -67,6 +68,28 @@ def session_options(threads: int | None = None):
     return so
 
 
+def not_onnx(path: Path) -> str | None:
+    """What a file that is not an ONNX graph is, when it is one of ours (a bundle, an expert, a
+    cache shard: a safetensors file), so the error says what to run instead."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8 + 4096)
+        size = struct.unpack("<Q", head[:8])[0]
+        if not 2 <= size <= 100 << 20 or head[8:9] != b"{":
+            return None
+        with open(path, "rb") as f:
+            f.seek(8)
+            meta = json.loads(f.read(size)).get("__metadata__", {})
+        kind = json.loads(meta.get("jedi", "{}")).get("kind", "safetensors")
+    except (OSError, ValueError, struct.error):
+        return None
+    hint = {"bundle": "run `jedi export --bundle FILE --out DIR` and use the .onnx files it writes",
+            "expert": "run `jedi pretrain`/`jedi cache` with it, or export a bundle trained on it",
+            "cache": "it is an embedding cache shard, read by `jedi train`/`jedi eval`"}.get(
+        kind, "give an .onnx file written by `jedi export`")
+    return f"this is a jedi {kind} file (safetensors), not an ONNX model: {hint}"
+
+
 class OrtRunner(Runner):
     """An ONNX Runtime session on ``path``. The model card is read from the graph's metadata
     (``card=False``: a graph without one, e.g. an intermediate file of the quantizer). With
@@ -94,7 +117,7 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=select_providers(self.providers))
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            raise InputError(f"{self.path}: ONNX Runtime cannot load this model ({e})") from None
+            raise InputError(f"{self.path}: {not_onnx(self.path) or f'ONNX Runtime cannot load this model ({e})'}") from None
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.info = {"runtime": "ort", "onnxruntime": ort.__version__, "providers": self.session.get_providers(),
                      "intra_op_threads": self.threads}

@@ -1,5 +1,7 @@
 """The CLI as a user meets it: real subprocesses, one-line errors, non-zero exits."""
 
+import re
+
 import pytest
 
 from support.cli import assert_clean_error, jedi
@@ -110,3 +112,22 @@ def test_serve_start_up_errors(tmp_path, onnx_dir):
     assert_clean_error(jedi("serve", junk), "error:", "cannot load")
     assert_clean_error(jedi("serve", onnx_dir / "hmdb-mini.student.onnx", "--max-upload-mb", "0"), "error:",
                        "max_upload_mb")
+
+
+def test_small_honesty_fixes(onnx_dir, bundle_path, test_video, tmp_path):
+    """A bundle given to `jedi infer` says what it is; --topk 0 is refused, not answered with one
+    label; the stage list names every stage."""
+    out = jedi("infer", bundle_path, test_video)
+    assert_clean_error(out, "this is a jedi bundle file (safetensors), not an ONNX model", "jedi export --bundle")
+    assert "INVALID_PROTOBUF" not in out.stderr
+    out = jedi("infer", onnx_dir / "ucf-mini.student.onnx", test_video, "--topk", "0")
+    assert out.returncode == 2 and "--topk" in out.stderr and "Traceback" not in out.stderr
+    from jedi_deploy.contracts.errors import InputError
+    from jedi_deploy.serve.infer import run_infer
+
+    with pytest.raises(InputError, match="topk must be >= 1"):
+        run_infer(onnx_dir / "ucf-mini.student.onnx", [test_video], topk=0)
+    top = jedi("--help").stdout
+    stages = top.split("Stages and the files between them:")[1].split("Options:")[0]
+    for c in {p[0] for p in command_paths()}:  # every command, archs and import-expert included
+        assert re.search(rf"^\s+{re.escape(c)}\s+->", stages, re.M), c

@@ -17,6 +17,10 @@ def test_demo_quick_end_to_end(tmp_path):
     for section in ("## Accuracy", "Initial experts", "JEDI students", "JEDI teachers", "## Export parity",
                     "## Latency", "Student/expert median-latency ratios", "A/A", "accuracy_curves.png"):
         assert section in report, section
+    # the report's inference command runs as printed, from the demo folder (the models are in onnx/)
+    command = next(x for x in report.splitlines() if x.startswith("$ python -m jedi_deploy.serve.infer"))
+    model = command.split()[4]
+    assert model.startswith("onnx/") and (out_dir / model).is_file() and (out_dir / command.split()[5]).is_file()
     assert (out_dir / "accuracy_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((out_dir / "onnx").glob("*.student.onnx"))) == 3
     assert len(list((out_dir / "onnx").glob("*.expert.onnx"))) == 3

@@ -193,3 +193,11 @@ def test_every_window_and_stride_is_bounded_or_refused(tmp_path):
         assert 1 <= len(tl.starts) <= 3.0 / spec.stride + 2
 
     check()
+
+
+def test_one_window_is_one_window(tmp_path):
+    model = colour_model(tmp_path / "colour.onnx")
+    video = coloured_video(tmp_path / "v.mp4", [("red", 2.0)])
+    r = infer(model, video, "--window", 4, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "1 window of 4 s every 2 s" in r.stderr and "1 windows" not in r.stderr
