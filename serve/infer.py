@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from jedi_deploy.contracts.errors import InputError, VideoDecodeError
+from jedi_deploy.contracts.metrics import label_ranks
 from jedi_deploy.media.datasets import Item, collect_inputs
 
 from .runtime import OnnxModel, Prediction
@@ -74,7 +75,7 @@ def classify_items(model: OnnxModel, items: list[Item], *, topk: int = 5, batch_
                     if x.warning:  # truncated or corrupt: sampled from the frames before the first error
                         rec["warning"] = x.warning
                     if item.label is not None:
-                        rec["rank"] = int((p > p[item.label]).sum()) + 1
+                        rec["rank"] = int(label_ranks(p[None], [item.label])[0])
                 yield rec
             bar.update(len(chunk))
             bar.set_postfix(failed=failed)

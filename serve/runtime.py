@@ -10,6 +10,7 @@ import numpy as np
 
 from jedi_deploy.contracts.errors import InputError
 from jedi_deploy.contracts.header import require_file
+from jedi_deploy.contracts.metrics import top_classes
 from jedi_deploy.contracts.model_card import Feed
 from jedi_deploy.contracts.preprocess import Preprocess
 from jedi_deploy.media.decode import video_feed
@@ -111,8 +112,7 @@ class OnnxModel:
         return self.probs(self.run(self.prepare(video)))
 
     def top(self, probs: np.ndarray, topk: int = 5) -> list[Prediction]:
-        order = np.argsort(-probs, kind="stable")[:max(1, topk)]
-        return [Prediction(self.categories[i], int(i), float(probs[i])) for i in order]
+        return [Prediction(self.categories[i], int(i), float(probs[i])) for i in top_classes(probs, topk)]
 
     def classify(self, video: str | Path, topk: int = 5) -> list[Prediction]:
         return self.top(self.video_probs(video), topk)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from jedi_deploy.contracts.errors import BudgetError, InputError
+from jedi_deploy.contracts.metrics import top_classes
 from jedi_deploy.contracts.preprocess import clip_indices
 from jedi_deploy.media.decode import FrameStream
 
@@ -152,7 +153,7 @@ class Timeline:
     def rows(self, topk: int = 5) -> list[dict]:
         out = []
         for s, e, p in zip(self.starts, self.ends, self.probs):
-            order = np.argsort(-p, kind="stable")[:max(1, topk)]
+            order = top_classes(p, topk)
             out.append({"start": round(float(s), 3), "end": round(float(e), 3),
                         "top": [{"label": self.categories[i], "index": int(i), "prob": round(float(p[i]), 5)}
                                 for i in order]})

@@ -4,12 +4,25 @@ from __future__ import annotations
 import numpy as np
 
 
+def top_classes(scores: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best classes of one score vector, best first, by THE ranking rule of jedi-deploy:
+    higher score first, a tie broken toward the lower class index (what ``argmax`` picks). Used by
+    every top-k list, acc@k, the INT8 gate and ``jedi eval`` alike (:func:`label_ranks`)."""
+    return np.argsort(-np.asarray(scores), kind="stable")[:max(1, k)]
+
+
+def label_ranks(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """1-based rank of each sample's label by the rule of :func:`top_classes`: the classes scoring
+    higher, plus the tied classes of a lower index, plus one."""
+    scores, labels = np.asarray(scores), np.asarray(labels).astype(np.int64)
+    own = scores[np.arange(len(labels)), labels][:, None]
+    lower = np.arange(scores.shape[1])[None, :] < labels[:, None]
+    return (scores > own).sum(axis=1) + ((scores == own) & lower).sum(axis=1) + 1
+
+
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Fraction of samples whose label is among the ``k`` highest scores."""
-    scores, labels = np.asarray(scores), np.asarray(labels)
-    k = min(k, scores.shape[1])
-    topk = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return float((topk == labels[:, None]).any(axis=1).mean())
+    """Fraction of samples whose label is among the ``k`` best classes (:func:`label_ranks`)."""
+    return float((label_ranks(scores, labels) <= k).mean())
 
 
 def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:

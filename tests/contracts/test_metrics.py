@@ -28,3 +28,17 @@ def test_map_skips_absent_classes_and_metrics_skip_unlabeled():
     assert mean_average_precision(scores, labels) == pytest.approx(1.0)
     m = classification_metrics(np.vstack([scores, [[0, 0, 1.0]]]), np.append(labels, -1))
     assert m == {"acc1": 100.0, "acc5": 100.0, "mAP": 100.0}
+
+
+def test_one_ranking_rule_breaks_ties_toward_the_lower_class():
+    from jedi_deploy.contracts.metrics import label_ranks, top_classes, topk_accuracy
+
+    scores = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [3.0, 3.0, 3.0]])
+    assert label_ranks(scores, [1, 2, 2]).tolist() == [2, 2, 3]
+    assert label_ranks(scores, [0, 1, 0]).tolist() == [1, 1, 1]
+    assert [top_classes(s, 1)[0] for s in scores] == [int(s.argmax()) for s in scores] == [0, 1, 0]
+    assert top_classes(scores[2], 3).tolist() == [0, 1, 2]
+    assert topk_accuracy(scores, np.array([1, 2, 2]), 1) == 0.0
+    assert topk_accuracy(scores, np.array([1, 2, 2]), 2) == pytest.approx(2 / 3)
+    for s, y in zip(scores, [1, 2, 2]):  # a label's rank is its position in the top-k list, 1-based
+        assert list(top_classes(s, 3)).index(y) + 1 == label_ranks(s[None], [y])[0]

@@ -199,3 +199,30 @@ def test_provider_preference_and_overrides(monkeypatch):
     assert select_providers() == ["CPUExecutionProvider"]
     with pytest.raises(InputError, match="'cuda' is not available here; available: cpu"):
         select_providers("cuda")
+
+
+def test_acc1_and_the_printed_top1_follow_one_ranking_rule_on_ties(tmp_path):
+    """A grey video makes the colour classifier tie all three classes: the top-1 is the lowest class
+    (red), and a video labelled green counts as wrong in acc@1, as the CSV's top-1 column says.
+    (acc@1 used to count a tie as correct while top-1 and the gate broke it the other way.)"""
+    import av
+
+    from support.colour import colour_model
+
+    model = colour_model(tmp_path / "colour.onnx")
+    video = tmp_path / "grey.mp4"
+    with av.open(str(video), "w") as c:
+        s = c.add_stream("libx264", rate=4)
+        s.width, s.height, s.pix_fmt = 48, 32, "yuv444p"  # no chroma subsampling: grey stays exactly grey
+        s.options = {"qp": "0"}
+        frame = av.VideoFrame.from_ndarray(np.full((32, 48, 3), 128, np.uint8), format="rgb24")
+        for _ in range(8):
+            for packet in s.encode(frame):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    (tmp_path / "list.txt").write_text("grey.mp4 1\n")  # labelled green
+    text, summary = run_infer(model, [tmp_path / "list.txt"], out=tmp_path / "p.csv", topk=3)
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert rows[0]["top1"] == "red" and rows[0]["topk_labels"] == "red;green;blue"
+    assert summary["acc1"] == 0.0 and summary["acc5"] == 1.0
