@@ -12,18 +12,55 @@ a reformatter between files.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from jedi_deploy.contracts.errors import ConfigError, VideoDecodeError
+from jedi_deploy.contracts.errors import BudgetError, ConfigError, VideoDecodeError
 from jedi_deploy.contracts.preprocess import (
     Preprocess,
     clip_indices,
     resize_shape,
     views_from_frames,
 )
+
+
+#: Decoded frames larger than this many pixels are refused unless the caller says otherwise
+#: (7680x4320, 8K UHD: a file may declare any size; the decoder's buffers grow with it).
+MAX_FRAME_PIXELS = 7680 * 4320
+
+#: A decode loop calls :attr:`Limits.check` at least once every this many decoded frames.
+CHECK_EVERY = 16
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The budget of one decode, set by whoever creates the work (``jedi serve``'s ``ServeConfig``):
+    ``max_pixels`` per frame (width x height as stored; larger: :class:`BudgetError` naming the size,
+    before a frame of that size is decoded when the stream declares it), and ``check``, called at
+    least every :data:`CHECK_EVERY` decoded frames, which may raise to stop (a cancelled job, a
+    service shutting down)."""
+
+    max_pixels: int = MAX_FRAME_PIXELS
+    check: "Callable[[], None] | None" = None
+
+    def frame(self, width: int, height: int, shown) -> None:
+        if width * height > self.max_pixels:
+            raise BudgetError(f"{shown}: frames are {width}x{height} ({width * height / 1e6:.1f} MP), over the "
+                              f"{self.max_pixels / 1e6:.1f} MP a frame may have here"
+                              " (jedi serve --max-frame-pixels)")
+
+    def tick(self, n: int) -> None:
+        if self.check is not None and n % CHECK_EVERY == 0:
+            try:
+                self.check()
+            except BaseException as e:  # noqa: BLE001 - carried past the decode-error handling, re-raised
+                raise _Stopped(e) from None
+
+
+NO_LIMITS = Limits()
 
 
 def _open_checked(p: Path, shown: Path | None = None):
@@ -150,8 +187,12 @@ class _Seeker:
     keyframes: every seek decodes from the same early keyframe) stops seeking, so such a video
     costs about one pass instead of one pass per sampled frame."""
 
-    def __init__(self, container, stream, pts: np.ndarray, reopen=None):
+    def __init__(self, container, stream, pts: np.ndarray, reopen=None, keep=None, limits: "Limits" = None,
+                 shown=None):
         self.c, self.s, self.pts, self.reopen = container, stream, pts, reopen
+        # keep(index, frame) -> what is kept of a wanted frame (its resized RGB), so no source-size
+        # frame outlives the decoder's own buffers; the frame itself when None
+        self.keep, self.limits, self.shown = keep, limits or NO_LIMITS, shown
         self.it, self.pos, self.gop, self.last_key, self.first = None, -1, 0, None, None
         self.seeks = len(pts) > VERIFY_FRAMES  # short videos: decode through, so every error is seen
         self.decoded = 0  # frames decoded so far (the cost of this access pattern)
@@ -197,8 +238,10 @@ class _Seeker:
                     raise _DecodeFailed(self.pos + 1, f"{type(e).__name__}: {e}") from None
                 if frame.pts is None:
                     raise ValueError("decoded frames without timestamps")
+                self.limits.frame(frame.width, frame.height, self.shown)
                 idx = int(np.searchsorted(self.pts, frame.pts))
                 self.decoded += 1
+                self.limits.tick(self.decoded)
                 if sought:
                     sought = False
                     if idx > t:  # the seek overshot: this container cannot seek exactly
@@ -216,7 +259,7 @@ class _Seeker:
                 self.pos = idx
                 if idx >= t:
                     hit = frame
-            out[t] = hit
+            out[t] = hit if self.keep is None else self.keep(t, hit)
         return out
 
 
@@ -231,28 +274,74 @@ class Decoded:
     warning: str | None = None
 
 
-def _count_by_decoding(container, stream) -> tuple[int, str | None]:
+def _count_by_decoding(container, stream, limits: Limits, shown) -> tuple[int, str | None]:
     n = 0
     try:
-        for _ in container.decode(stream):
+        for frame in container.decode(stream):
+            limits.frame(frame.width, frame.height, shown)
             n += 1
+            limits.tick(n)
+    except (BudgetError, _Stopped):
+        raise
     except Exception as e:
         return n, f"{type(e).__name__}: {e}"
     return n, None
 
 
-def _decode_in_order(container, stream, targets) -> dict:
-    """Frames at ``targets`` (positions in decode output order) from one pass, keeping only those."""
+def _decode_in_order(container, stream, targets, keep, limits: "Limits", shown) -> dict:
+    """What ``keep`` keeps of the frames at ``targets`` (positions in decode output order), from one pass."""
     want, out = set(targets), {}
     for i, frame in enumerate(container.decode(stream)):
+        limits.frame(frame.width, frame.height, shown)
+        limits.tick(i + 1)
         if i in want:
-            out[i] = frame
+            out[i] = keep(i, frame)
             if len(out) == len(want):
                 break
     return out
 
 
-def decode_clips(path: str | Path, specs: list["Preprocess"], name: str | None = None) -> Decoded:
+class _Stopped(Exception):
+    """A budget check or the caller's ``check`` stopped a decode: re-raised as the original error,
+    never turned into a decode error."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Keeper:
+    """What a decode keeps of each wanted frame: its RGB for every spec that samples it, upright and
+    resized as it is decoded (:func:`_rgb`), so memory holds model-size frames, never source-size
+    ones. The orientation is the first kept frame's."""
+
+    def __init__(self, specs, n: int, fps):
+        from av.video.reformatter import VideoReformatter
+
+        self.specs, self.n, self.fps = specs, n, fps
+        self.orient, self.first, self.reformatter = None, True, VideoReformatter()
+        self.stream = None
+        self.indices = [clip_indices(n, s, fps) for s in specs]
+        self.users: dict[int, list[int]] = {}
+        for k, ix in enumerate(self.indices):
+            for i in np.unique(ix).tolist():
+                self.users.setdefault(i, []).append(k)
+
+    def targets(self) -> list[int]:
+        return sorted(self.users)
+
+    def __call__(self, index: int, frame) -> dict:
+        if self.first:
+            self.orient, self.first = orientation(frame, self.stream), False
+        return {k: _rgb(frame, self.specs[k], self.reformatter, self.orient) for k in self.users[index]}
+
+    def clips(self, kept: dict) -> list[np.ndarray]:
+        return [np.stack([np.stack([kept[i][k] for i in row]) for row in ix.tolist()])
+                for k, ix in enumerate(self.indices)]
+
+
+def decode_clips(path: str | Path, specs: list["Preprocess"], name: str | None = None,
+                 limits: Limits = NO_LIMITS) -> Decoded:
     """The frames each of ``specs`` samples from ``path`` (see :class:`Decoded`), decoding the file
     once for all of them and only around the wanted frames.
 
@@ -260,7 +349,8 @@ def decode_clips(path: str | Path, specs: list["Preprocess"], name: str | None =
     container's packets hold (their timestamps, sorted), and N is their count - the order a player
     shows and MMAction2's test-mode samplers count. It does not depend on the container or on the
     frame rate being constant, and it never trusts a container's declared frame count. Memory
-    holds one timestamp per frame and the sampled frames, never the whole video.
+    holds one timestamp per frame and the sampled frames, each converted and resized as it is
+    decoded (never a source-size frame beyond the decoder's own), never the whole video.
 
     Corruption: if the demuxer stops early or the decoder fails, frames are sampled again from the
     ones before the first failure and :attr:`Decoded.warning` says so; a file with no decodable
@@ -269,9 +359,9 @@ def decode_clips(path: str | Path, specs: list["Preprocess"], name: str | None =
     videos seek, and corruption inside a stretch they skip is not seen (only a full decode would).
     Frames are turned upright by the file's rotation metadata (display matrix or rotate tag).
     ``name`` is what errors and warnings call the file (default: ``path``), e.g. an upload's own
-    name instead of its temporary file."""
+    name instead of its temporary file. ``limits`` (:class:`Limits`): frames over its pixel budget
+    are a :class:`BudgetError`; its ``check`` may stop the decode by raising."""
     import av
-    from av.video.reformatter import VideoReformatter
 
     p = Path(path)
     shown = Path(name) if name else p
@@ -287,44 +377,53 @@ def decode_clips(path: str | Path, specs: list["Preprocess"], name: str | None =
             if not container.streams.video:
                 raise VideoDecodeError(f"{shown}: file has no video stream")
             stream, note = video_stream(container, shown)
+            limits.frame(stream.codec_context.width, stream.codec_context.height, shown)
             declared = int(stream.frames or 0)
             fps = _avg_fps(stream)
             index = frame_timestamps(container, stream)
             problem = index[1] if index else None
             if index is not None and not len(index[0]):
                 raise VideoDecodeError(f"{shown}: video has no frames" + (f" ({problem})" if problem else ""))
+
+            def sample(n: int) -> tuple[_Keeper, dict, _DecodeFailed | None]:
+                keeper = _Keeper(specs, n, fps)
+                keeper.stream = stream
+                seeker = _Seeker(container, stream, pts[:n], reopen, keeper, limits, shown)
+                try:
+                    return keeper, seeker.frames_at(keeper.targets()), None
+                except _DecodeFailed as f:
+                    return keeper, {}, f
+
             if index is not None:
                 pts = index[0]
                 n = len(pts)
                 try:
-                    frames, failed = _sample_by_timestamp(container, stream, pts, n, specs, fps, reopen)
+                    keeper, frames, failed = sample(n)
                     if failed is not None:  # sample again from the frames before the failure
                         problem, n = str(failed.error), failed.index
                         if n < 1:
                             raise VideoDecodeError(f"{shown}: video has no decodable frames ({problem})")
-                        frames, again = _sample_by_timestamp(container, stream, pts, n, specs, fps, reopen)
+                        keeper, frames, again = sample(n)
                         if again is not None:
                             raise VideoDecodeError(f"{shown}: cannot decode video ({again.error})")
                 except ValueError:  # decoded frames carry no timestamps: count them instead
                     index, problem = None, None
                     container.seek(0, stream=stream)
             if index is None:  # no timestamps: count by decoding, then decode again keeping the wanted frames
-                n, problem = _count_by_decoding(container, stream)
+                n, problem = _count_by_decoding(container, stream, limits, shown)
                 if n < 1:
                     raise VideoDecodeError(f"{shown}: video has no decodable frames" + (f" ({problem})" if problem else ""))
                 container.seek(0, stream=stream)
-                frames = _decode_in_order(container, stream, _targets(n, specs, fps))
-            if not frames:
+                keeper = _Keeper(specs, n, fps)
+                keeper.stream = stream
+                frames = _decode_in_order(container, stream, keeper.targets(), keeper, limits, shown)
+            if len(frames) < len(keeper.users):
                 raise VideoDecodeError(f"{shown}: video has no decodable frames")
-            first = frames[min(frames)]
-            orient = orientation(first, stream)
-            out, reformatter = [], VideoReformatter()
-            for s in specs:
-                ix = clip_indices(n, s, fps)
-                rgb = {i: _rgb(frames[i], s, reformatter, orient) for i in np.unique(ix).tolist()}
-                out.append(np.stack([np.stack([rgb[i] for i in row]) for row in ix.tolist()]))
-    except VideoDecodeError:
+            out = keeper.clips(frames)
+    except (VideoDecodeError, BudgetError):
         raise
+    except _Stopped as e:
+        raise e.error from None
     except Exception as e:
         raise _decode_error(shown, e, p) from None
     warning = note
@@ -336,11 +435,12 @@ def decode_clips(path: str | Path, specs: list["Preprocess"], name: str | None =
     return Decoded(out, n, warning)
 
 
-def video_feed(card, path: str | Path, name: str | None = None) -> tuple[dict, str | None]:
+def video_feed(card, path: str | Path, name: str | None = None,
+               limits: Limits = NO_LIMITS) -> tuple[dict, str | None]:
     """A video's feed for the graph a :class:`~jedi_deploy.contracts.model_card.ModelCard`
-    describes - decoded once for every input (:func:`decode_clips`), its views cut and fed as
-    :meth:`ModelCard.feed_from_clips` says - and the partial-decode warning, if any."""
-    decoded = decode_clips(path, [s.preprocess for s in card.inputs], name=name)
+    describes - decoded once for every input (:func:`decode_clips`, within ``limits``), its views
+    cut and fed as :meth:`ModelCard.feed_from_clips` says - and the partial-decode warning, if any."""
+    decoded = decode_clips(path, [s.preprocess for s in card.inputs], name=name, limits=limits)
     return card.feed_from_clips(decoded.clips, name or path), decoded.warning
 
 
@@ -360,17 +460,6 @@ def _avg_fps(stream) -> float | None:
     torchvision's ``read_video_timestamps`` report it), None when the container does not say."""
     rate = stream.average_rate or stream.guessed_rate
     return float(rate) if rate else None
-
-
-def _targets(n: int, specs, fps: float | None = None) -> list[int]:
-    return np.unique(np.concatenate([clip_indices(n, s, fps).ravel() for s in specs])).tolist()
-
-
-def _sample_by_timestamp(container, stream, pts, n, specs, fps, reopen=None) -> tuple[dict, _DecodeFailed | None]:
-    try:
-        return _Seeker(container, stream, pts[:n], reopen).frames_at(_targets(n, specs, fps)), None
-    except _DecodeFailed as f:
-        return {}, f
 
 
 def load_views(path: str | Path, spec: "Preprocess") -> np.ndarray:
@@ -404,9 +493,11 @@ class FrameStream:
     ``warning`` says when decoding stopped early (a truncated or corrupt file: the frames before the
     error were yielded)."""
 
-    def __init__(self, path: str | Path, specs: list["Preprocess | None"], name: str | None = None):
+    def __init__(self, path: str | Path, specs: list["Preprocess | None"], name: str | None = None,
+                 limits: Limits = NO_LIMITS):
         import av
 
+        self.limits = limits
         self.path = Path(path)
         self.shown = Path(name) if name else self.path  # what messages call the file
         _open_checked(self.path, self.shown)
@@ -419,6 +510,11 @@ class FrameStream:
             self._container.close()
             raise VideoDecodeError(f"{self.shown}: file has no video stream")
         self._stream, self.warning = video_stream(self._container, self.shown)  # several streams: a note
+        try:
+            limits.frame(self._stream.codec_context.width, self._stream.codec_context.height, self.shown)
+        except BudgetError:
+            self._container.close()
+            raise
         self.fps = _avg_fps(self._stream)
         s, c = self._stream, self._container
         if s.duration and s.time_base:
@@ -433,6 +529,8 @@ class FrameStream:
         base = float(stream.time_base) if stream.time_base else None
         try:
             for frame in self._container.decode(stream):
+                self.limits.frame(frame.width, frame.height, self.shown)
+                self.limits.tick(self.frames + 1)
                 if self.frames == 0:
                     orient = orientation(frame, stream)
                 if frame.pts is not None and base:
@@ -442,6 +540,10 @@ class FrameStream:
                 t0 = t if t0 is None else t0
                 self.frames += 1
                 yield t - t0, [_rgb(frame, s, reformatter, orient) for s in self.specs]
+        except BudgetError:
+            raise
+        except _Stopped as e:
+            raise e.error from None
         except Exception as e:  # av.error.*: the frames before it stand
             if not self.frames:
                 raise _decode_error(self.shown, e, self.path) from None
