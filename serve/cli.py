@@ -116,7 +116,8 @@ _D = _serve_defaults()
 @click.command("serve", cls=JediCommand, context_settings=CONTEXT)
 @click.argument("models", type=PATH, nargs=-1, required=True)
 @click.option("--host", default=_D.host, show_default=True,
-              help="Interface to listen on; 0.0.0.0 exposes the service to the network (no authentication).")
+              help="Interface to listen on; 0.0.0.0 exposes the service to every network the machine is on: "
+              "set --api-key and put TLS in front (README).")
 @click.option("--port", default=_D.port, show_default=True, help="TCP port (0: any free port, printed at start).")
 @click.option("--max-batch-size", default=_D.max_batch_size, show_default=True,
               help="Videos per model call (1: no batching).")
@@ -135,8 +136,25 @@ _D = _serve_defaults()
               help="A request head must arrive within this (else 408 and the connection is closed).")
 @click.option("--body-timeout-s", default=_D.body_timeout_s, show_default=True,
               help="Longest pause while an upload is arriving (else 408).")
+@click.option("--body-deadline-s", default=_D.body_deadline_s, show_default=True,
+              help="A whole upload must arrive within this (else 408).")
+@click.option("--min-body-rate-kib", default=_D.min_body_rate_kib, show_default=True,
+              help="KiB/s an upload must average once it has taken 5 s (else 408): trickling clients cannot hold "
+              "the --max-inflight slots.")
 @click.option("--keep-alive-s", default=_D.keep_alive_s, show_default=True,
               help="Idle keep-alive connections are closed after this.")
+@click.option("--max-frame-pixels", default=_D.max_frame_pixels, show_default=True,
+              help="Videos whose frames have more pixels (width x height) are refused (422 over_budget) before "
+              "they are decoded; the default is 4K UHD. Frames are resized as they are decoded, so memory per "
+              "request follows the model's input size.")
+@click.option("--max-result-mb", default=_D.max_result_mb, show_default=True,
+              help="The largest answer (JSON) a windowed request or a job may produce (else 422 / a failed job).")
+@click.option("--shutdown-grace-s", default=_D.shutdown_grace_s, show_default=True,
+              help="SIGTERM/SIGINT: jobs and windowed requests are cancelled at once; the rest get this long, "
+              "then spooled uploads are removed and the process exits.")
+@click.option("--api-key", "api_keys", multiple=True, envvar="JEDI_API_KEY",
+              help="Require `Authorization: Bearer KEY` on everything but /healthz, /v2/health/* and the page "
+              "(repeat for several keys; JEDI_API_KEY takes a space-separated list). Jobs are listed per key.")
 @click.option("--jobs-root", type=click.Path(path_type=Path, file_okay=False),
               help="POST /v1/jobs may name video files under this folder (default: uploads only).")
 @click.option("--max-jobs", default=_D.max_jobs, show_default=True,
@@ -144,8 +162,8 @@ _D = _serve_defaults()
 @click.option("--job-ttl-s", default=_D.job_ttl_s, show_default=True, help="Finished jobs are kept this long.")
 @click.option("--job-workers", default=_D.job_workers, show_default=True, help="Threads running jobs.")
 def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decode_workers, providers, threads, runtime,
-          topk, max_inflight, header_timeout_s, body_timeout_s, keep_alive_s, jobs_root, max_jobs, job_ttl_s,
-          job_workers):
+          topk, max_inflight, header_timeout_s, body_timeout_s, body_deadline_s, min_body_rate_kib, keep_alive_s,
+          max_frame_pixels, max_result_mb, shutdown_grace_s, api_keys, jobs_root, max_jobs, job_ttl_s, job_workers):
     """Serve exported MODELS over HTTP (FastAPI + uvicorn, no torch).
 
     \b
@@ -160,14 +178,16 @@ def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decod
     GET  /healthz      liveness
     GET  /metrics      Prometheus text (requests, latency, batch sizes, errors, queue depth)
 
-    Uploads stream to a temporary file (memory per request stays small whatever the size); at
-    most --max-inflight predictions at once (503 + Retry-After beyond); slow request heads,
-    stalled bodies and idle keep-alive connections time out. Every error is JSON
-    {"error": {"code", "type", "message"}} and is counted in /metrics.
+    Every unit of work a client can create has a budget: uploads stream to a temporary file
+    (--max-upload-mb, --body-timeout-s, --body-deadline-s, --min-body-rate-kib); at most
+    --max-inflight uploads at once, jobs included (503 + Retry-After beyond, before the body is
+    read); frames over --max-frame-pixels are refused and the rest resized as decoded; windows
+    per request, window length and answer size are capped (--max-result-mb). Every error is JSON
+    {"error": {"code", "type", "message"}} ({"error": "..."} under /v2) and is counted in /metrics.
 
     Students, experts and teacher ensembles alike. Dynamic micro-batching across concurrent
-    requests; SIGINT/SIGTERM finish the requests in flight, then stop. Same as
-    `python -m jedi_deploy.serve.server`.
+    requests; SIGINT/SIGTERM cancel jobs, wait at most --shutdown-grace-s, remove spooled
+    uploads and stop. Same as `python -m jedi_deploy.serve.server`.
     """
     from .config import ServeConfig
     from .server import serve as run_server
@@ -177,4 +197,7 @@ def serve(models, host, port, max_batch_size, max_delay_ms, max_upload_mb, decod
                            providers=providers, threads=threads, runtime=runtime, topk=topk, max_inflight=max_inflight,
                            header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
                            keep_alive_s=keep_alive_s, jobs_root=jobs_root, max_jobs=max_jobs, job_ttl_s=job_ttl_s,
-                           job_workers=job_workers), echo=click.echo)
+                           job_workers=job_workers, body_deadline_s=body_deadline_s,
+                           min_body_rate_kib=min_body_rate_kib, max_frame_pixels=max_frame_pixels,
+                           max_result_mb=max_result_mb, shutdown_grace_s=shutdown_grace_s,
+                           api_keys=tuple(k for key in api_keys for k in key.split())), echo=click.echo)

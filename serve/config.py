@@ -27,8 +27,13 @@ class ServeConfig:
     max_inflight: int = 64  # /v1/predict requests being uploaded, decoded or run; more get 503
     header_timeout_s: float = 10.0  # a request head must arrive within this
     body_timeout_s: float = 30.0  # longest pause while a request body is arriving
+    body_deadline_s: float = 300.0  # a whole request body must arrive within this
+    min_body_rate_kib: float = 16.0  # KiB/s a body must average once it has taken RATE_GRACE_S
     keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
-    graceful_timeout_s: float = 30.0
+    shutdown_grace_s: float = 10.0  # SIGTERM: longest wait for requests and jobs in flight, then exit
+    max_frame_pixels: int = 3840 * 2160  # decoded frames larger than this (width x height) are refused
+    max_result_mb: float = 8.0  # the largest answer a request or job may produce (JSON)
+    api_keys: tuple[str, ...] = ()  # bearer tokens required on everything but health checks (none: open)
     jobs_root: Path | None = None  # POST /v1/jobs may name files under this folder (None: uploads only)
     max_jobs: int = 16  # jobs queued or running; more get 503
     job_ttl_s: float = 3600.0  # finished jobs (and their results) are kept this long
@@ -44,9 +49,17 @@ class ServeConfig:
                 raise InputError(f"{name} must be >= {low}, got {value}")
         if self.max_delay_ms < 0 or self.max_upload_mb <= 0:
             raise InputError("max_delay_ms must be >= 0 and max_upload_mb > 0")
-        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+        if self.max_frame_pixels < 64 * 64 or self.max_result_mb <= 0:
+            raise InputError(f"max_frame_pixels must be >= 4096 and max_result_mb > 0, got {self.max_frame_pixels} "
+                             f"and {self.max_result_mb}")
+        if any(len(k) < MIN_KEY_CHARS or not k.isprintable() or " " in k for k in self.api_keys):
+            raise InputError(f"an API key must be at least {MIN_KEY_CHARS} printable characters without spaces "
+                             "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "body_deadline_s", "shutdown_grace_s"):
             if getattr(self, name) <= 0:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.min_body_rate_kib < 0:
+            raise InputError(f"min_body_rate_kib must be >= 0, got {self.min_body_rate_kib}")
         if self.job_ttl_s <= 0:
             raise InputError(f"job_ttl_s must be > 0, got {self.job_ttl_s}")
         if self.jobs_root is not None and not Path(self.jobs_root).is_dir():
@@ -54,6 +67,12 @@ class ServeConfig:
         if not 0 <= self.port <= 65535:
             raise InputError(f"port must be in 0..65535, got {self.port}")
         return self
+
+
+#: The shortest API key ``--api-key`` / ``JEDI_API_KEY`` accepts.
+MIN_KEY_CHARS = 16
+#: Seconds a request body may take before :attr:`ServeConfig.min_body_rate_kib` applies.
+RATE_GRACE_S = 5.0
 
 
 #: A window's default stride, as a share of the window (half-overlapping windows).

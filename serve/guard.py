@@ -1,15 +1,30 @@
-"""The HTTP edge of ``jedi serve``: the typed API error, the JSON error shape, and the ASGI
-guard that counts every request and refuses oversized uploads before an endpoint reads them."""
+"""The HTTP edge of ``jedi serve``: the typed API error, the JSON error shapes, and the ASGI
+guard that counts every request, checks its API key, refuses oversized or over-budget uploads
+before an endpoint reads them and times out bodies that stall, crawl or take too long."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
+import math
 import time
 
+from .config import RATE_GRACE_S, ServeConfig
 from .metrics import Metrics
 
 #: Endpoints counted under their own label in /metrics (everything else is "other").
 ENDPOINTS = ("/v1/predict", "/v1/models", "/healthz", "/metrics")
+#: What answers without an API key: liveness/readiness probes and the page itself (which asks for
+#: the key and sends it with every request it makes).
+OPEN_PATHS = ("/healthz", "/v2/health/live", "/v2/health/ready", "/")
+#: Where the caller's identity (a digest of its API key, or None) is put in the ASGI scope.
+CALLER = "jedi.caller"
+
+
+def caller_id(key: bytes) -> str:
+    """What identifies a caller (job ownership): a digest of its key, never the key itself."""
+    return hashlib.sha256(key).hexdigest()[:16]
 
 
 class ApiError(Exception):
@@ -21,17 +36,38 @@ class ApiError(Exception):
 
 
 class UploadGuard:
-    """ASGI middleware around every request: counts it (status, latency, in flight), refuses
-    bodies over ``limit`` bytes with 413 (up front from Content-Length, or while streaming a body
-    longer than announced / chunked), refuses a prediction with 503 + ``Retry-After`` while
-    ``max_inflight`` are already being uploaded, decoded or run (before reading its body), answers
-    408 when a body stalls for ``body_timeout`` seconds, and turns a client that went away
-    mid-upload or an unexpected exception into a counted error instead of a stuck or dead worker."""
+    """ASGI middleware around every request: counts it (status, latency, in flight); with API keys,
+    answers 401 to a request without a valid bearer token (every key compared in constant time)
+    except on :data:`OPEN_PATHS`; refuses bodies over the upload limit with 413 (up front from
+    Content-Length, or while streaming a body longer than announced / chunked); refuses an upload
+    (``/v1/predict``, ``POST /v1/jobs``, ``/v2`` infer) with 503 + ``Retry-After`` while
+    ``max_inflight`` are already being uploaded, decoded or run (before reading its body); answers
+    408 when a body stalls (``body_timeout_s`` of silence), crawls (under ``min_body_rate_kib``
+    once it has taken :data:`RATE_GRACE_S`) or outlasts ``body_deadline_s``; and turns a client that
+    went away mid-upload or an unexpected exception into a counted error instead of a stuck or dead
+    worker. Every answer it makes is in the endpoint's own error shape (:func:`error_body`)."""
 
-    def __init__(self, app, limit: int, metrics: Metrics, max_inflight: int = 64, body_timeout: float = 30.0):
-        self.app, self.limit, self.metrics = app, limit, metrics
-        self.max_inflight, self.body_timeout = max_inflight, body_timeout
-        self.predicting = 0  # /v1/predict requests between arrival and answer
+    def __init__(self, app, cfg: ServeConfig, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+        self.limit = int(cfg.max_upload_mb * 2**20)
+        self.max_inflight, self.body_timeout = cfg.max_inflight, cfg.body_timeout_s
+        self.deadline, self.min_rate = cfg.body_deadline_s, cfg.min_body_rate_kib * 1024
+        self.keys = [k.encode() for k in cfg.api_keys]
+        self.predicting = 0  # uploads between arrival and answer
+
+    def caller(self, scope) -> tuple[bool, str | None]:
+        """(allowed, caller id): every key is compared, so the time taken says nothing of a near miss."""
+        if not self.keys:
+            return True, None
+        scheme, _, token = dict(scope.get("headers") or []).get(b"authorization", b"").partition(b" ")
+        token = token.strip()
+        match = None
+        for key in self.keys:
+            if hmac.compare_digest(token, key):
+                match = key
+        if scheme.lower() != b"bearer" or match is None:
+            return scope["path"] in OPEN_PATHS, None
+        return True, caller_id(match)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -42,15 +78,20 @@ class UploadGuard:
         endpoint = path if path in ENDPOINTS else ("/v1/jobs" if path.startswith("/v1/jobs") else (
             "/v2/infer" if path.startswith("/v2/models/") and path.endswith("/infer") else (
                 "/v2" if path.startswith("/v2") else "other")))
-        status, seen, t0, body_done = 0, 0, time.perf_counter(), False
+        status, seen, t0, body_done, started = 0, 0, time.perf_counter(), False, None
 
         async def limited_receive():
-            nonlocal seen, body_done
+            nonlocal seen, body_done, started
             if body_done:  # after the body, receive() only waits for a disconnect: no timeout
                 return await receive()
+            started = started or time.monotonic()
+            left = self.deadline - (time.monotonic() - started)
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout)
+                message = await asyncio.wait_for(receive(), max(0.0, min(self.body_timeout, left)))
             except asyncio.TimeoutError:
+                if left <= self.body_timeout:
+                    raise ApiError(408, "body_timeout", f"the request body took longer than {self.deadline:g} s "
+                                                        "(jedi serve --body-deadline-s)") from None
                 raise ApiError(408, "body_timeout", f"the request body stalled: no data for {self.body_timeout:g} s "
                                                     "(jedi serve --body-timeout-s)") from None
             if message["type"] == "http.request":
@@ -58,6 +99,11 @@ class UploadGuard:
                 body_done = not message.get("more_body", False)
                 if seen > self.limit:
                     raise ApiError(413, "upload_too_large", self._message(seen, at_least=True))
+                took = time.monotonic() - started
+                if not body_done and took > RATE_GRACE_S and seen < self.min_rate * took:
+                    raise ApiError(408, "body_timeout", f"the request body arrives at {seen / took / 1024:.1f} KiB/s, "
+                                   f"under the {self.min_rate / 1024:g} KiB/s this service needs "
+                                   "(jedi serve --min-body-rate-kib)")
             return message
 
         async def send_status(message):
@@ -68,24 +114,28 @@ class UploadGuard:
 
         async def answer(code: int, kind: str, text: str, close: bool = False, headers=()):
             m.errors.labels(kind).inc()
-            await json_response(send_status, code, error_body(code, kind, text), close, headers)
+            await json_response(send_status, code, error_body(code, kind, text, path), close, headers)
 
-        predict = path == "/v1/predict" or endpoint == "/v2/infer"
+        upload = path == "/v1/predict" or endpoint == "/v2/infer" or (path == "/v1/jobs" and scope["method"] == "POST")
         m.in_flight.inc()
         try:
+            allowed, scope[CALLER] = self.caller(scope)
             length = dict(scope.get("headers") or []).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.limit:
+            if not allowed:
+                await answer(401, "unauthorized", "this service needs an API key: send `Authorization: Bearer KEY`",
+                             headers=[(b"www-authenticate", b'Bearer realm="jedi-deploy"')])
+            elif length.isdigit() and int(length) > self.limit:
                 await answer(413, "upload_too_large", self._message(int(length)), close=True)
-            elif predict and self.predicting >= self.max_inflight:
-                await answer(503, "overloaded", f"{self.predicting} videos are being uploaded or classified, the most "
+            elif upload and self.predicting >= self.max_inflight:
+                await answer(503, "overloaded", f"{self.predicting} uploads are being received or classified, the most "
                              f"this service takes at once (jedi serve --max-inflight); retry shortly", close=True,
                              headers=[(b"retry-after", b"1")])
             else:
-                self.predicting += predict
+                self.predicting += upload
                 try:
                     await self.app(scope, limited_receive, send_status)
                 finally:
-                    self.predicting -= predict
+                    self.predicting -= upload
         except ClientDisconnect:
             status = 499  # nginx's "client closed request": nobody is left to answer
             m.errors.labels("client_disconnect").inc()
@@ -106,7 +156,7 @@ class UploadGuard:
 
 
 async def json_response(send, status: int, body: dict, close: bool = False, extra_headers=()) -> None:
-    data = json.dumps(body).encode()
+    data = dumps(body)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
                *extra_headers]
     if close:
@@ -115,5 +165,29 @@ async def json_response(send, status: int, body: dict, close: bool = False, extr
     await send({"type": "http.response.body", "body": data})
 
 
-def error_body(status: int, kind: str, message: str) -> dict:
+def error_body(status: int, kind: str, message: str, path: str = "") -> dict:
+    """An error in the protocol's own shape: ``{"error": "message"}`` under ``/v2`` (the Open
+    Inference Protocol), ``{"error": {"code", "type", "message"}}`` everywhere else."""
+    if path.startswith("/v2"):
+        return {"error": message}
     return {"error": {"code": status, "type": kind, "message": message}}
+
+
+def finite(obj):
+    """``obj`` with every NaN or infinity replaced by None (JSON ``null``): JSON has no NaN, and a
+    client parser that meets a bare ``NaN`` fails."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj) -> bytes:
+    """Strict JSON bytes of an answer (NaN/Inf as null, see :func:`finite`)."""
+    try:
+        return json.dumps(obj, allow_nan=False).encode()
+    except ValueError:
+        return json.dumps(finite(obj), allow_nan=False).encode()

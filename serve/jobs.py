@@ -5,18 +5,22 @@ status, progress and the result, ``DELETE /v1/jobs/{id}`` cancels.
 A job is a whole-video prediction or, with ``window``, a sliding-window timeline
 (:mod:`jedi_deploy.serve.timeline`). Its video is an upload (spooled to a private temp file before the
 202, removed when the job ends) or a ``path`` the server may read: only under ``--jobs-root``, after
-resolving links, so nothing outside it can be named. At most ``--max-jobs`` jobs are queued or running
+resolving links, so nothing outside it can be named - checked when queued and again on the file
+actually opened when the job runs (:meth:`JobStore.opened`), so a link swapped in meanwhile reads
+nothing outside the root. A job id is a capability (128 random bits): whoever holds it may read or
+cancel the job; the listing shows a caller only the jobs of its own API key. At most ``--max-jobs`` jobs are queued or running
 (more: :class:`JobsFull`, a 503 with Retry-After); finished jobs are kept ``--job-ttl-s`` seconds, then
 forgotten. The store runs whatever callable it is given (the service's) and raises domain errors
 (:class:`JobError`), which the HTTP layer maps to statuses. Torch-free.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +73,7 @@ class Job:
     result: dict | None = None
     error: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    owner: str | None = None  # the digest of the API key that submitted it (None: no keys)
 
     def to_dict(self) -> dict:
         d = {"id": self.id, "status": self.status, "model": self.model, "video": self.video,
@@ -104,13 +109,42 @@ class JobStore:
         if self.root is None:
             raise PathNotAllowed("this service reads no paths (start it with --jobs-root DIR to allow paths under "
                                  "DIR); upload the video instead")
-        p = Path(raw)
-        p = (p if p.is_absolute() else self.root / p).resolve()
-        if p != self.root and self.root not in p.parents:
-            raise PathNotAllowed(f"{raw!r} is outside the jobs root")
-        if not p.is_file():
-            raise PathNotFound(f"{raw!r}: no such file under the jobs root")
+        shown = raw if len(raw) <= 200 else raw[:200] + "..."
+        try:
+            p = Path(raw)
+            p = (p if p.is_absolute() else self.root / p).resolve()
+            inside = p == self.root or self.root in p.parents
+            is_file = inside and p.is_file()
+        except (ValueError, OSError, RuntimeError) as e:  # NUL bytes, names too long, link loops
+            raise PathNotFound(f"{shown!r}: not a readable path ({type(e).__name__}: {str(e)[:100]})") from None
+        if not inside:
+            raise PathNotAllowed(f"{shown!r} is outside the jobs root")
+        if not is_file:
+            raise PathNotFound(f"{shown!r}: no such file under the jobs root")
         return str(p)
+
+    @contextlib.contextmanager
+    def opened(self, job: Job) -> Iterator[str]:
+        """The path to decode ``job``'s video from: an upload's own spooled file, or - for a path job -
+        the file opened now and checked as opened (its real path, read from the open descriptor, must
+        still be inside the root), read through that descriptor so no later swap of a link matters."""
+        if job.owned or self.root is None:
+            yield job.source
+            return
+        try:
+            fd = os.open(job.source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise PathNotFound(f"{job.video!r}: cannot be opened ({e.strerror})") from None
+        try:
+            real = Path(os.readlink(f"/proc/self/fd/{fd}")) if os.path.exists(f"/proc/self/fd/{fd}") else None
+            if real is None:  # no /proc (not Linux): the path as it resolves now, opened just before
+                real = Path(job.source).resolve()
+            if real != self.root and self.root not in real.parents:
+                raise PathNotAllowed(f"{job.video!r} now leads outside the jobs root (to a file swapped in after it "
+                                     "was queued); not read")
+            yield f"/proc/self/fd/{fd}" if os.path.exists(f"/proc/self/fd/{fd}") else job.source
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------------------------- lifecycle
     def purge(self) -> None:
@@ -119,17 +153,35 @@ class JobStore:
             for k in [k for k, j in self.jobs.items() if j.finished and now - j.finished > self.ttl_s]:
                 del self.jobs[k]
 
-    def submit(self, *, model: str, video: str, source: str, owned: bool, topk: int,
-               window: WindowSpec | None) -> Job:
+    def check_room(self) -> None:
+        """:class:`JobsFull` when ``max_jobs`` are queued or running (asked before an upload is read)."""
         self.purge()
         with self.lock:
-            active = sum(j.status in ("queued", "running") for j in self.jobs.values())
-            if active >= self.max_jobs:
+            self._room()
+
+    def _room(self) -> None:
+        active = sum(j.status in ("queued", "running") for j in self.jobs.values())
+        if active >= self.max_jobs:
+            raise JobsFull(f"{active} jobs are queued or running, the most this service keeps "
+                           "(jedi serve --max-jobs); retry later")
+
+    def owned_by(self, owner: str | None) -> list[Job]:
+        """The jobs submitted with ``owner``'s key, newest first."""
+        self.purge()
+        with self.lock:
+            return sorted((j for j in self.jobs.values() if j.owner == owner), key=lambda j: -j.created)
+
+    def submit(self, *, model: str, video: str, source: str, owned: bool, topk: int,
+               window: WindowSpec | None, owner: str | None = None) -> Job:
+        self.purge()
+        with self.lock:
+            try:
+                self._room()
+            except JobsFull:
                 if owned:
                     os.unlink(source)
-                raise JobsFull(f"{active} jobs are queued or running, the most this service keeps "
-                               "(jedi serve --max-jobs); retry later")
-            job = Job(uuid.uuid4().hex[:16], model, video, source, owned, topk, window)
+                raise
+            job = Job(uuid.uuid4().hex, model, video, source, owned, topk, window, owner=owner)
             self.jobs[job.id] = job
         self.pool.submit(self._run, job)
         return job
@@ -188,10 +240,20 @@ class JobStore:
             raise Cancelled
         job.progress = min(0.99, fraction)
 
-    def close(self) -> None:
-        for job in list(self.jobs.values()):
-            job.cancel.set()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def cancel_all(self) -> None:
+        """Every job stops at its next check; queued ones never start."""
+        with self.lock:
+            for job in list(self.jobs.values()):
+                job.cancel.set()
+                if job.status == "queued":
+                    self._finish(job, "cancelled")
+
+    def close(self, wait: bool = True) -> None:
+        self.cancel_all()
+        self.pool.shutdown(wait=wait, cancel_futures=True)
+        self.discard_uploads()
+
+    def discard_uploads(self) -> None:
         for job in list(self.jobs.values()):
             if job.owned and os.path.exists(job.source):
                 os.unlink(job.source)

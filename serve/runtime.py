@@ -13,7 +13,7 @@ from jedi_deploy.contracts.header import require_file
 from jedi_deploy.contracts.metrics import top_classes
 from jedi_deploy.contracts.model_card import Feed
 from jedi_deploy.contracts.preprocess import Preprocess
-from jedi_deploy.media.decode import video_feed
+from jedi_deploy.media.decode import NO_LIMITS, Limits, video_feed
 from jedi_deploy.runners import open_runner
 from jedi_deploy.runners.base import video_probs
 
@@ -90,14 +90,14 @@ class OnnxModel:
         """A video's test views in the graph's input format (see :meth:`prepare_video`)."""
         return self.prepare_video(video).feed
 
-    def prepare_video(self, video: str | Path, name: str | None = None) -> Prepared:
+    def prepare_video(self, video: str | Path, name: str | None = None, limits: Limits = NO_LIMITS) -> Prepared:
         """A video's test views in the graph's input format, decoded once for every input. Each
         input gets ``[V, ...]`` (one batch row per view), or ``[1, V, ...]`` for an input whose
         graph averages V views itself; every input of one video has the same number of rows.
         ``warning`` says when the file is truncated or corrupt and only the frames before the
         first error were sampled. ``name`` is how errors and warnings call the file (an upload's
-        own name rather than its temporary path)."""
-        return Prepared(*video_feed(self.card, video, name))
+        own name rather than its temporary path). ``limits``: the decode's budget (frame size, a stop check)."""
+        return Prepared(*video_feed(self.card, video, name, limits))
 
     def probs(self, logits: np.ndarray) -> np.ndarray:
         """Class probabilities of ONE video from the logits of its :meth:`prepare` rows."""

@@ -12,11 +12,14 @@ Requests flow: the upload is read (capped at ``max_upload_mb``; 413 beyond), dec
 preprocessed in a thread pool (never on the event loop), then queued for the model's
 micro-batcher, which runs up to ``max_batch_size`` videos as one ONNX Runtime call, waiting at
 most ``max_delay_ms`` after the first for more to arrive (``max_batch_size`` 1 = no
-batching). Every failure is a JSON ``{"error": {"code", "type", "message"}}`` with a 4xx/5xx
-status, and the service keeps serving. On SIGINT/SIGTERM it stops accepting connections,
-finishes the requests in flight, then exits.
+batching). Every failure is a JSON ``{"error": {"code", "type", "message"}}`` (``{"error":
+"message"}`` under ``/v2``) with a 4xx/5xx status, and the service keeps serving. Every unit of work
+a client can create has a budget (:class:`ServeConfig`; docs/ARCHITECTURE.md "Budgets and
+guarantees"). On SIGINT/SIGTERM it stops accepting connections, cancels jobs and windowed requests,
+waits at most ``--shutdown-grace-s`` for the rest, removes spooled uploads and exits.
 """
 import asyncio
+import os
 import socket
 import sys
 import time
@@ -26,15 +29,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jedi_deploy.contracts.errors import BudgetError, ConfigError, InputError, VideoDecodeError
+from jedi_deploy.media.decode import Limits
 
 from .config import ServeConfig, WindowSpec
-from .guard import ApiError, UploadGuard, error_body
+from .guard import CALLER, ApiError, UploadGuard, dumps, error_body
 from .jobs import Job, JobError, JobsFull, JobStore, PathNotAllowed, PathNotFound, UnknownJob
 from .metrics import Metrics
 from .pool import ModelPool
 from .runtime import OnnxModel, Prepared
 from .timeline import run_windows
 from .uploads import Spool, Upload, read_upload
+
+#: Seconds of the shutdown grace kept for answering: requests still decoding then get 503.
+ANSWER_S = 1.0
 
 #: Job-store errors -> (HTTP status, error type, extra headers).
 JOB_ERRORS = {JobsFull: (503, "jobs_full", {"Retry-After": "5"}), UnknownJob: (404, "unknown_job", None),
@@ -85,8 +92,10 @@ class Service:
         self.spool = Spool()
         self.decode_pool: ThreadPoolExecutor | None = None
         self.stopping = False
+        self.stop_asked: float | None = None  # time.monotonic() of the SIGTERM/SIGINT
         self.jobs = JobStore(self.run_job, workers=cfg.job_workers, max_jobs=cfg.max_jobs, ttl_s=cfg.job_ttl_s,
                              root=Path(cfg.jobs_root) if cfg.jobs_root else None)
+        self.max_result = int(cfg.max_result_mb * 2**20)
 
     @property
     def models(self) -> dict[str, OnnxModel]:
@@ -100,15 +109,51 @@ class Service:
         self.decode_pool = ThreadPoolExecutor(self.cfg.decode_workers, thread_name_prefix="decode")
         self.pool.start()
 
-    async def stop(self) -> None:
-        """Runs after uvicorn has stopped accepting and the requests in flight are answered."""
+    def begin_stop(self) -> None:
+        """The signal (called from the handler, before uvicorn waits for the requests in flight):
+        jobs stop at their next check and queued ones never start; requests in flight may finish
+        until :data:`ANSWER_S` before the grace ends, then their decodes and window loops stop with 503."""
+        if self.stop_asked is None:
+            self.stop_asked = time.monotonic()
         self.stopping = True
+        self.jobs.cancel_all()
+
+    def check(self) -> None:
+        """Raised through a decode or a window loop once the grace is (nearly) over."""
+        if self.stop_asked is not None and time.monotonic() > self.stop_asked + self.cfg.shutdown_grace_s - ANSWER_S:
+            raise ApiError(503, "shutting_down", "the service is shutting down; retry on another replica or later")
+
+    def limits(self, check=None) -> Limits:
+        """The decode budget of one request or job: the frame-size limit, and a check that stops
+        it when the service stops (and, for a job, when it is cancelled)."""
+        def both():
+            self.check()
+            if check is not None:
+                check()
+        return Limits(max_pixels=self.cfg.max_frame_pixels, check=both)
+
+    async def stop(self) -> None:
+        """Runs after uvicorn has stopped accepting and answered (or given up on) the requests in
+        flight: the workers get what is left of ``--shutdown-grace-s``, then the spool is removed
+        and the process ends, whatever a worker thread is still doing."""
+        self.begin_stop()
         await self.pool.stop()
+        workers = list(self.jobs.pool._threads)
         if self.decode_pool is not None:
-            self.decode_pool.shutdown(wait=True)
-        self.jobs.close()  # running jobs stop at their next window; their uploads are removed
+            workers += list(self.decode_pool._threads)
+            self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.jobs.close(wait=False)
+        deadline = self.stop_asked + self.cfg.shutdown_grace_s
+        while any(t.is_alive() for t in workers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.jobs.discard_uploads()
         self.spool.close()
-        print("jedi serve: stopped cleanly (requests in flight were answered)", file=sys.stderr, flush=True)
+        stuck = sum(t.is_alive() for t in workers)
+        if stuck:
+            print(f"jedi serve: {stuck} worker(s) still busy after the {self.cfg.shutdown_grace_s:g} s grace "
+                  "(--shutdown-grace-s); exiting without them", file=sys.stderr, flush=True)
+            os._exit(0)  # the interpreter would join those threads at exit, however long they take
+        print("jedi serve: stopped cleanly", file=sys.stderr, flush=True)
 
     # requests ---------------------------------------------------------------------------
     def request(self, params: dict) -> Request:
@@ -120,7 +165,9 @@ class Service:
         """Decode one spooled upload (removed here), in the decode pool."""
         t0 = time.perf_counter()
         try:
-            x = model.prepare_video(upload.path, name=upload.name)
+            x = model.prepare_video(upload.path, name=upload.name, limits=self.limits())
+        except BudgetError as e:
+            raise ApiError(422, "over_budget", str(e)) from None
         except VideoDecodeError as e:
             raise ApiError(422, "invalid_video", str(e)) from None
         finally:
@@ -156,26 +203,24 @@ class Service:
         """Sliding-window inference over one upload (serve.timeline), in the decode pool."""
         t0 = time.perf_counter()
         try:
-            tl = run_windows(model, upload.path, req.window, name=upload.name)
+            tl = run_windows(model, upload.path, req.window, name=upload.name, limits=self.limits())
+            answer = tl.answer(req.topk, max_bytes=self.max_result)
         except BudgetError as e:
             raise ApiError(422, "over_budget", str(e)) from None
         except (VideoDecodeError, InputError) as e:
             raise ApiError(422, "invalid_video", str(e)) from None
         finally:
             upload.discard()
-        return {"model": req.model, **tl.answer(req.topk), "timing_ms": {"total": round(1e3 * (time.perf_counter() - t0), 3)}}
+        return {"model": req.model, **answer, "timing_ms": {"total": round(1e3 * (time.perf_counter() - t0), 3)}}
 
     async def submit_job(self, request) -> dict:
         """``POST /v1/jobs``: a path under the jobs root (JSON ``{"path": ...}``) or an upload (multipart
         field ``video`` or the raw body), queued; the answer (202) names the job."""
-        import json
-
         params = dict(request.query_params)
+        self.job_call(self.jobs.check_room)  # a full store refuses before the body is read
+        owner = request.scope.get(CALLER)
         if request.headers.get("content-type", "").startswith("application/json"):
-            try:
-                body = json.loads(await request.body())
-            except ValueError as e:
-                raise ApiError(400, "malformed_request", f"the JSON body is not valid ({e})") from None
+            body = await asyncio.to_thread(parse_json, await request.body())
             if not isinstance(body, dict) or not isinstance(body.get("path"), str):
                 raise ApiError(400, "missing_field", 'a JSON job needs {"path": "<file under the jobs root>"}')
             params.update({k: str(v) for k, v in body.items() if k != "path"})
@@ -185,7 +230,7 @@ class Service:
             upload, req = await read_upload(request, params, self.spool, self.request)
             source, video, owned = upload.path, upload.name, True
         job = self.job_call(self.jobs.submit, model=req.model, video=video, source=source, owned=owned,
-                            topk=req.topk, window=req.window)
+                            topk=req.topk, window=req.window, owner=owner)
         return job.to_dict()
 
     @staticmethod
@@ -198,16 +243,30 @@ class Service:
             raise ApiError(status, kind, str(e), headers=headers) from None
 
     def run_job(self, job: Job, progress) -> dict:
-        """What a job does (the job store's run callable): a whole-video prediction, or windows."""
+        """What a job does (the job store's run callable): a whole-video prediction, or windows,
+        from the file the store opened (a path job: checked inside the jobs root as opened)."""
         model = self.models[job.model]
-        if job.window is None:
-            x = model.prepare_video(job.source, name=job.video)
-            probs = model.run_many([x.feed])[0]
-            progress(1.0)
-            out = {"predictions": [p.__dict__ for p in model.top(probs, job.topk)]}
-            return {**out, "warning": x.warning} if x.warning else out
-        return run_windows(model, job.source, job.window, on_window=progress, name=job.video,
-                           check=lambda: progress(job.progress)).answer(job.topk)
+        limits = self.limits(lambda: progress(job.progress))
+        with self.jobs.opened(job) as source:
+            if job.window is None:
+                x = model.prepare_video(source, name=job.video, limits=limits)
+                probs = model.run_many([x.feed])[0]
+                progress(1.0)
+                out = {"predictions": [p.__dict__ for p in model.top(probs, job.topk)]}
+                return {**out, "warning": x.warning} if x.warning else out
+            tl = run_windows(model, source, job.window, on_window=progress, name=job.video, limits=limits)
+        return tl.answer(job.topk, max_bytes=self.max_result)
+
+
+def parse_json(body: bytes):
+    """A JSON request body (off the event loop: a large body takes a while), or 400."""
+    import json
+
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise ApiError(400, "malformed_request", f"the JSON body is not valid ({type(e).__name__}: "
+                                                 f"{str(e)[:200]})") from None
 
 
 #: The web page at ``/``: one static file, no build step (package data of jedi_deploy.serve).
@@ -221,6 +280,12 @@ def create_app(cfg: ServeConfig):
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.responses import JSONResponse, Response
 
+    class StrictJSON(JSONResponse):
+        """Every JSON answer: NaN/Inf become null (:func:`guard.dumps`), never a bare NaN or a 500."""
+
+        def render(self, content) -> bytes:
+            return dumps(content)
+
     service = Service(cfg)
 
     @asynccontextmanager
@@ -232,25 +297,30 @@ def create_app(cfg: ServeConfig):
             await service.stop()
 
     app = FastAPI(title="jedi-deploy", summary="Video action recognition with JEDI students",
-                  lifespan=lifespan, docs_url="/docs", redoc_url=None)
+                  lifespan=lifespan, docs_url="/docs", redoc_url=None, default_response_class=StrictJSON)
     app.state.service = service
     m = service.metrics
 
-    def error(status: int, kind: str, message: str, headers: dict | None = None) -> JSONResponse:
+    def error(request, status: int, kind: str, message: str, headers: dict | None = None) -> JSONResponse:
         m.errors.labels(kind).inc()
-        return JSONResponse(error_body(status, kind, message), status_code=status, headers=headers)
+        return StrictJSON(error_body(status, kind, message, request.url.path), status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
-        return error(e.status, e.kind, e.message, e.headers)
+        return error(request, e.status, e.kind, e.message, e.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, e):
-        return error(e.status_code, "http_error", str(e.detail))
+        return error(request, e.status_code, "http_error", str(e.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, e):
-        return error(422, "invalid_field", "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+        return error(request, 422, "invalid_field",
+                     "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+
+    @app.exception_handler(Exception)
+    async def _bug(request, e):  # a bug: still JSON in the endpoint's shape, and the service keeps serving
+        return error(request, 500, "internal", f"{type(e).__name__}: {str(e)[:300]}")
 
     @app.post("/v1/predict")
     async def predict(request: Request):
@@ -264,16 +334,20 @@ def create_app(cfg: ServeConfig):
         return JSONResponse(job, status_code=202, headers={"Location": job["url"]})
 
     @app.get("/v1/jobs")
-    async def list_jobs():
-        """Every job kept (newest first), without results."""
-        service.jobs.purge()
-        jobs = sorted(service.jobs.jobs.values(), key=lambda j: -j.created)
-        return {"jobs": [{k: v for k, v in j.to_dict().items() if k != "result"} for j in jobs]}
+    async def list_jobs(request: Request):
+        """The caller's jobs (newest first), without results: with --api-key, the jobs submitted with
+        the caller's key; without keys there is no caller to list for (job ids are capabilities)."""
+        if not cfg.api_keys:
+            raise ApiError(403, "listing_off", "job listing needs API keys (jedi serve --api-key): jobs are listed "
+                                               "per key; keep the id that POST /v1/jobs answered")
+        owner = request.scope.get(CALLER)
+        return {"jobs": [{k: v for k, v in j.to_dict().items() if k != "result"} for j in service.jobs.owned_by(owner)]}
 
     @app.get("/v1/jobs/{job_id}")
     async def get_job(job_id: str):
-        """Status, progress and (when done) the result of a job."""
-        return service.job_call(service.jobs.get, job_id).to_dict()
+        """Status, progress and (when done) the result of a job (serialised off the event loop)."""
+        job = service.job_call(service.jobs.get, job_id)
+        return Response(await asyncio.to_thread(dumps, job.to_dict()), media_type="application/json")
 
     @app.delete("/v1/jobs/{job_id}")
     async def cancel_job(job_id: str):
@@ -308,8 +382,7 @@ def create_app(cfg: ServeConfig):
 
     add_routes(app, service)  # the Open Inference Protocol (KServe v2) beside /v1
 
-    app.add_middleware(UploadGuard, limit=int(cfg.max_upload_mb * 2**20), metrics=m, max_inflight=cfg.max_inflight,
-                       body_timeout=cfg.body_timeout_s)
+    app.add_middleware(UploadGuard, cfg=cfg, metrics=m)
     return app
 
 
@@ -338,8 +411,9 @@ def serve(cfg: ServeConfig, echo=print) -> None:
     app = create_app(cfg)
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
-    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        echo(f"warning: listening on {cfg.host}, reachable from other machines; there is no authentication")
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_keys:
+        echo(f"warning: listening on {cfg.host}, reachable from other machines, without authentication "
+             "(--api-key) or TLS (see the README)")
     names = ", ".join(app.state.service.models)
     if cfg.runtime == "auto":
         from jedi_deploy.runners.probe import describe_pick
@@ -351,8 +425,15 @@ def serve(cfg: ServeConfig, echo=print) -> None:
     from .protocol import protocol_class
 
     http = protocol_class(app.state.service.metrics, cfg.header_timeout_s)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=cfg.graceful_timeout_s,
-                                           access_log=False, http=http, timeout_keep_alive=cfg.keep_alive_s))
+    service = app.state.service
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # the signal: jobs and windows stop now, not after the wait
+            service.begin_stop()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=cfg.shutdown_grace_s,
+                                   access_log=False, http=http, timeout_keep_alive=cfg.keep_alive_s))
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown; that is a normal stop

@@ -25,7 +25,7 @@ import numpy as np
 from jedi_deploy.contracts.errors import BudgetError, InputError
 from jedi_deploy.contracts.metrics import top_classes
 from jedi_deploy.contracts.preprocess import clip_indices
-from jedi_deploy.media.decode import FrameStream
+from jedi_deploy.media.decode import NO_LIMITS, FrameStream, Limits
 
 from .config import MAX_WINDOWS, WindowSpec
 from .runtime import OnnxModel
@@ -159,9 +159,25 @@ class Timeline:
                                 for i in order]})
         return out
 
-    def answer(self, topk: int) -> dict:
-        """The JSON answer of a windowed request or job: the summary and the windows."""
-        return {**self.summary(), "windows": self.rows(topk)}
+    def answer(self, topk: int, max_bytes: int | None = None) -> dict:
+        """The JSON answer of a windowed request or job: the summary and the windows. With
+        ``max_bytes``, an answer that would be larger (as JSON) is a :class:`BudgetError`, refused
+        from the window count before any row is built and checked again row by row."""
+        per_row = 48 + topk * (40 + max(len(c) for c in self.categories))
+        if max_bytes is not None and len(self.starts) * per_row > 2 * max_bytes:
+            self._too_large(topk, len(self.starts) * per_row, max_bytes)
+        rows, size = [], 0
+        for row in self.rows(topk):
+            size += len(json.dumps(row)) + 2
+            if max_bytes is not None and size > max_bytes:
+                self._too_large(topk, size * len(self.starts) / (len(rows) + 1), max_bytes)
+            rows.append(row)
+        return {**self.summary(), "windows": rows}
+
+    def _too_large(self, topk: int, size: float, max_bytes: int):
+        raise BudgetError(f"{self.video}: {len(self.starts)} windows with the top {topk} labels each make an answer of "
+                          f"about {size / 2**20:.1f} MiB, over the {max_bytes / 2**20:g} MiB this service returns "
+                          "(jedi serve --max-result-mb); use a longer stride or a smaller topk")
 
     def summary(self) -> dict:
         return {"video": self.video, "duration_s": round(self.duration, 3), "windows": len(self.starts),
@@ -170,19 +186,19 @@ class Timeline:
 
 
 def run_windows(model: OnnxModel, video: str | Path, spec: WindowSpec, *, progress: bool = False, on_window=None,
-                name: str | None = None, check: Callable[[], None] | None = None) -> Timeline:
+                name: str | None = None, limits: Limits = NO_LIMITS) -> Timeline:
     """Every window of ``video`` classified, smoothed and merged into segments. ``on_window(fraction)``
     is called after each window with the share of the video done (by its declared duration); it may
-    raise to stop; ``check()`` is called at every window step, empty ones included, and may raise
-    too. ``name`` is what the answer, errors and warnings call the video (an upload's own name
-    rather than its temporary file)."""
+    raise to stop; ``limits`` bound the decode (:class:`Limits`), and its ``check()`` is called at
+    every window step too, empty ones included, and may raise. ``name`` is what the answer, errors
+    and warnings call the video (an upload's own name rather than its temporary file)."""
     from tqdm.auto import tqdm
 
     window, stride, smooth_windows = spec.window, spec.stride, spec.smooth
     shown = name or str(video)
-    stream = FrameStream(video, [s.preprocess for s in model.card.inputs], name=shown)
+    stream = FrameStream(video, [s.preprocess for s in model.card.inputs], name=shown, limits=limits)
     found = []
-    for w in tqdm(windows(model, video, spec, stream, check), desc=Path(shown).name, unit="window",
+    for w in tqdm(windows(model, video, spec, stream, limits.check), desc=Path(shown).name, unit="window",
                   disable=not progress, leave=False):
         found.append(w)
         if on_window is not None:
