@@ -15,8 +15,17 @@ one, ``"1"``. gRPC is not offered (see the README). Torch-free.
 
 import asyncio
 import json
+import math
 
 import numpy as np
+
+#: The most elements one request's tensors may have in all (a batch of 2**51 is refused before any
+#: allocation): 64 MiB of float32, the default upload limit.
+MAX_ELEMENTS = 16 * 2**20
+#: The largest JSON part of a request: parsing JSON holds Python's interpreter lock for the whole
+#: parse (~30 ms per MiB), so a larger one would stall every other request, /healthz included.
+#: Tensors of any size travel as binary data.
+MAX_JSON_BYTES = 4 * 2**20
 
 #: v2 datatypes <-> numpy
 DATATYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
@@ -50,15 +59,28 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
             raise V2Error(400, f"{HEADER} must be an integer, got {header_length!r}") from None
         if not 0 < n <= len(body):
             raise V2Error(400, f"{HEADER} {n} is outside the {len(body)}-byte body")
-        head, rest = body[:n], body[n:]
+        view = memoryview(body)
+        head, rest = bytes(view[:n]), view[n:]
     else:
-        head, rest = body, b""
+        head, rest = body, b""  # json.loads reads a bytearray as it is
+    if len(head) > MAX_JSON_BYTES:
+        raise V2Error(413, f"the JSON part of the request is {len(head) / 2**20:.1f} MiB, over the "
+                           f"{MAX_JSON_BYTES / 2**20:g} MiB it may have: send large tensors with the binary tensor data "
+                           f"extension ({HEADER}; tritonclient's default)")
     try:
         request = json.loads(head)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise V2Error(400, f"the inference request is not valid JSON ({e})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise V2Error(400, f"the inference request is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise V2Error(400, "the inference request needs a non-empty 'inputs' list")
+    for where, value in [("parameters", request.get("parameters"))] + [
+            (f"inputs[{i}].parameters", t.get("parameters")) for i, t in enumerate(request["inputs"]) if isinstance(t, dict)]:
+        if value is not None and not isinstance(value, dict):
+            raise V2Error(400, f"'{where}' must be an object, got {type(value).__name__}")
+    outputs = request.get("outputs")
+    if outputs is not None and (not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("parameters", {}), dict) for o in outputs)):
+        raise V2Error(400, "'outputs' must be a list of objects like {\"name\": ..., \"parameters\": {...}}")
     return request, rest
 
 
@@ -76,21 +98,25 @@ def read_inputs(request: dict, binary: bytes, model) -> dict[str, np.ndarray]:
         want = NUMPY_TO_V2[np.dtype(spec.dtype).name]
         if dtype != want:
             raise V2Error(400, f"input {name!r} must be {want}, got {dtype}")
-        try:
-            shape = [int(d) for d in t["shape"]]
-        except (TypeError, ValueError):
-            raise V2Error(400, f"input {name!r}: shape must be a list of integers, got {t['shape']!r}") from None
+        if not isinstance(t["shape"], list) or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                        for d in t["shape"]):
+            raise V2Error(400, f"input {name!r}: shape must be a list of integers, got {str(t['shape'])[:100]}")
+        shape = list(t["shape"])
         sample = [int(d) for d in spec.shape[1:]]
         if len(shape) != len(sample) + 1 or shape[1:] != sample or shape[0] < 1:
             raise V2Error(400, f"input {name!r} must have shape [batch, {', '.join(map(str, sample))}], got {shape}")
-        size = (t.get("parameters") or {}).get("binary_data_size")
+        elements = math.prod(shape)
+        if elements > MAX_ELEMENTS:
+            raise V2Error(413, f"input {name!r}: batch {shape[0]} is {elements} values, over the {MAX_ELEMENTS} a "
+                               "request may send; send smaller batches")
+        size = t.get("parameters", {}).get("binary_data_size") if t.get("parameters") else None
         np_type = DATATYPES[dtype]
         if size is not None:
-            count = int(np.prod(shape)) * np.dtype(np_type).itemsize
-            if int(size) != count or offset + count > len(binary):
+            count = elements * np.dtype(np_type).itemsize
+            if not isinstance(size, int) or size != count or offset + count > len(binary):
                 raise V2Error(400, f"input {name!r}: binary_data_size {size} does not match its shape "
                                    f"{shape} ({count} bytes) or the body")
-            x = np.frombuffer(binary, dtype=np_type, count=int(np.prod(shape)), offset=offset).reshape(shape)
+            x = np.frombuffer(binary, dtype=np_type, count=elements, offset=offset).reshape(shape)
             offset += count
         elif "data" in t:
             try:
@@ -99,6 +125,8 @@ def read_inputs(request: dict, binary: bytes, model) -> dict[str, np.ndarray]:
                 raise V2Error(400, f"input {name!r}: data does not fit shape {shape} ({e})") from None
         else:
             raise V2Error(400, f"input {name!r} has neither 'data' nor a binary_data_size")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise V2Error(400, f"input {name!r} holds NaN or infinite values; the model takes finite numbers")
         feed[name] = np.ascontiguousarray(x)
     missing = sorted(set(specs) - set(feed))
     if missing:
@@ -123,8 +151,8 @@ def response(name: str, request: dict, logits: np.ndarray, output: str) -> tuple
     body = {"model_name": name, "model_version": VERSION, "outputs": [out]}
     if "id" in request:
         body["id"] = request["id"]
-    if not binary:
-        out["data"] = logits.ravel().tolist()
+    if not binary:  # JSON has no NaN: a non-finite logit is null
+        out["data"] = [v if math.isfinite(v) else None for v in logits.ravel().tolist()]
         return json.dumps(body).encode(), {"Content-Type": "application/json"}
     raw = logits.tobytes()
     out["parameters"] = {"binary_data_size": len(raw)}
@@ -182,16 +210,19 @@ def add_routes(app, service) -> None:
     async def infer(name: str, request: Request, version: str | None = None):
         try:
             model = find(name, version)
-            body = await request.body()  # the upload guard caps its size and times out a stalled one
-            req, binary = parse_request(body, request.headers.get(HEADER))
-            feed = read_inputs(req, binary, model)
+            body = bytearray()  # chunks appended in place: about 1x the body, not chunks + their join
+            async for chunk in request.stream():  # the upload guard caps the size and times out a stalled one
+                body += chunk
+            # parsing, conversion and serialisation are CPU work: off the event loop, like the run
+            req, binary = await asyncio.to_thread(parse_request, body, request.headers.get(HEADER))
+            feed = await asyncio.to_thread(read_inputs, req, binary, model)
             loop = asyncio.get_running_loop()
             try:
                 logits = await loop.run_in_executor(service.decode_pool, model.run, feed)
             except Exception as e:  # the runtime refuses values it cannot run
                 raise V2Error(400, f"the model could not run this input ({type(e).__name__}: "
                                    f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
-            content, headers = response(name, req, logits, model.card.output)
+            content, headers = await asyncio.to_thread(response, name, req, logits, model.card.output)
         except V2Error as e:
             return error(e.status, e.message)
         return Response(content, headers=headers)

@@ -43,6 +43,9 @@ from .uploads import Spool, Upload, read_upload
 #: Seconds of the shutdown grace kept for answering: requests still decoding then get 503.
 ANSWER_S = 1.0
 
+#: The largest JSON body of POST /v1/jobs (a path and a few fields).
+MAX_JOB_JSON = 64 * 1024
+
 #: Job-store errors -> (HTTP status, error type, extra headers).
 JOB_ERRORS = {JobsFull: (503, "jobs_full", {"Retry-After": "5"}), UnknownJob: (404, "unknown_job", None),
               PathNotAllowed: (403, "path_not_allowed", None), PathNotFound: (404, "not_found", None)}
@@ -220,7 +223,13 @@ class Service:
         self.job_call(self.jobs.check_room)  # a full store refuses before the body is read
         owner = request.scope.get(CALLER)
         if request.headers.get("content-type", "").startswith("application/json"):
-            body = await asyncio.to_thread(parse_json, await request.body())
+            raw = bytearray()
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > MAX_JOB_JSON:
+                    raise ApiError(413, "upload_too_large", f"a JSON job is at most {MAX_JOB_JSON // 1024} KiB "
+                                                            '({"path": ..., "window": ...})')
+            body = await asyncio.to_thread(parse_json, raw)
             if not isinstance(body, dict) or not isinstance(body.get("path"), str):
                 raise ApiError(400, "missing_field", 'a JSON job needs {"path": "<file under the jobs root>"}')
             params.update({k: str(v) for k, v in body.items() if k != "path"})

@@ -53,7 +53,9 @@ class Spool:
             self._dir = None
 
     def new_path(self, filename: str) -> str:
-        fd, tmp = tempfile.mkstemp(dir=self._dir.name, suffix=Path(filename).suffix[:16])
+        # the client's suffix tells FFmpeg the container; anything but letters and digits is dropped
+        suffix = "".join(c for c in Path(filename.replace("\0", "")).suffix[1:17] if c.isascii() and c.isalnum())
+        fd, tmp = tempfile.mkstemp(dir=self._dir.name, suffix="." + suffix if suffix else "")
         os.close(fd)
         return tmp
 

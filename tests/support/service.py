@@ -1,5 +1,6 @@
 """Starting the real service in a subprocess (torch made unimportable) and talking to it: shared
 by the service tests (tests/serve/conftest.py puts this folder on sys.path)."""
+import os
 import signal
 import subprocess
 import sys
@@ -17,13 +18,15 @@ from jedi_deploy.serve.runtime import OnnxModel
 CWD = tempfile.gettempdir()
 
 
-def start(models: list[Path], *args: str) -> tuple[subprocess.Popen, str]:
+def start(models: list[Path], *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``jedi serve MODELS --port 0 ARGS`` in a torch-free subprocess (``env`` added to the environment)."""
     code = ("import sys\n"
             "sys.modules['torch'] = None  # the service must run without torch\n"
             "from jedi_deploy.serve.cli import serve\n"
             "serve.main(sys.argv[1:], prog_name='jedi serve')\n")
     proc = subprocess.Popen([sys.executable, "-c", code, *map(str, models), "--port", "0", *args], cwd=CWD,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
     line = proc.stdout.readline()
     if "http://" not in line:
         proc.kill()
