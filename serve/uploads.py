@@ -38,14 +38,25 @@ class Upload:
             pass
 
 
+#: The spool folder's name: ``jedi-serve-<pid>-<random>`` in the temporary folder.
+SPOOL_PREFIX = "jedi-serve-"
+
+
 class Spool:
-    """The service's private folder for uploads in flight (removed, with what is left in it, on close)."""
+    """The service's private folder for uploads in flight (removed, with what is left in it, on
+    close). A service killed before it could close (SIGKILL, a crash, power) leaves its folder
+    behind: the next service to open a spool removes the folders of services that no longer run."""
 
     def __init__(self):
         self._dir: tempfile.TemporaryDirectory | None = None
 
     def open(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="jedi-serve-")
+        sweep_stale_spools()
+        self._dir = tempfile.TemporaryDirectory(prefix=f"{SPOOL_PREFIX}{os.getpid()}-")
+
+    @property
+    def path(self) -> str | None:
+        return self._dir.name if self._dir is not None else None
 
     def close(self) -> None:
         if self._dir is not None:
@@ -83,6 +94,32 @@ class Spool:
             os.unlink(tmp)
             raise
         return Upload(tmp, filename)
+
+
+def sweep_stale_spools(where: str | None = None) -> list[str]:
+    """Remove the spool folders (ours: this user's) of services whose process is gone; the removed paths."""
+    import shutil
+
+    where = where or tempfile.gettempdir()
+    removed = []
+    try:
+        entries = list(os.scandir(where))
+    except OSError:
+        return removed
+    for e in entries:
+        pid = e.name[len(SPOOL_PREFIX):].split("-", 1)[0]
+        if not (e.name.startswith(SPOOL_PREFIX) and pid.isdigit() and e.is_dir(follow_symlinks=False)):
+            continue
+        try:
+            if e.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)  # still running (or the pid was reused): left alone
+        except ProcessLookupError:
+            shutil.rmtree(e.path, ignore_errors=True)
+            removed.append(e.path)
+        except OSError:
+            continue
+    return removed
 
 
 async def read_form(request, params: dict):

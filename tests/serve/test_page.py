@@ -71,3 +71,32 @@ def test_the_page_uploads_a_clip_and_shows_top_k_and_timeline(tmp_path):
     finally:
         driver.quit()
         stop(proc)
+
+
+def test_the_page_takes_the_api_key(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    model = colour_model(tmp_path / "colour.onnx")
+    clip = coloured_video(tmp_path / "clip.mp4", [("blue", 3.0)])
+    key = "page-key-0123456789"
+    proc, addr = start([model], "--api-key", key)
+    driver = browser()
+    try:
+        driver.get(f"http://{addr}/")  # the page itself needs no key; what it fetches does
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: "API key" in d.find_element(By.ID, "status").text)
+        assert not driver.find_elements(By.CSS_SELECTOR, "#model option")
+        driver.find_element(By.ID, "apikey").send_keys(key)
+        driver.find_element(By.ID, "usekey").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
+        driver.find_element(By.ID, "video").send_keys(str(clip))
+        driver.find_element(By.ID, "submit").click()
+        wait.until(lambda d: d.find_elements(By.ID, "predictions") or d.find_elements(By.CSS_SELECTOR, "#result .error"))
+        assert not driver.find_elements(By.CSS_SELECTOR, "#result .error"), driver.find_element(By.ID, "result").text
+        rows = driver.find_elements(By.CSS_SELECTOR, "#predictions tr")[1:]
+        assert rows[0].find_elements(By.TAG_NAME, "td")[0].text == "blue"
+    finally:
+        driver.quit()
+        stop(proc)
