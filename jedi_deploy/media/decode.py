@@ -26,7 +26,6 @@ from jedi_deploy.contracts.preprocess import (
     views_from_frames,
 )
 
-
 #: Decoded frames larger than this many pixels are refused unless the caller says otherwise
 #: (7680x4320, 8K UHD: a file may declare any size; the decoder's buffers grow with it).
 MAX_FRAME_PIXELS = 7680 * 4320

@@ -75,7 +75,6 @@ def test_the_page_uploads_a_clip_and_shows_top_k_and_timeline(tmp_path):
 
 def test_the_page_takes_the_api_key(tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     model = colour_model(tmp_path / "colour.onnx")
