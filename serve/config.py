@@ -84,6 +84,9 @@ MAX_SMOOTH = 99
 #: The most windows one request or job may step through (a 10-hour video at a 2 s stride is 18,000);
 #: empty windows (a gap in the timestamps) count too, so no file can make the loop run away.
 MAX_WINDOWS = 20_000
+#: The most bytes of decoded frames one windowed request or job holds at once (the frames the windows
+#: overlapping one instant sample, resized; see serve.timeline.held_bytes), in MiB.
+MAX_HELD_MB = 256
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,26 @@
 """Sliding-window inference over long videos (``jedi infer MODEL VIDEO --window SEC --stride SEC``).
 
-One sequential decoding pass (:class:`jedi_deploy.video.FrameStream`): frames are kept only while a
-window still needs them, so memory is bounded by one window's frames (resized as the model's
-preprocessing says), never by the video. Window k covers ``[k * stride, k * stride + window)``
-seconds; inside it the model's own sampling picks its frames (``clip_indices`` over the window's
-frames, as if the window were a video), and the model's views and averaging apply as for a whole
-video. Per window: class probabilities; then optional smoothing (a centred moving average over
-``smooth`` windows) and merging of consecutive windows with the same top-1 label into segments.
+The frames' times come first, from the packets (no decoding); then one sequential decoding pass
+(:class:`jedi_deploy.media.decode.FrameStream`) converts only the frames some window samples and
+keeps each only while a window still needs it, so memory is bounded by the model's input and the
+windows' overlap (resized as the model's preprocessing says), never by the window's length or the
+video. Window k covers ``[k * stride, k * stride + window)`` seconds; inside it the model's own
+sampling picks its frames (``clip_indices`` over the window's frames, as if the window were a
+video), and the model's views and averaging apply as for a whole video. Per window: class
+probabilities; then optional smoothing (a centred moving average over ``smooth`` windows) and
+merging of consecutive windows with the same top-1 label into segments.
 
-Outputs: per-window rows (JSONL or CSV: start, end, top-k), the segments, and a PNG plot. Torch-free.
+Outputs: per-window rows (JSONL or CSV: start, end, top-k), the segments, and a PNG plot. Torch-
+free. One module: the window plan, the pass that keeps frames for it, the answer and its outputs are
+one rule read together (a window's frames, times and rows must agree).
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-from collections import deque
+import math
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +29,10 @@ import numpy as np
 
 from jedi_deploy.contracts.errors import BudgetError, InputError
 from jedi_deploy.contracts.metrics import top_classes
-from jedi_deploy.contracts.preprocess import clip_indices
+from jedi_deploy.contracts.preprocess import clip_indices, resize_shape
 from jedi_deploy.media.decode import NO_LIMITS, FrameStream, Limits
 
-from .config import MAX_WINDOWS, WindowSpec
+from .config import MAX_HELD_MB, MAX_WINDOWS, WindowSpec
 from .runtime import OnnxModel
 
 
@@ -39,9 +44,11 @@ class Window:
     frames: int  # frames of the video inside the window
 
 
-def check_budget(spec: WindowSpec, stream: FrameStream, shown: str) -> None:
+def check_budget(spec: WindowSpec, stream: FrameStream, shown: str, specs=()) -> None:
     """Refuse, before decoding, a stride below one frame interval of this video (windows that could
-    hold no new frame) and more windows than :data:`MAX_WINDOWS` by the declared duration."""
+    hold no new frame), more windows than :data:`MAX_WINDOWS` by the declared duration, and windows
+    whose frames held at once (the frames the windows overlapping one instant sample, resized)
+    would pass :data:`MAX_HELD_MB`."""
     if stream.fps and spec.stride < 1.0 / stream.fps - 1e-9:
         raise BudgetError(f"{shown}: stride {spec.stride:g} s is below one frame interval of this video "
                           f"(1/{stream.fps:g} s = {1.0 / stream.fps:.4g} s)")
@@ -49,59 +56,158 @@ def check_budget(spec: WindowSpec, stream: FrameStream, shown: str) -> None:
         raise BudgetError(f"{shown}: {stream.duration:.1f} s in windows every {spec.stride:g} s is "
                           f"{stream.duration / spec.stride:.0f} windows, more than the {MAX_WINDOWS} a request may "
                           "have; use a longer stride")
+    held = held_bytes(spec, stream.fps or 25.0, stream.size, specs, stream.duration)
+    if held > MAX_HELD_MB * 2**20:
+        raise BudgetError(f"{shown}: windows of {spec.window:g} s every {spec.stride:g} s hold about "
+                          f"{held / 2**20:.0f} MiB of frames at once, more than the {MAX_HELD_MB} MiB a request may "
+                          "hold; use a longer stride or a shorter window")
+
+
+def held_bytes(spec: WindowSpec, fps: float, size: tuple[int, int], specs, duration: float | None = None) -> int:
+    """The most bytes of frames :func:`windows` holds at once: every window overlapping one instant
+    keeps the frames its sampling picks (at most all the frames of one window, or of the video), per
+    input, resized."""
+    h, w = size
+    per_window = max(1, int(math.ceil(min(spec.window, duration or spec.window) * fps)))
+    overlapping = int(math.ceil(spec.window / spec.stride)) + 1
+    total = 0
+    for s in specs:
+        if s is None:
+            continue
+        th, tw = resize_shape(h, w, s)
+        frames = min(per_window + 1, overlapping * clip_indices(per_window, s, fps).size)
+        total += frames * th * tw * 3
+    return total
+
+
+@dataclass
+class _Planned:
+    k: int
+    start: float
+    end: float
+    lo: int  # the first frame inside the window
+    frames: int  # frames of the video inside the window
+    need: list | None  # per input: the absolute frame indices its sampling picks ([clips, T]); None: empty
+    last: int  # the largest index it needs (-1: none)
+
+    def indices(self) -> set[int]:
+        return {int(x) for n in self.need for x in n.ravel()} if self.need else set()
+
+
+def _plan(times: np.ndarray, spec: WindowSpec, specs, fps: float | None, first: int) -> Iterator[_Planned]:
+    """Window k covers ``[k * stride, k * stride + window)`` seconds, for every k from ``first`` whose
+    start is at or before the last frame; a window that runs past the last frame ends one frame
+    interval after it."""
+    last, k = float(times[-1]), first
+    while k * spec.stride <= last:
+        start = k * spec.stride
+        lo = int(np.searchsorted(times, start, "left"))
+        hi = int(np.searchsorted(times, start + spec.window, "left"))
+        end = start + spec.window if last >= start + spec.window else min(start + spec.window,
+                                                                            last + 1.0 / (fps or 25.0))
+        need = [lo + clip_indices(hi - lo, s, fps) for s in specs] if hi > lo else None
+        yield _Planned(k, start, end, lo, hi - lo, need, max(int(n.max()) for n in need) if need else -1)
+        k += 1
+
+
+class _Pass:
+    """One decoding pass over the planned windows: which frames to convert, which to keep, which
+    windows are complete."""
+
+    def __init__(self, plan: Iterator[_Planned]):
+        self.plan, self.upcoming = plan, next(plan, None)
+        self.pending: deque[_Planned] = deque()
+        self.need: Counter = Counter()  # frame index -> pending windows sampling it
+        self.kept: dict[int, list] = {}
+        self.seen = -1  # the largest frame index decoded
+
+    def take(self, upto: int) -> None:
+        """Plan every window starting at or before frame ``upto`` (windows start in frame order)."""
+        while self.upcoming is not None and self.upcoming.lo <= upto:
+            self.pending.append(self.upcoming)
+            self.need.update(self.upcoming.indices())
+            self.upcoming = next(self.plan, None)
+
+    def wanted(self, i: int) -> bool:
+        """Frame ``i`` is converted if a window samples it, or a sampled frame before it never came (a
+        frame the decoder dropped: the next one stands in, as in decode_clips)."""
+        self.take(i)
+        return i in self.need or any(self.seen < j < i and j not in self.kept for j in self.need)
+
+    def keep(self, i: int, frames: list) -> None:
+        for j in [j for j in self.need if self.seen < j <= i and j not in self.kept]:
+            self.kept[j] = frames
+        self.seen = max(self.seen, i)
+
+    def complete(self) -> Iterator[_Planned]:
+        """The windows, in order, whose sampled frames have all been decoded; their frames are let go
+        once no other pending window samples them."""
+        while self.pending and self.pending[0].last <= self.seen:
+            w = self.pending.popleft()
+            yield w
+            for j in w.indices():
+                self.need[j] -= 1
+                if self.need[j] <= 0:
+                    del self.need[j]
+                    self.kept.pop(j, None)
+
+    def clips(self, w: _Planned) -> list[np.ndarray]:
+        return [np.stack([self.kept[int(j)][i] for j in n.ravel()]).reshape(*n.shape, *self.kept[int(n.flat[0])][i].shape)
+                for i, n in enumerate(w.need)]
 
 
 def windows(model: OnnxModel, video: str | Path, spec: WindowSpec,
             stream: FrameStream | None = None, check: Callable[[], None] | None = None) -> Iterator[Window]:
-    """Class probabilities of every window of ``video``, in order, from one decoding pass. At most
-    :data:`MAX_WINDOWS` window steps (empty ones count: a gap in the timestamps cannot make the
-    loop run away); ``check()`` is called at every step and may raise to stop (a cancelled job)."""
-    window, stride = spec.window, spec.stride
+    """Class probabilities of every window of ``video``, in order, from one decoding pass that keeps
+    only the frames some pending window samples (each resized as decoded), so memory is bounded by
+    the model's input and the windows' overlap (:data:`MAX_HELD_MB`), never by the window's length or
+    the file. At most :data:`MAX_WINDOWS` window steps (empty ones count: a gap in the timestamps
+    cannot make the loop run away); ``check()`` is called at every step and may raise to stop (a
+    cancelled job). A decode that stops early (a corrupt or truncated file) is planned again over
+    the frames before the error, in a second pass for the windows not yet given."""
     specs = [s.preprocess for s in model.card.inputs]
     stream = stream or FrameStream(video, specs)
-    check_budget(spec, stream, str(stream.shown))
-    buf: deque = deque()  # (t, [frame per spec]) of frames some later window still needs
-    k, last = 0, None
+    shown = str(stream.shown)
+    check_budget(spec, stream, shown, specs)
+    times = stream.times()
+    if times is None:  # no timestamps: count the frames (decoded, not converted), at the declared rate
+        counter = FrameStream(video, [None], name=shown, limits=stream.limits)
+        for _ in counter.select(lambda i: False):
+            pass
+        times = np.arange(counter.frames, dtype=np.float64) / (stream.fps or 25.0)
+    steps, first, current = 0, 0, stream
 
-    def step() -> None:
-        nonlocal k
-        k += 1
-        if k > MAX_WINDOWS:
-            raise BudgetError(f"{stream.shown}: more than {MAX_WINDOWS} windows of {window:g} s every {stride:g} s "
-                              "(the timestamps run past the declared duration); use a longer stride")
+    def step(w: _Planned) -> None:
+        nonlocal steps, first
+        steps += 1
+        if steps > MAX_WINDOWS:
+            raise BudgetError(f"{shown}: more than {MAX_WINDOWS} windows of {spec.window:g} s every "
+                              f"{spec.stride:g} s; use a longer stride")
         if check is not None:
             check()
+        first = w.k + 1
 
-    def classify(k: int, end: float) -> Window | None:
-        start = k * stride
-        inside = [f for f in buf if start <= f[0] < start + window]
-        if not inside:
-            return None
-        clips = []
-        for i, spec in enumerate(specs):
-            frames = np.stack([f[1][i] for f in inside])
-            clips.append(frames[clip_indices(len(frames), spec, stream.fps)])
-        feed = model.card.feed_from_clips(clips, video)
-        return Window(start, end, model.probs(model.run(feed)), len(inside))
-
-    for t, frames in stream:
-        while t >= k * stride + window:  # window k is complete
-            w = classify(k, k * stride + window)
-            if w is not None:
-                yield w
-            step()
-            while buf and buf[0][0] < k * stride:
-                buf.popleft()
-        if t >= k * stride:
-            buf.append((t, frames))
-        last = t
-    while last is not None and k * stride <= last:  # the tail: windows that start before the last frame
-        w = classify(k, min(k * stride + window, last + 1.0 / (stream.fps or 25.0)))
-        if w is not None:
-            yield w
-        step()
-        while buf and buf[0][0] < k * stride:
-            buf.popleft()
+    while True:
+        run = _Pass(_plan(times, spec, specs, stream.fps, first))
+        for i, frames in current.select(run.wanted):
+            run.keep(i, frames)
+            for w in run.complete():
+                step(w)
+                if w.need is not None:
+                    feed = model.card.feed_from_clips(run.clips(w), video)
+                    yield Window(w.start, w.end, model.probs(model.run(feed)), w.frames)
+        run.take(len(times))  # what is left: empty windows at the end, or windows past an early stop
+        for w in run.complete():  # only empty ones: every other window's frames were seen in the loop
+            step(w)
+        if not run.pending:
+            return
+        # the decode stopped early (a corrupt or truncated file; the stream's warning says so): the
+        # frames before the error are the video, planned again for the windows not yet given
+        if run.seen < 0:
+            raise InputError(f"{shown}: video has no decodable frames")
+        times = times[: run.seen + 1]
+        current = FrameStream(video, specs, name=shown, limits=stream.limits)
+        current.times()
 
 
 def smooth(probs: np.ndarray, size: int) -> np.ndarray:

@@ -485,12 +485,14 @@ def load_clips(paths, spec: "Preprocess", progress: bool = False, desc: str = "d
 
 
 class FrameStream:
-    """Every frame of a video in one sequential pass, for sliding-window inference: iterating yields
-    ``(seconds from the first frame, [uint8[H, W, 3] per spec])``, upright and resized as each of
-    ``specs`` says (:func:`resize_shape`; None: kept), one frame at a time, so memory holds what the caller keeps.
-    ``fps`` is the stream's average rate (None when the container does not say); after iteration
-    ``warning`` says when decoding stopped early (a truncated or corrupt file: the frames before the
-    error were yielded)."""
+    """A video in one sequential pass, for sliding-window inference. Iterating yields ``(seconds from
+    the first frame, [uint8[H, W, 3] per spec])`` for every frame, upright and resized as each of
+    ``specs`` says (:func:`resize_shape`; None: kept), one frame at a time, so memory holds what the
+    caller keeps. :meth:`times` gives every frame's time before decoding (the packets' timestamps,
+    the :func:`decode_clips` frame-index rule) and :meth:`select` decodes once, converting only the
+    frames a caller asks for by index. ``fps`` is the stream's average rate (None when the container
+    does not say); after iteration ``warning`` says when decoding stopped early (a truncated or
+    corrupt file: the frames before the error were yielded; ``frames`` counts them)."""
 
     def __init__(self, path: str | Path, specs: list["Preprocess | None"], name: str | None = None,
                  limits: Limits = NO_LIMITS):
@@ -500,7 +502,7 @@ class FrameStream:
         self.path = Path(path)
         self.shown = Path(name) if name else self.path  # what messages call the file
         _open_checked(self.path, self.shown)
-        self.specs, self.frames = list(specs), 0
+        self.specs, self.frames, self._pts = list(specs), 0, None
         try:
             self._container = av.open(str(self.path))
         except Exception as e:
@@ -515,13 +517,44 @@ class FrameStream:
             self._container.close()
             raise
         self.fps = _avg_fps(self._stream)
+        self.size = (self._stream.codec_context.height, self._stream.codec_context.width)  # as stored
         s, c = self._stream, self._container
         if s.duration and s.time_base:
             self.duration = float(s.duration * s.time_base)  # seconds, as the container declares (may be None)
         else:
             self.duration = c.duration / 1e6 if c.duration else None
 
+    def times(self) -> np.ndarray | None:
+        """Seconds from the first frame of every frame, in presentation order, from the packets'
+        timestamps (read, not decoded: a small fraction of a decode); None when packets carry none.
+        After it, :meth:`select` numbers frames by this index."""
+        import av
+
+        if not self._stream.time_base:
+            return None
+        try:
+            with av.open(str(self.path)) as c:
+                index = frame_timestamps(c, next(x for x in c.streams.video if x.index == self._stream.index))
+        except Exception as e:
+            raise _decode_error(self.shown, e, self.path) from None
+        if index is None or not len(index[0]):
+            return None
+        self._pts = index[0]
+        t = self._pts * float(self._stream.time_base)
+        return t - t[0]
+
     def __iter__(self):
+        for _, t, rgb in self._decode(None):
+            yield t, rgb
+
+    def select(self, wanted: Callable[[int], bool]):
+        """``(index, [uint8[H, W, 3] per spec])`` of every frame ``wanted(index)`` asks for, in order;
+        the others are decoded but never converted. Indices follow :meth:`times` (call it first),
+        else the decode order."""
+        for i, _, rgb in self._decode(wanted):
+            yield i, rgb
+
+    def _decode(self, wanted):
         from av.video.reformatter import VideoReformatter
 
         stream, reformatter, orient, t0 = self._stream, VideoReformatter(), None, None
@@ -537,8 +570,12 @@ class FrameStream:
                 else:  # no timestamps: count frames at the declared rate
                     t = self.frames / (self.fps or 25.0)
                 t0 = t if t0 is None else t0
+                index = self.frames
+                if self._pts is not None and frame.pts is not None:
+                    index = int(np.searchsorted(self._pts, frame.pts))
                 self.frames += 1
-                yield t - t0, [_rgb(frame, s, reformatter, orient) for s in self.specs]
+                if wanted is None or wanted(index):
+                    yield index, t - t0, [_rgb(frame, s, reformatter, orient) for s in self.specs]
         except BudgetError:
             raise
         except _Stopped as e:

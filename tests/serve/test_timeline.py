@@ -185,8 +185,8 @@ def test_every_window_and_stride_is_bounded_or_refused(tmp_path):
             return
         try:
             tl = run_windows(model, videos[fps], spec)
-        except BudgetError:
-            assert spec.stride < 1 / fps or 3.0 / spec.stride > 20_000
+        except BudgetError as e:
+            assert spec.stride < 1 / fps or 3.0 / spec.stride > 20_000 or "MiB of frames" in str(e), e
             return
         except InputError as e:  # a window longer than the video still has its frames: never this
             raise AssertionError(e) from None
@@ -201,3 +201,43 @@ def test_one_window_is_one_window(tmp_path):
     r = infer(model, video, "--window", 4, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "1 window of 4 s every 2 s" in r.stderr and "1 windows" not in r.stderr
+
+
+def test_memory_does_not_grow_with_the_window(tmp_path):
+    """Only the frames the windows sample are kept (resized as decoded), so a 40 s window holds about
+    what a 4 s one does. The old buffer kept every frame of a window: 10x the memory here."""
+    import tracemalloc
+
+    from jedi_deploy.serve.config import WindowSpec
+    from jedi_deploy.serve.runtime import OnnxModel
+    from jedi_deploy.serve.timeline import run_windows
+
+    model = OnnxModel(colour_model(tmp_path / "colour.onnx", short_side=0))  # frames kept at full size
+    video = coloured_video(tmp_path / "v.mp4", [("red", 50.0), ("blue", 50.0)], fps=8, size=(320, 240))
+    peak = {}
+    for window in (4.0, 40.0):
+        tracemalloc.start()
+        tl = run_windows(model, video, WindowSpec.parse(window, window / 2))
+        peak[window] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert [s["label"] for s in tl.segments] == ["red", "blue"]
+    frame = 320 * 240 * 3
+    assert peak[40.0] < peak[4.0] + 8 * frame, {k: v / 2**20 for k, v in peak.items()}
+    assert peak[40.0] < 40 * 8 * frame / 4  # far below one window's frames (320 frames, 70 MiB)
+
+
+def test_a_file_that_stops_decoding_is_windowed_up_to_the_error(tmp_path):
+    from jedi_deploy.serve.config import WindowSpec
+    from jedi_deploy.serve.runtime import OnnxModel
+    from jedi_deploy.serve.timeline import run_windows
+    from support.footage import truncate, write_video
+
+    model = OnnxModel(colour_model(tmp_path / "colour.onnx"))
+    whole = write_video(tmp_path / "v.mp4", 200, size=(64, 48), fps=10, options={"movflags": "faststart"})
+    cut = truncate(whole, 0.6, tmp_path / "cut.mp4")  # the index lists 200 frames, the data stops earlier
+    full = run_windows(model, whole, WindowSpec.parse(2.0, 1.0))
+    tl = run_windows(model, cut, WindowSpec.parse(2.0, 1.0), name="cut.mp4")
+    assert tl.warning and "cut.mp4" in tl.warning and "decoding stopped" in tl.warning
+    assert 5 <= len(tl.starts) < len(full.starts) and tl.ends[-1] < full.ends[-1]
+    same = len(tl.starts) - 2  # the windows wholly before the error are the uncut file's
+    np.testing.assert_allclose(tl.probs[:same], full.probs[:same], atol=1e-6)
