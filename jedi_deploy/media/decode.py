@@ -241,6 +241,8 @@ class _Seeker:
                 idx = int(np.searchsorted(self.pts, frame.pts))
                 self.decoded += 1
                 self.limits.tick(self.decoded)
+                if frame.is_corrupt:  # concealed damage: the decoder's own flag, as good as its error
+                    raise _DecodeFailed(idx, f"frame {idx} is flagged corrupt by the decoder")
                 if sought:
                     sought = False
                     if idx > t:  # the seek overshot: this container cannot seek exactly
@@ -278,6 +280,8 @@ def _count_by_decoding(container, stream, limits: Limits, shown) -> tuple[int, s
     try:
         for frame in container.decode(stream):
             limits.frame(frame.width, frame.height, shown)
+            if frame.is_corrupt:
+                return n, f"frame {n} is flagged corrupt by the decoder"
             n += 1
             limits.tick(n)
     except (BudgetError, _Stopped):
@@ -298,6 +302,10 @@ def _decode_in_order(container, stream, targets, keep, limits: "Limits", shown) 
             if len(out) == len(want):
                 break
     return out
+
+
+class _CorruptFrame(Exception):
+    """A decoded frame that FFmpeg flags corrupt (``AVFrame.flags & CORRUPT`` or decode error flags)."""
 
 
 class _Stopped(Exception):
@@ -573,6 +581,8 @@ class FrameStream:
                 index = self.frames
                 if self._pts is not None and frame.pts is not None:
                     index = int(np.searchsorted(self._pts, frame.pts))
+                if frame.is_corrupt:  # concealed damage: the decoder's own flag, as good as its error
+                    raise _CorruptFrame(f"frame {index} is flagged corrupt by the decoder")
                 self.frames += 1
                 if wanted is None or wanted(index):
                     yield index, t - t0, [_rgb(frame, s, reformatter, orient) for s in self.specs]

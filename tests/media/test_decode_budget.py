@@ -1,6 +1,7 @@
 """The decode budget (media.decode.Limits): frames are resized as they are decoded, so memory is
 bounded by the model's input, not the file's frame size; frames over the pixel budget are refused
-before they are decoded; a caller's check stops a decode."""
+before they are decoded; a caller's check stops a decode. And frames the decoder flags corrupt count
+as corruption."""
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 from jedi_deploy.contracts.errors import BudgetError, VideoDecodeError
 from jedi_deploy.contracts.preprocess import Preprocess
 from jedi_deploy.media.decode import CHECK_EVERY, FrameStream, Limits, decode_clips
-from support.footage import write_video
+from support.footage import damage_packet, write_video
 
 SPEC = Preprocess(num_frames=16, short_side=64, crop=56)
 
@@ -70,3 +71,20 @@ def test_a_check_stops_a_decode_with_its_own_error(tmp_path):
     with pytest.raises(VideoDecodeError):  # what is a decode error stays one
         decode_clips(tmp_path / "missing.mp4", [SPEC], limits=Limits(check=check))
     assert CHECK_EVERY <= 16
+
+
+def test_frames_flagged_corrupt_count_as_corruption(tmp_path):
+    """A scrambled P-frame decodes without an error but flagged corrupt (concealed): it and every frame
+    after it are not used, with a warning, as for a decoder error. The old code used them silently."""
+    import av
+
+    good = write_video(tmp_path / "v.mp4", 60, size=(128, 96), fps=10, gop=30)
+    bad = damage_packet(good, 10, tmp_path / "bad.mp4")
+    with av.open(str(bad)) as c:
+        assert [i for i, f in enumerate(c.decode(video=0)) if f.is_corrupt] == [10]
+    spec = Preprocess(num_frames=8, short_side=64, crop=56)
+    d = decode_clips(bad, [spec], name="bad.mp4")
+    assert d.num_frames == 10 and "flagged corrupt" in d.warning and "bad.mp4" in d.warning
+    stream = FrameStream(bad, [None], name="bad.mp4")
+    assert len(list(stream)) == 10 and "flagged corrupt" in stream.warning
+    assert decode_clips(good, [spec]).warning is None

@@ -120,3 +120,24 @@ def corrupt(path: str | Path, start: float, length: int, out: str | Path, seed: 
                                                                  dtype=np.uint8).tobytes()
     Path(out).write_bytes(bytes(data))
     return Path(out)
+
+
+def damage_packet(path: str | Path, index: int, out: str | Path) -> Path:
+    """A copy of ``path`` (remuxed, nothing re-encoded) whose ``index``-th video packet has its last
+    two thirds scrambled: the decoder conceals the damage and flags that frame corrupt."""
+    import av
+
+    with av.open(str(path)) as inp, av.open(str(out), "w") as dst:
+        src = inp.streams.video[0]
+        stream = dst.add_stream_from_template(src)
+        for i, packet in enumerate(p for p in inp.demux(src) if p.size):
+            if i == index:
+                data = bytearray(bytes(packet))
+                for j in range(len(data) // 3, len(data)):
+                    data[j] = (data[j] * 37 + 11) & 255
+                bad = av.Packet(bytes(data))
+                bad.pts, bad.dts, bad.time_base, bad.is_keyframe = packet.pts, packet.dts, packet.time_base, packet.is_keyframe
+                packet = bad
+            packet.stream = stream
+            dst.mux(packet)
+    return Path(out)
