@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from .openapi import INFER
+
 #: The most elements one request's tensors may have in all (a batch of 2**51 is refused before any
 #: allocation): 64 MiB of float32, the default upload limit.
 MAX_ELEMENTS = 16 * 2**20
@@ -91,7 +93,9 @@ def read_inputs(request: dict, binary: bytes, model) -> dict[str, np.ndarray]:
     for t in request["inputs"]:
         if not isinstance(t, dict) or not {"name", "shape", "datatype"} <= set(t):
             raise V2Error(400, "every input needs 'name', 'shape' and 'datatype'")
-        name, dtype = t["name"], str(t["datatype"])
+        name, dtype = t["name"], t["datatype"]
+        if not isinstance(name, str) or not isinstance(dtype, str):
+            raise V2Error(400, "an input's 'name' and 'datatype' must be strings")
         if name not in specs:
             raise V2Error(400, f"unknown input {name!r}; the model takes {sorted(specs)}")
         spec = specs[name]
@@ -230,4 +234,4 @@ def add_routes(app, service) -> None:
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         app.add_api_route(prefix, metadata, methods=["GET"])
         app.add_api_route(prefix + "/ready", model_ready, methods=["GET"])
-        app.add_api_route(prefix + "/infer", infer, methods=["POST"])
+        app.add_api_route(prefix + "/infer", infer, methods=["POST"], openapi_extra=INFER)

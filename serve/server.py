@@ -31,6 +31,7 @@ from pathlib import Path
 from jedi_deploy.contracts.errors import BudgetError, ConfigError, InputError, VideoDecodeError
 from jedi_deploy.media.decode import Limits
 
+from . import openapi
 from .config import ServeConfig, WindowSpec
 from .guard import CALLER, ApiError, UploadGuard, dumps, error_body
 from .jobs import Job, JobError, JobsFull, JobStore, PathNotAllowed, PathNotFound, UnknownJob
@@ -331,12 +332,12 @@ def create_app(cfg: ServeConfig):
     async def _bug(request, e):  # a bug: still JSON in the endpoint's shape, and the service keeps serving
         return error(request, 500, "internal", f"{type(e).__name__}: {str(e)[:300]}")
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", openapi_extra=openapi.PREDICT)
     async def predict(request: Request):
         """Top-k labels of an uploaded video."""
         return await service.predict(request)
 
-    @app.post("/v1/jobs", status_code=202)
+    @app.post("/v1/jobs", status_code=202, openapi_extra=openapi.JOBS)
     async def submit_job(request: Request):
         """Queue a long video (upload, or a path under --jobs-root); poll GET /v1/jobs/{id}."""
         job = await service.submit_job(request)
