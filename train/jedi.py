@@ -175,7 +175,7 @@ class RunFolder:
         if resume and force:
             raise ConfigError("--resume and --force contradict each other: resume continues a run, force restarts it")
         if not resume:
-            if self.work.exists() and not force:
+            if self.work.exists() and self.checkpoint.exists() and not force:
                 raise InputError(f"{self.out} holds a stopped run ({self.work}); pass --resume to continue it "
                                  "or --force to start over")
             if bundle.exists() and not force:
@@ -192,6 +192,8 @@ class RunFolder:
         from .checkpoint import load_checkpoint
 
         history, start, best, best_epoch = [], 1, None, None
+        if resume and self.work is not None and self.work.exists() and not self.checkpoint.exists():
+            resume = False  # stopped before its first checkpoint: nothing was kept, so it starts again
         if resume:
             if self.checkpoint is None or not self.checkpoint.exists():
                 raise InputError(f"nothing to resume in {self.out}: no in_progress/{CHECKPOINT_NAME}")

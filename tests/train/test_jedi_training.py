@@ -206,3 +206,19 @@ def test_eval_refuses_a_cache_of_other_experts(trained, cache):
 def test_bf16_autocast_and_sgd_run(cache):
     r = train_jedi(cache, JEDIConfig(epochs=2, burn_in=0, precision="bf16", optimizer="sgd", **FAST), progress=False)
     assert r.history[-1]["kd"] > 0 and all(torch.isfinite(p).all() for p in r.model.parameters())
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(cache, tmp_path):
+    """Killed (or refused a write) before the first checkpoint: --resume starts it again instead of
+    'nothing to resume', and so does a plain rerun (there is nothing to lose)."""
+    cfg = JEDIConfig(epochs=2, burn_in=1, **FAST)
+    _, straight = train_to_dir(cache, tmp_path / "a", cfg, progress=False)
+    for resume in (True, False):
+        out = tmp_path / f"b{resume}"
+        (out / "in_progress").mkdir(parents=True)
+        (out / "in_progress" / "metrics.jsonl").write_text("")
+        _, again = train_to_dir(cache, out, cfg, resume=resume, progress=False)
+        a, b = load_bundle(straight)[0].state_dict(), load_bundle(again)[0].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(InputError, match="nothing to resume"):
+        train_to_dir(cache, tmp_path / "never", cfg, resume=True, progress=False)
