@@ -18,6 +18,12 @@ ENDPOINTS = ("/v1/predict", "/v1/models", "/healthz", "/metrics")
 #: What answers without an API key: liveness/readiness probes and the page itself (which asks for
 #: the key and sends it with every request it makes).
 OPEN_PATHS = ("/healthz", "/v2/health/live", "/v2/health/ready", "/")
+#: A full service makes room for a new upload by dropping the slowest body still arriving, if it
+#: has been arriving this long and averages under EVICT_RATE_KIB (a trickling client cannot keep
+#: real uploads out by holding every --max-inflight slot).
+EVICT_AFTER_S = 1.0
+EVICT_RATE_KIB = 64.0
+
 #: Where the caller's identity (a digest of its API key, or None) is put in the ASGI scope.
 CALLER = "jedi.caller"
 
@@ -49,6 +55,7 @@ class UploadGuard:
 
     def __init__(self, app, cfg: ServeConfig, metrics: Metrics):
         self.app, self.metrics = app, metrics
+        self.arriving: set[_Body] = set()  # uploads whose body is still arriving
         self.limit = int(cfg.max_upload_mb * 2**20)
         self.max_inflight, self.body_timeout = cfg.max_inflight, cfg.body_timeout_s
         self.deadline, self.min_rate = cfg.body_deadline_s, cfg.min_body_rate_kib * 1024
@@ -78,16 +85,23 @@ class UploadGuard:
         endpoint = path if path in ENDPOINTS else ("/v1/jobs" if path.startswith("/v1/jobs") else (
             "/v2/infer" if path.startswith("/v2/models/") and path.endswith("/infer") else (
                 "/v2" if path.startswith("/v2") else "other")))
-        status, seen, t0, body_done, started = 0, 0, time.perf_counter(), False, None
+        status, t0, body_done = 0, time.perf_counter(), False
+        body = _Body()
 
         async def limited_receive():
-            nonlocal seen, body_done, started
+            nonlocal body_done
             if body_done:  # after the body, receive() only waits for a disconnect: no timeout
                 return await receive()
-            started = started or time.monotonic()
-            left = self.deadline - (time.monotonic() - started)
+            if body.started is None:
+                body.started = time.monotonic()
+                self.arriving.add(body)
+            left = self.deadline - (time.monotonic() - body.started)
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, min(self.body_timeout, left)))
+                message = await body.receive(receive, max(0.0, min(self.body_timeout, left)))
+            except _Evicted:
+                raise ApiError(408, "body_timeout", f"the request body arrived at {body.rate() / 1024:.1f} KiB/s and "
+                                                    "was dropped to make room for other uploads (jedi serve "
+                                                    "--max-inflight)") from None
             except asyncio.TimeoutError:
                 if left <= self.body_timeout:
                     raise ApiError(408, "body_timeout", f"the request body took longer than {self.deadline:g} s "
@@ -95,13 +109,15 @@ class UploadGuard:
                 raise ApiError(408, "body_timeout", f"the request body stalled: no data for {self.body_timeout:g} s "
                                                     "(jedi serve --body-timeout-s)") from None
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
+                body.seen += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
-                if seen > self.limit:
-                    raise ApiError(413, "upload_too_large", self._message(seen, at_least=True))
-                took = time.monotonic() - started
-                if not body_done and took > RATE_GRACE_S and seen < self.min_rate * took:
-                    raise ApiError(408, "body_timeout", f"the request body arrives at {seen / took / 1024:.1f} KiB/s, "
+                if body_done:
+                    self.arriving.discard(body)
+                if body.seen > self.limit:
+                    raise ApiError(413, "upload_too_large", self._message(body.seen, at_least=True))
+                took = time.monotonic() - body.started
+                if not body_done and took > RATE_GRACE_S and body.seen < self.min_rate * took:
+                    raise ApiError(408, "body_timeout", f"the request body arrives at {body.rate() / 1024:.1f} KiB/s, "
                                    f"under the {self.min_rate / 1024:g} KiB/s this service needs "
                                    "(jedi serve --min-body-rate-kib)")
             return message
@@ -126,7 +142,7 @@ class UploadGuard:
                              headers=[(b"www-authenticate", b'Bearer realm="jedi-deploy"')])
             elif length.isdigit() and int(length) > self.limit:
                 await answer(413, "upload_too_large", self._message(int(length)), close=True)
-            elif upload and self.predicting >= self.max_inflight:
+            elif upload and self.predicting >= self.max_inflight and not self._evict_slowest():
                 await answer(503, "overloaded", f"{self.predicting} uploads are being received or classified, the most "
                              f"this service takes at once (jedi serve --max-inflight); retry shortly", close=True,
                              headers=[(b"retry-after", b"1")])
@@ -146,13 +162,60 @@ class UploadGuard:
             if not status:
                 await answer(500, "internal", f"{type(e).__name__}: {e}")
         finally:
+            self.arriving.discard(body)
             m.in_flight.dec()
             m.requests.labels(endpoint, str(status or 500)).inc()
             m.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
+    def _evict_slowest(self) -> bool:
+        """Drop the slowest body still arriving (if one is slow enough, :data:`EVICT_RATE_KIB`) to make
+        room for a new upload; whether one was dropped."""
+        now = time.monotonic()
+        slow = [b for b in self.arriving if not b.evict.is_set() and now - b.started >= EVICT_AFTER_S
+                and b.rate(now) < EVICT_RATE_KIB * 1024]
+        if not slow:
+            return False
+        victim = min(slow, key=lambda b: b.rate(now))
+        victim.evict.set()
+        self.arriving.discard(victim)
+        self.metrics.errors.labels("evicted_slow_body").inc()
+        return True
+
     def _message(self, size: int, at_least: bool = False) -> str:
         return (f"upload is {'over ' if at_least else ''}{size / 2**20:.1f} MiB; this service accepts at most "
                 f"{self.limit / 2**20:.1f} MiB (jedi serve --max-upload-mb)")
+
+
+class _Evicted(Exception):
+    pass
+
+
+class _Body:
+    """An upload's body as it arrives: when it started, the bytes seen, and the signal that drops it."""
+
+    def __init__(self):
+        self.started: float | None = None
+        self.seen = 0
+        self.evict = asyncio.Event()
+
+    def rate(self, now: float | None = None) -> float:
+        took = (now or time.monotonic()) - (self.started or 0)
+        return self.seen / took if self.started is not None and took > 0 else float("inf")
+
+    async def receive(self, receive, timeout: float):
+        """The next message, or :class:`_Evicted` once dropped, or a timeout."""
+        if self.evict.is_set():
+            raise _Evicted
+        got = asyncio.ensure_future(receive())
+        dropped = asyncio.ensure_future(self.evict.wait())
+        done, _ = await asyncio.wait({got, dropped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        dropped.cancel()
+        if got in done:
+            return got.result()
+        got.cancel()
+        if self.evict.is_set():
+            raise _Evicted
+        raise asyncio.TimeoutError
 
 
 async def json_response(send, status: int, body: dict, close: bool = False, extra_headers=()) -> None:

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from support.poll import until
 from support.service import metrics, predict, start, stop
 
 requests = pytest.importorskip("requests")
@@ -112,27 +113,46 @@ def test_malformed_multipart_and_chunked_raw_bodies(abuse_service, test_video):
     still_serving(abuse_service, test_video)
 
 
-def test_more_uploads_than_the_cap_get_503_with_retry_after(abuse_service, test_video):
-    stop_flag = threading.Event()
+def test_more_uploads_than_the_cap_get_503_until_a_trickle_can_be_dropped(abuse_service, test_video):
+    """Three trickling uploads fill --max-inflight 3: a real upload gets 503 + Retry-After while they
+    are young; once they have trickled for EVICT_AFTER_S, the slowest is dropped (408) to make room
+    and the real upload is answered (the old service answered 503 for as long as they trickled)."""
+    from jedi_deploy.serve.guard import EVICT_AFTER_S
+
+    stop_flag, answers = threading.Event(), []
 
     def trickle():  # an upload that keeps sending a byte now and then (never stalls, never ends)
         with socket.create_connection((abuse_service["host"], abuse_service["port"]), timeout=10) as s:
             s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
                       b"Content-Length: 100000\r\n\r\n")
+            s.settimeout(0.3 * TIMEOUT_S)
             for _ in range(40):
                 if stop_flag.is_set():
                     return
-                s.sendall(b"\x00")
-                time.sleep(0.3 * TIMEOUT_S)
+                try:
+                    s.sendall(b"\x00")
+                    got = s.recv(65536)
+                    if got:
+                        answers.append(got)
+                        return
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
 
     threads = [threading.Thread(target=trickle) for _ in range(3)]
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
+        time.sleep(0.3)
         r = predict(abuse_service["url"], test_video)
         assert r.status_code == 503 and r.json()["error"]["type"] == "overloaded"
         assert r.headers["Retry-After"] == "1"
+        time.sleep(EVICT_AFTER_S)
+        r = predict(abuse_service["url"], test_video)
+        assert r.status_code == 200, r.text
+        until(lambda: answers, timeout=5, what="the dropped trickle's answer")
+        assert answers[0].startswith(b"HTTP/1.1 408")  # dropped (counted as evicted_slow_body below)
     finally:
         stop_flag.set()
         for t in threads:
@@ -145,7 +165,7 @@ def test_every_rejection_is_counted(abuse_service):
     """Runs after the tests above in this module (pytest keeps file order)."""
     m = metrics(abuse_service["url"])
     counted = {k[1][0][1]: v for k, v in m.items() if k[0] == "jedi_errors_total"}
-    for kind in ("header_timeout", "body_timeout", "malformed_http", "overloaded"):
+    for kind in ("header_timeout", "body_timeout", "malformed_http", "overloaded", "evicted_slow_body"):
         assert counted.get(kind, 0) >= 1, counted
     statuses = {dict(k[1]).get("status") for k, v in m.items() if k[0] == "jedi_requests_total" and v > 0}
     assert {"400", "408", "503"} <= statuses, statuses
