@@ -21,8 +21,10 @@ OPEN_PATHS = ("/healthz", "/v2/health/live", "/v2/health/ready", "/")
 #: A full service makes room for a new upload by dropping the slowest body still arriving, if it
 #: has been arriving this long and averages under EVICT_RATE_KIB (a trickling client cannot keep
 #: real uploads out by holding every --max-inflight slot).
-EVICT_AFTER_S = 1.0
+EVICT_AFTER_S = 0.25
 EVICT_RATE_KIB = 64.0
+#: How long a new upload waits for a slot before it is refused with 503 (a burst is queued, not refused).
+ADMIT_WAIT_S = 1.0
 
 #: Where the caller's identity (a digest of its API key, or None) is put in the ASGI scope.
 CALLER = "jedi.caller"
@@ -142,7 +144,7 @@ class UploadGuard:
                              headers=[(b"www-authenticate", b'Bearer realm="jedi-deploy"')])
             elif length.isdigit() and int(length) > self.limit:
                 await answer(413, "upload_too_large", self._message(int(length)), close=True)
-            elif upload and self.predicting >= self.max_inflight and not self._evict_slowest():
+            elif upload and not await self._admit():
                 await answer(503, "overloaded", f"{self.predicting} uploads are being received or classified, the most "
                              f"this service takes at once (jedi serve --max-inflight); retry shortly", close=True,
                              headers=[(b"retry-after", b"1")])
@@ -166,6 +168,16 @@ class UploadGuard:
             m.in_flight.dec()
             m.requests.labels(endpoint, str(status or 500)).inc()
             m.latency.labels(endpoint).observe(time.perf_counter() - t0)
+
+    async def _admit(self) -> bool:
+        """Room for one more upload: a free slot, or one made by dropping the slowest trickling body;
+        failing both, waited for up to :data:`ADMIT_WAIT_S` (a burst is absorbed, not refused)."""
+        deadline = time.monotonic() + ADMIT_WAIT_S
+        while self.predicting >= self.max_inflight and not self._evict_slowest():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     def _evict_slowest(self) -> bool:
         """Drop the slowest body still arriving (if one is slow enough, :data:`EVICT_RATE_KIB`) to make

@@ -95,9 +95,10 @@ class JobStore:
     """The jobs of one service: a bounded set, worker threads running ``run``, expiry. Raises
     :class:`JobError` subclasses; it knows nothing of HTTP or of models."""
 
-    def __init__(self, run: JobRunner, *, workers: int, max_jobs: int, ttl_s: float, root: Path | None):
+    def __init__(self, run: JobRunner, *, workers: int, max_jobs: int, ttl_s: float, root: Path | None,
+                 initializer: Callable[[], None] | None = None):
         self.run = run
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job", initializer=initializer)
         self.max_jobs, self.ttl_s = max_jobs, ttl_s
         self.root = root.resolve() if root else None
         self.jobs: dict[str, Job] = {}

@@ -27,7 +27,7 @@ MAX_ELEMENTS = 16 * 2**20
 #: The largest JSON part of a request: parsing JSON holds Python's interpreter lock for the whole
 #: parse (~30 ms per MiB), so a larger one would stall every other request, /healthz included.
 #: Tensors of any size travel as binary data.
-MAX_JSON_BYTES = 4 * 2**20
+MAX_JSON_BYTES = 1 * 2**20
 
 #: v2 datatypes <-> numpy
 DATATYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,

@@ -22,6 +22,7 @@ import asyncio
 import os
 import socket
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -95,10 +96,11 @@ class Service:
         self.pool = ModelPool(cfg, self.metrics)
         self.spool = Spool()
         self.decode_pool: ThreadPoolExecutor | None = None
+        self.window_pool: ThreadPoolExecutor | None = None  # windowed requests: long work, its own threads
         self.stopping = False
         self.stop_asked: float | None = None  # time.monotonic() of the SIGTERM/SIGINT
         self.jobs = JobStore(self.run_job, workers=cfg.job_workers, max_jobs=cfg.max_jobs, ttl_s=cfg.job_ttl_s,
-                             root=Path(cfg.jobs_root) if cfg.jobs_root else None)
+                             root=Path(cfg.jobs_root) if cfg.jobs_root else None, initializer=lower_priority)
         self.max_result = int(cfg.max_result_mb * 2**20)
 
     @property
@@ -111,6 +113,10 @@ class Service:
 
         self.spool.open()
         self.decode_pool = ThreadPoolExecutor(self.cfg.decode_workers, thread_name_prefix="decode")
+        # a windowed request can take seconds: in a pool of its own at a lower OS priority, so whole-video
+        # predictions never queue behind one and get the cores first (jobs do the same)
+        self.window_pool = ThreadPoolExecutor(self.cfg.decode_workers, thread_name_prefix="window",
+                                              initializer=lower_priority)
         self.pool.start()
 
     def begin_stop(self) -> None:
@@ -143,9 +149,10 @@ class Service:
         self.begin_stop()
         await self.pool.stop()
         workers = list(self.jobs.pool._threads)
-        if self.decode_pool is not None:
-            workers += list(self.decode_pool._threads)
-            self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.decode_pool, self.window_pool):
+            if pool is not None:
+                workers += list(pool._threads)
+                pool.shutdown(wait=False, cancel_futures=True)
         self.jobs.close(wait=False)
         deadline = self.stop_asked + self.cfg.shutdown_grace_s
         while any(t.is_alive() for t in workers) and time.monotonic() < deadline:
@@ -185,7 +192,7 @@ class Service:
         model = self.models[req.model]
         loop = asyncio.get_running_loop()
         if req.window is not None:  # a timeline: the windows run in the decode pool, outside the batcher
-            return await loop.run_in_executor(self.decode_pool, self._timeline, model, req, upload)
+            return await loop.run_in_executor(self.window_pool, self._timeline, model, req, upload)
         batcher = self.pool.batchers[req.model]
         t0 = time.perf_counter()
         batcher.incoming += 1
@@ -266,6 +273,15 @@ class Service:
                 return {**out, "warning": x.warning} if x.warning else out
             tl = run_windows(model, source, job.window, on_window=progress, name=job.video, limits=limits)
         return tl.answer(job.topk, max_bytes=self.max_result)
+
+
+def lower_priority(niceness: int = 10) -> None:
+    """Run the calling thread at a lower OS priority (Linux: a thread's nice value is its own), so
+    long work (windows, jobs) yields the cores to short predictions; a no-op where not allowed."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass
 
 
 def parse_json(body: bytes):

@@ -91,17 +91,25 @@ def test_an_answer_over_the_result_budget_is_refused(service, files):
 
 
 def test_job_uploads_count_in_flight_and_a_full_store_refuses_before_the_body(service, files):
-    held = []
-    for _ in range(2):  # two predictions hold both --max-inflight slots (their bodies never finish)
-        s = socket.create_connection((service["host"], service["port"]), timeout=10)
-        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\nContent-Length: 100000\r\n\r\n"
-                  + b"\0" * 10)
-        held.append(s)
-    time.sleep(0.3)
+    stop_sending = threading.Event()
+
+    def upload():  # a prediction whose body keeps arriving briskly (nothing to drop) but has not ended
+        with socket.create_connection((service["host"], service["port"]), timeout=10) as s:
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\n"
+                      b"Content-Length: 60000000\r\n\r\n")
+            while not stop_sending.is_set():
+                s.sendall(b"\0" * 65536)
+                time.sleep(0.05)
+
+    held = [threading.Thread(target=upload) for _ in range(2)]  # both --max-inflight slots
+    for t in held:
+        t.start()
+    time.sleep(0.5)
     answer = head_only(service, "/v1/jobs", 10_000_000)  # answered without a byte of its body
+    stop_sending.set()
     assert answer.startswith(b"HTTP/1.1 503") and b"overloaded" in answer and b"retry-after" in answer.lower()
-    for s in held:
-        s.close()
+    for t in held:
+        t.join(10)
     until(lambda: post_video(service["url"], files["small"]).status_code == 200, timeout=10, what="free slots")
     url = service["url"]
     first = post_video(url, files["long"], path="/v1/jobs", window="2", stride="0.125")  # --max-jobs 1: now full
@@ -183,7 +191,7 @@ def test_bad_inputs_are_4xx_in_the_protocols_own_shape(service, files):
 
 
 def test_healthz_answers_while_abusive_bodies_are_parsed(service):
-    """Clients posting 32 MiB JSON bodies (refused: over the 4 MiB JSON part) and 4 MiB ones (the
+    """Clients posting 32 MiB JSON bodies (refused: over the 1 MiB JSON part) and 1 MiB ones (the
     most /v2 parses, off the event loop) in a loop: /healthz keeps answering. The old service
     parsed every body on the event loop (a 50 MiB body froze it for 1.6 s)."""
     url = service["url"]
@@ -193,7 +201,7 @@ def test_healthz_answers_while_abusive_bodies_are_parsed(service):
         return json.dumps({"inputs": [{"name": "video", "shape": [1, 2], "datatype": "FP32",
                                        "data": [0] * (mib * 2**19 - 100)}]}).encode()[: mib * 2**20]
 
-    bodies = [body(32), body(4)]
+    bodies = [body(32), body(1)]
     stop_at, errors, answers = time.monotonic() + 6, [], []
 
     def abuse(data):

@@ -113,12 +113,10 @@ def test_malformed_multipart_and_chunked_raw_bodies(abuse_service, test_video):
     still_serving(abuse_service, test_video)
 
 
-def test_more_uploads_than_the_cap_get_503_until_a_trickle_can_be_dropped(abuse_service, test_video):
-    """Three trickling uploads fill --max-inflight 3: a real upload gets 503 + Retry-After while they
-    are young; once they have trickled for EVICT_AFTER_S, the slowest is dropped (408) to make room
-    and the real upload is answered (the old service answered 503 for as long as they trickled)."""
-    from jedi_deploy.serve.guard import EVICT_AFTER_S
-
+def test_trickling_uploads_are_dropped_to_make_room(abuse_service, test_video):
+    """Three trickling uploads fill --max-inflight 3: a real upload waits for room, the slowest trickle
+    is dropped (408) once it has trickled for EVICT_AFTER_S, and the real upload is answered (the old
+    service answered 503 for as long as they trickled)."""
     stop_flag, answers = threading.Event(), []
 
     def trickle():  # an upload that keeps sending a byte now and then (never stalls, never ends)
@@ -146,10 +144,6 @@ def test_more_uploads_than_the_cap_get_503_until_a_trickle_can_be_dropped(abuse_
     try:
         time.sleep(0.3)
         r = predict(abuse_service["url"], test_video)
-        assert r.status_code == 503 and r.json()["error"]["type"] == "overloaded"
-        assert r.headers["Retry-After"] == "1"
-        time.sleep(EVICT_AFTER_S)
-        r = predict(abuse_service["url"], test_video)
         assert r.status_code == 200, r.text
         until(lambda: answers, timeout=5, what="the dropped trickle's answer")
         assert answers[0].startswith(b"HTTP/1.1 408")  # dropped (counted as evicted_slow_body below)
@@ -158,6 +152,31 @@ def test_more_uploads_than_the_cap_get_503_until_a_trickle_can_be_dropped(abuse_
         for t in threads:
             t.join(30)
     time.sleep(0.5)
+    still_serving(abuse_service, test_video)
+
+
+def test_more_uploads_than_the_cap_get_503_with_retry_after(abuse_service, test_video, tmp_path):
+    """Three long windowed requests hold --max-inflight 3 (their bodies are in: nothing to drop): a
+    fourth upload waits ADMIT_WAIT_S for room, then gets 503 + Retry-After."""
+    from jedi_deploy.serve.guard import ADMIT_WAIT_S
+    from support.colour import coloured_video
+
+    long = coloured_video(tmp_path / "long.mp4", [("red", 120.0)], fps=25, size=(160, 120)).read_bytes()
+    url = abuse_service["url"]
+    done = []
+    busy = [threading.Thread(target=lambda: done.append(requests.post(
+        f"{url}/v1/predict?window=1&stride=0.04", data=long, headers={"Content-Type": "video/mp4"}, timeout=120)))
+        for _ in range(3)]
+    for t in busy:
+        t.start()
+    until(lambda: metrics(url).get(("jedi_requests_in_flight", ()), 0) >= 4, timeout=10, what="the busy requests")
+    t0 = time.monotonic()
+    r = predict(url, test_video)
+    assert r.status_code == 503 and r.json()["error"]["type"] == "overloaded", r.text
+    assert r.headers["Retry-After"] == "1" and time.monotonic() - t0 >= ADMIT_WAIT_S
+    for t in busy:
+        t.join(120)
+    assert [x.status_code for x in done] == [200, 200, 200]
     still_serving(abuse_service, test_video)
 
 
