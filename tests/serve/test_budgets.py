@@ -224,3 +224,55 @@ def test_healthz_answers_while_abusive_bodies_are_parsed(service):
         t.join()
     assert not errors and {400, 413} <= set(answers), set(answers)
     assert worst < 1.0, f"/healthz took {worst:.2f} s under load"
+
+
+def test_decode_warnings_reach_predictions_jobs_and_windows(service, files, tmp_path):
+    """A file the decoder flags corrupt part-way: every output path says so the same way (whole-video
+    jobs used to drop the warning that /v1/predict gave)."""
+    from support.footage import damage_packet, write_video
+
+    good = write_video(tmp_path / "v.mp4", 60, size=(96, 64), fps=10, gop=30)
+    bad = damage_packet(good, 30, files["root"] / "damaged.mp4")
+    url = service["url"]
+    answers = [post_video(url, bad).json(), post_video(url, bad, window="1").json()]
+    for params in ({}, {"window": "1"}):
+        answers.append(job_result(url, post_video(url, bad, path="/v1/jobs", **params).json()["id"])["result"])
+    answers.append(job_result(url, requests.post(f"{url}/v1/jobs", json={"path": "damaged.mp4"}, timeout=10)
+                              .json()["id"])["result"])
+    for a in answers:
+        assert "flagged corrupt" in a["warning"], a
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_binary_v2_body_costs_about_its_size(files):
+    """A 48 MiB binary tensor body: the server's peak memory grows by about the body, not 2.4x it
+    (the old reader kept the chunks, their join and a copy of the tensor part)."""
+    import numpy as np
+
+    proc, addr = start([files["model"]])
+    try:
+        url = f"http://{addr}"
+        x = np.random.default_rng(0).random((4096, 4, 3, 16, 16), dtype=np.float32)  # 48 MiB
+        def header(t):
+            return json.dumps({"inputs": [{"name": "video", "shape": list(t.shape), "datatype": "FP32",
+                                           "parameters": {"binary_data_size": t.nbytes}}],
+                               "parameters": {"binary_data_output": True}}).encode()
+
+        head, small = header(x), header(x[:1])
+        r = requests.post(f"{url}/v2/models/colour/infer", data=small + x[:1].tobytes(),  # warm: the runtime plans
+                          headers={"Inference-Header-Content-Length": str(len(small))}, timeout=60)
+        assert r.status_code == 200, r.text
+        before = vm_hwm_mb(proc.pid)
+        r = requests.post(f"{url}/v2/models/colour/infer", data=head + x.tobytes(),
+                          headers={"Inference-Header-Content-Length": str(len(head))}, timeout=120)
+        assert r.status_code == 200, r.text
+        grew = vm_hwm_mb(proc.pid) - before
+        assert grew < 1.6 * x.nbytes / 2**20, f"peak grew {grew:.0f} MiB for a {x.nbytes / 2**20:.0f} MiB body"
+    finally:
+        stop(proc)
