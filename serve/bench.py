@@ -73,25 +73,36 @@ def ort_runtimes(threads: int | None = 1, wanted: list[str] | None = None) -> li
     return out
 
 
-def openvino_runtimes(threads: int | None = 1) -> list[Runtime]:
-    """OpenVINO on the CPU. Each model is first compiled and run once in a child process
+#: ``jedi bench`` names of the OpenVINO runtimes -> the runner's runtime name (f32, or bf16 when asked).
+OPENVINO_RUNTIMES = {"openvino-cpu": "openvino", "openvino-bf16-cpu": "openvino-bf16"}
+
+
+def openvino_runtimes(threads: int | None = 1, wanted: list[str] | None = None) -> list[Runtime]:
+    """OpenVINO on the CPU (``openvino-cpu``: fp32 graphs in f32; ``openvino-bf16-cpu`` only when
+    named). Each model is first compiled and run once in a child process
     (:func:`jedi_deploy.runners.probe.pick_runtime`): a graph OpenVINO crashes on is reported as
-    skipped instead of taking the benchmark down."""
+    skipped instead of taking the benchmark down. Each row says the precision the compiled model ran in."""
     from jedi_deploy.contracts.deps import require
-    from jedi_deploy.runners.openvino import OpenVinoRunner
     from jedi_deploy.runners.probe import pick_runtime
+    from jedi_deploy.runners.table import runner_class
 
     ov = require("openvino")
-    probed: set[Path] = set()
+    out = []
+    for name, runtime in OPENVINO_RUNTIMES.items():
+        if (wanted is None and name != "openvino-cpu") or (wanted is not None and name not in wanted):
+            continue
+        probed: set[Path] = set()
 
-    def load(path):
-        if Path(path) not in probed:  # once per file (the expert and its A/A copy are one file)
-            pick_runtime(path, threads=threads, candidates={"openvino": "openvino"}, runs=1, warn=lambda _m: None)
-            probed.add(Path(path))
-        return OpenVinoRunner(path, threads=threads)
+        def load(path, runtime=runtime, probed=probed):
+            if Path(path) not in probed:  # once per file (the expert and its A/A copy are one file)
+                pick_runtime(path, threads=threads, candidates={runtime: runtime}, runs=1, warn=lambda _m: None)
+                probed.add(Path(path))
+            return runner_class(runtime)(path, threads=threads)
 
-    return [Runtime("openvino-cpu", load, {"openvino": ov.__version__, "device": "CPU",
-                                            "inference_num_threads": threads, "CPU_DENORMALS_OPTIMIZATION": True})]
+        out.append(Runtime(name, load, {"openvino": ov.__version__, "device": "CPU", "inference_num_threads": threads,
+                                        "CPU_DENORMALS_OPTIMIZATION": True,
+                                        "precision_asked": runner_class(runtime).precision}))
+    return out
 
 
 def discover_pairs(model_dir: str | Path) -> list[tuple[str, Path, Path]]:
@@ -246,6 +257,13 @@ def extra_node_cost(model: str | Path, baseline: str | Path, x: dict, *, runs: i
             "ratio": float(np.median(ratios))}
 
 
+def run_precision(runner) -> str:
+    """What a runner computes in: the runtime's own word where it can change it (OpenVINO's
+    ``inference_precision``), else the graph's (the model card's ``precision``: fp32, fp16, int8)."""
+    info = getattr(runner, "info", {}) or {}
+    return str(info.get("inference_precision") or getattr(getattr(runner, "card", None), "precision", None) or "fp32")
+
+
 def bench_models(pairs: list[tuple[str, Path, Path]], runtimes: list[Runtime], *, batch_sizes=(1,), runs: int = 100,
                  warmup: int = 10, seed: int = 0, progress: bool = False,
                  teachers: list[tuple[str, Path, Path]] | None = None) -> dict:
@@ -277,6 +295,7 @@ def bench_models(pairs: list[tuple[str, Path, Path]], runtimes: list[Runtime], *
                 calls = {k: (lambda r=r, f=first_rows(x_all, b): r.infer(f)) for k, r in runners.items()}
                 st = {k: stats(v, b) for k, v in time_block(calls, warmup=warmup, runs=runs).items()}
                 row = {"name": name, "runtime": rt.name, "batch_size": b, "runs": runs, "warmup": warmup,
+                       "precision": run_precision(runners["student"]),
                        **st, "ratio": st["student"]["median_ms"] / st["expert"]["median_ms"],
                        "aa_ratio": st["expert_copy"]["median_ms"] / st["expert"]["median_ms"]}
                 if "student_int8" in st:  # the INT8 student's speed-up over the fp32 expert it replaces
@@ -343,13 +362,14 @@ def bench_dir(model_dir: str | Path, *, batch_size: int = 1, warmup: int = 10, r
 def format_bench(report: dict, gates: bool = True) -> str:
     """Markdown: one row per model x runtime x batch size, the INT8 students' speed-ups and (with
     ``gates``) their accuracy-gate tables, the teachers, then the ORT vs torch speedups."""
-    lines = ["| model | runtime | batch | expert median ms | p90 | p99 | student median ms | p90 | p99 "
+    lines = ["| model | runtime | precision | batch | expert median ms | p90 | p99 | student median ms | p90 | p99 "
              "| student/s | student/expert | A/A (expert/expert) | spread (max-min)/median | profiled student/expert |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     int8_rows = [r for r in report["results"] if "int8_speedup" in r]
     for r in report["results"]:
         e, s = r["expert"], r["student"]
-        lines.append(f"| {r['name']} | {r['runtime']} | {r['batch_size']} | {e['median_ms']:.3f} | {e['p90_ms']:.3f} "
+        lines.append(f"| {r['name']} | {r['runtime']} | {r.get('precision', '-')} | {r['batch_size']} "
+                     f"| {e['median_ms']:.3f} | {e['p90_ms']:.3f} "
                      f"| {e['p99_ms']:.3f} | {s['median_ms']:.3f} | {s['p90_ms']:.3f} | {s['p99_ms']:.3f} "
                      f"| {s['throughput_per_s']:.1f} | {r['ratio']:.3f} | {r['aa_ratio']:.3f} "
                      f"| {max(s['spread'], e['spread'], r['expert_copy']['spread']):.2f} "

@@ -160,23 +160,26 @@ def last_epochs(log: Path, n: int = LAST_EPOCHS) -> dict:
 
 
 def format_ablation(report: dict) -> str:
-    """Markdown in the paper's Table 3 layout; the best acc@1 per section and column in bold."""
+    """Markdown in the paper's Table 3 layout. Bold marks a significant gain only - a cell whose paired
+    interval against the initial expert excludes 0 (the gains table below) - never merely the largest
+    number of a column, which on small evaluation sets is often noise."""
     ds = report["datasets"]
     head = "| Scenario | " + " | ".join(f"{d} Teacher | {d} Student" for d in ds) + " |"
-    lines = [f"Top-1 accuracy (%) on the {report['split']!r} split.", "", head, "|---|" + "---:|" * (2 * len(ds)),
+    lines = [f"Top-1 accuracy (%) on the {report['split']!r} split; **bold** = a significant gain over the initial "
+             "expert (paired 95% interval excludes 0).", "", head, "|---|" + "---:|" * (2 * len(ds)),
              "| (Initial Expert) | " + " | ".join(f"– | {report['initial_experts'][d]:.2f}" for d in ds) + " |"]
     sections: dict[str, list[dict]] = {}
     for r in report["rows"]:
         sections.setdefault(r["section"], []).append(r)
     for sec, rows in sections.items():
         lines.append(f"| *{sec}* |" + " |" * (2 * len(ds)))
-        best = {(d, k): max(r["eval"][d][k]["acc1"] for r in rows) for d in ds for k in ("teacher", "student")}
         for r in rows:
             cells = []
             for d in ds:
                 for k in ("teacher", "student"):
                     v = r["eval"][d][k]["acc1"]
-                    cells.append(f"**{v:.2f}**" if v == best[(d, k)] and len(rows) > 1 else f"{v:.2f}")
+                    beats = (r.get("gains") or {}).get(d, {}).get(k, {}).get("verdict") == "beats"
+                    cells.append(f"**{v:.2f}**" if beats else f"{v:.2f}")
             lines.append(f"| {r['scenario']} | " + " | ".join(cells) + " |")
     if any(r.get("last_epochs") for r in report["rows"]):
         n = max(x["epochs"] for r in report["rows"] for d in r.get("last_epochs", {}).values() for x in d.values())

@@ -7,7 +7,8 @@ from pathlib import Path
 from jedi_deploy.contracts.errors import InputError
 from jedi_deploy.runners.base import Runtime
 
-BENCH_RUNTIMES = ("ort-cpu", "ort-cuda", "ort-tensorrt", "openvino-cpu", "torch-cpu", "torch-cuda", "tensorrt")
+BENCH_RUNTIMES = ("ort-cpu", "ort-cuda", "ort-tensorrt", "openvino-cpu", "openvino-bf16-cpu", "torch-cpu", "torch-cuda",
+                  "tensorrt")
 
 
 def resolve_runtimes(wanted: list[str] | None = None, *, threads: int = 1, bundle: str | Path | None = None,
@@ -23,8 +24,9 @@ def resolve_runtimes(wanted: list[str] | None = None, *, threads: int = 1, bundl
         raise InputError(f"unknown runtime(s) {unknown}; choose from {', '.join(BENCH_RUNTIMES)}")
     ort_wanted = None if wanted is None else [r for r in wanted if r.startswith("ort-")]
     rts = ort_runtimes(threads, ort_wanted) if ort_wanted is None or ort_wanted else []
-    if (wanted is None and importlib.util.find_spec("openvino")) or (wanted and "openvino-cpu" in wanted):
-        rts += openvino_runtimes(threads)
+    ov_wanted = None if wanted is None else [r for r in wanted if r.startswith("openvino-")]
+    if (wanted is None and importlib.util.find_spec("openvino")) or ov_wanted:
+        rts += openvino_runtimes(threads, ov_wanted)
     torch_wanted = None if wanted is None else [r.split("-", 1)[1] for r in wanted if r.startswith("torch-")]
     if torch_wanted and not bundle:
         raise InputError("torch runtimes need --bundle (the bundle the models were exported from)")

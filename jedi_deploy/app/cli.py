@@ -423,9 +423,11 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
 @click.option("--expert", "experts", multiple=True, metavar="NAME=PATH",
               help="Expert checkpoint for --bundle if it moved (repeatable).")
 @click.option("--runtimes", default="auto", show_default=True,
-              help="Comma list of ort-cpu, ort-cuda, ort-tensorrt, openvino-cpu, torch-cpu, torch-cuda, tensorrt; "
-                   "auto = every ONNX Runtime provider available, OpenVINO if installed, plus torch-cpu/cuda with "
-                   "--bundle. An <name>.student.int8.onnx beside a student is timed too (ONNX runtimes).")
+              help="Comma list of ort-cpu, ort-cuda, ort-tensorrt, openvino-cpu, openvino-bf16-cpu, torch-cpu, "
+                   "torch-cuda, tensorrt; auto = every ONNX Runtime provider available, OpenVINO (f32) if installed, "
+                   "plus torch-cpu/cuda with --bundle. Each row says the precision it ran in (openvino-bf16-cpu: "
+                   "bfloat16 where the CPU has it). An <name>.student.int8.onnx beside a student is timed too "
+                   "(ONNX runtimes).")
 @click.option("--batch-sizes", default="1,8", show_default=True, help="Comma list of batch sizes.")
 @click.option("--runs", default=200, show_default=True, help="Timed rounds per block (student, expert and the A/A "
               "copy each run once per round, in balanced orders).")

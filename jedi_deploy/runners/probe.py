@@ -27,9 +27,10 @@ def installed_runtimes() -> dict[str, str]:
     """The entries of :data:`~jedi_deploy.runners.RUNTIMES` whose package is importable."""
     import importlib.util
 
-    from .table import RUNTIME_PACKAGES, RUNTIMES
+    from .table import EXPLICIT_ONLY, RUNTIME_PACKAGES, RUNTIMES
 
-    return {k: v for k, v in RUNTIMES.items() if importlib.util.find_spec(RUNTIME_PACKAGES.get(k, k)) is not None}
+    return {k: v for k, v in RUNTIMES.items()
+            if k not in EXPLICIT_ONLY and importlib.util.find_spec(RUNTIME_PACKAGES.get(k, k)) is not None}
 
 
 def _why(proc: subprocess.CompletedProcess) -> str:
