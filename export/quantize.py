@@ -311,10 +311,14 @@ def sensitive_nodes(float_path: Path, int8: Path, feeds: list[dict], work: Path)
     aug_q = work / "int8.aug.onnx"
     dbg.modify_model_output_intermediate_tensors(str(int8), str(aug_q))
     matching = dbg.create_activation_matching(dbg.collect_activations(str(aug_q), _Reader(feeds)))
-    errors = {t: centered_sqnr(np.concatenate([np.ravel(a) for a in m["pre_qdq"]]),
-                               np.concatenate([np.ravel(a) for a in m["post_qdq"]]))
-              for t, m in matching.items()}
     graph = onnx.load(str(float_path), load_external_data=False).graph
+    fused = fused_relus(graph, onnx.load(str(int8), load_external_data=False).graph)
+    errors = {}
+    for t, m in matching.items():
+        before = np.concatenate([np.ravel(a) for a in m["pre_qdq"]])
+        if t in fused:  # the quantizer folded this Relu into the Q/DQ range: its clamp is the model, not noise
+            before = np.maximum(before, 0)
+        errors[t] = centered_sqnr(before, np.concatenate([np.ravel(a) for a in m["post_qdq"]]))
     worst: dict[str, tuple[float, str]] = {}
     for node in graph.node:
         for t in node.input:
@@ -322,6 +326,16 @@ def sensitive_nodes(float_path: Path, int8: Path, feeds: list[dict], work: Path)
                 worst[node.name] = (errors[t], t)
     ranked = sorted(worst.items(), key=lambda kv: kv[1][0])
     return [{"node": n, "tensor": t, "sqnr_db": round(s, 2)} for n, (s, t) in ranked]
+
+
+def fused_relus(float_graph, int8_graph) -> set[str]:
+    """Outputs of the float graph's Relu nodes that the quantized graph no longer computes with a Relu:
+    ONNX Runtime's quantizer folds a Relu into the preceding node's Q/DQ (a [0, max] range), so the
+    debugger's value "before the round trip" there is the pre-Relu tensor, and its negatives, clamped
+    by design, would read as quantization noise."""
+    relu_out = {o for n in float_graph.node if n.op_type == "Relu" for o in n.output}
+    still = {o for n in int8_graph.node if n.op_type == "Relu" for o in n.output}
+    return relu_out - still
 
 
 def _budget_steps(budget: int, available: int) -> list[int]:

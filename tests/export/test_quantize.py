@@ -247,3 +247,47 @@ def test_calibration_ranges_cover_every_calibration_video(offset_case, tmp_path)
     assert float(inits[first_q.input[1]]) == pytest.approx((hi - lo) / 255, rel=1e-3)
     last = x[-1]  # what a calibration of the last video alone would give
     assert (max(0.0, float(last.max())) - min(0.0, float(last.min()))) / 255 < 0.97 * (hi - lo) / 255
+
+
+class ReluNet(torch.nn.Module):
+    """Conv -> ReLU -> Conv -> ReLU -> mean -> fc: the quantizer folds both ReLUs into Q/DQ ranges."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.c1, self.c2 = torch.nn.Conv3d(3, 8, 3, padding=1), torch.nn.Conv3d(8, 8, 3)
+        self.fc = torch.nn.Linear(8, classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+    def forward(self, x):  # [B, T, C, H, W]
+        return self.fc(torch.relu(self.c2(torch.relu(self.c1(x.transpose(1, 2))))).mean(dim=(2, 3, 4)))
+
+
+def test_sensitive_nodes_score_a_fused_relu_against_relu_of_its_input(tmp_path):
+    """Every ReLU output scored 4-5 dB (the clamp counted as noise), so the gate's fallback would keep
+    the wrong nodes in float on any ReLU network; against relu(pre) they score like the rest (~40 dB)."""
+    from support.footage import write_video
+
+    t, s = 4, 32
+    path = tmp_path / "relu.student.onnx"
+    torch.onnx.export(ReluNet().eval(), torch.randn(1, t, 3, s, s), str(path), input_names=["video"],
+                      output_names=["logits"], dynamic_axes={"video": {0: "batch"}, "logits": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    proto = onnx.load(str(path))
+    embed_card(proto, ModelCard(kind="student", name="relu", dataset="toy", arch="toy", categories=tuple("abcd"),
+                                inputs=(InputSpec("video", "float32", ("batch", t, 3, s, s), "NTCHW",
+                                                  Preprocess(num_frames=t, crop=s, short_side=s)),)))
+    onnx.save(proto, str(path))
+    rng = np.random.default_rng(0)
+    videos = [write_video(tmp_path / f"{i}.mp4", 8, frames=[rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+                                                           for _ in range(8)]) for i in range(8)]
+    model = OnnxModel(path)
+    labels = [int(model.video_probs(v).argmax()) for v in videos]
+    with pytest.raises(QuantizationGateError) as refused:  # a gate nothing passes: the ranking is computed
+        quantize_student(path, VideoList(videos[:6], [None] * 6, "calibration"), VideoList(videos, labels, "held-out"),
+                         Int8Options(max_drop=-100.0, float_budget=2, reduce_range=False))
+    ranked = refused.value.reports[0].calibration["sensitive_nodes"]
+    relu_inputs = [r for r in ranked if "Relu" in r["tensor"]]
+    assert relu_inputs and all(r["sqnr_db"] > 20 for r in ranked), ranked
