@@ -82,10 +82,15 @@ class ExportResult:
     def lines(self) -> list[str]:
         """What the CLI prints for this file."""
         if self.gate is not None:
+            from jedi_deploy.contracts.gate import speed_verdict
+
             g, ev = self.gate.final, self.gate.evaluation
-            out = [f"{self.path}: INT8 gate passed: acc@1 {ev['acc1']:.2f} -> {g.acc1:.2f} (int8 - fp32 95% CI "
+            what = self.path if self.kind == "student-int8" else self.gate.model
+            out = [f"{what}: INT8 gate passed: acc@1 {ev['acc1']:.2f} -> {g.acc1:.2f} (int8 - fp32 95% CI "
                    f"[{g.ci95[0]:+.2f}, {g.ci95[1]:+.2f}] on {ev['videos']} videos), top-1 agreement "
                    f"{g.agreement:.1f}%, {len(g.float_nodes)} node(s) kept float; report {self.gate_path}"]
+            if self.gate.speed:
+                out.append(f"  {speed_verdict(self.gate)}")
         else:
             v = self.validation
             out = [f"{self.path}: max abs diff {v['max_abs_diff']:.2e}"
@@ -211,9 +216,15 @@ def _export_into(bundle, staging: Path, opts: ExportOptions, cfg, students, int8
                 refused.append(g)
                 continue
             model = staging / Path(g.model).name
-            results.append(ExportResult("student-int8", Path(g.fp32_model).name.removesuffix(".student.onnx"),
-                                        model, gate=g, gate_path=gate_path(model)))
+            name = Path(g.fp32_model).name.removesuffix(".student.onnx")
+            if g.kept == "fp32":  # passed the accuracy gate but slower than fp32: only the decision is written
+                results.append(ExportResult("student-int8-slower", name, gate_path(model), gate=g,
+                                            gate_path=gate_path(model)))
+                continue
+            results.append(ExportResult("student-int8", name, model, gate=g, gate_path=gate_path(model)))
     for r in results:
+        if r.kind == "student-int8-slower":
+            continue
         if trt is not None:
             from .trt import build_engine, check_engine_parity
 

@@ -67,6 +67,8 @@ class Int8Options:
     eval_videos: int | None = None  # None: every held-out video
     sensitivity_inputs: int = 4
     seed: int = 0
+    speed_runs: int = 40  # interleaved rounds timing the passed INT8 model against fp32 (0: not timed)
+    keep_slower: bool = False  # write the INT8 model even when it is slower than fp32 here
 
     def resolved_reduce_range(self) -> bool:
         return (not has_vnni()) if self.reduce_range is None else self.reduce_range
@@ -328,6 +330,20 @@ def sensitive_nodes(float_path: Path, int8: Path, feeds: list[dict], work: Path)
     return [{"node": n, "tensor": t, "sqnr_db": round(s, 2)} for n, (s, t) in ranked]
 
 
+def time_int8(fp32: Path, int8: Path, feed: dict, runs: int) -> dict:
+    """The INT8 model against its fp32 model on ONNX Runtime's CPU provider (the runtime ``jedi infer``
+    and ``jedi serve`` use by default): one video's feed, interleaved rounds in balanced orders."""
+    from jedi_deploy.runners.onnxruntime import OrtRunner
+    from jedi_deploy.runners.timing import stats, time_block
+
+    with OrtRunner(fp32, providers="cpu") as r32, OrtRunner(int8, providers="cpu") as r8:
+        batch = len(next(iter(feed.values())))
+        st = {k: stats(v, batch) for k, v in time_block({"fp32": lambda: r32.infer(feed), "int8": lambda: r8.infer(feed)},
+                                                        warmup=5, runs=runs).items()}
+    return {"runtime": "ort-cpu", "batch": batch, "runs": runs, "fp32_ms": st["fp32"]["median_ms"],
+            "int8_ms": st["int8"]["median_ms"], "speedup": st["fp32"]["median_ms"] / st["int8"]["median_ms"]}
+
+
 def fused_relus(float_graph, int8_graph) -> set[str]:
     """Outputs of the float graph's Relu nodes that the quantized graph no longer computes with a Relu:
     ONNX Runtime's quantizer folds a Relu into the preceding node's Q/DQ (a [0, max] range), so the
@@ -398,9 +414,16 @@ def quantize_student(fp32: str | Path, calib: VideoList, evaluation: VideoList, 
                 if report.attempts[-1].passed:
                     break
         report.passed = report.attempts[-1].passed
-        report.seconds = time.perf_counter() - t0
         if not report.passed:
+            report.seconds = time.perf_counter() - t0
             raise QuantizationGateError(refusal(report), [report])
+        if opts.speed_runs:
+            report.speed = time_int8(fp32, candidate, ev.head(1)[0], opts.speed_runs)
+            report.speed["kept"] = "int8" if report.speed["speedup"] >= 1.0 or opts.keep_slower else "fp32"
+        report.seconds = time.perf_counter() - t0
+        if report.kept == "fp32":  # it would cost more than it saves: only the decision is written
+            write_gate_report(report, gate_path(out))
+            return report
         final = onnx.load(str(candidate))
         facts = {**calibration, "float_nodes": report.final.float_nodes, "gate": gate_path(out).name,
                  "max_drop": opts.max_drop, "acc1_drop": report.final.drop}

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import os
 import platform
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +44,7 @@ from jedi_deploy.contracts.gate import (
 from jedi_deploy.contracts.model_card import read_card
 from jedi_deploy.runners.base import Runtime
 from jedi_deploy.runners.onnxruntime import PROVIDER_ALIASES, SESSION_CONFIG, OrtRunner
+from jedi_deploy.runners.timing import first_rows, round_order, stats, time_block  # noqa: F401 - re-exported
 
 from .runtime import OnnxModel
 
@@ -174,47 +173,6 @@ def check_pair(student: Path, expert: Path) -> OnnxModel:
         raise InputError(f"{student} and {expert} were exported with different input options "
                          "(uint8 input / views); export both the same way")
     return s
-
-
-def stats(times: list[float], batch: int) -> dict:
-    ms = np.asarray(times) * 1e3
-    med = float(np.median(ms))
-    return {"median_ms": med, "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
-            "min_ms": float(ms.min()), "max_ms": float(ms.max()), "spread": float((ms.max() - ms.min()) / med),
-            "throughput_per_s": batch / med * 1e3}
-
-
-def round_order(keys: list, r: int) -> list:
-    """Order of round ``r``: the keys rotated by ``r``, reversed on every other cycle of
-    ``len(keys)`` rounds. Over each 2·len(keys) rounds every key holds every position twice and
-    runs before every other key as often as after it (with three keys: all six orders), so a
-    cost that depends on position in a round (cache state, the previous model) cancels."""
-    n = len(keys)
-    base = list(keys) if (r // n) % 2 == 0 else list(reversed(keys))
-    k = r % n
-    return base[k:] + base[:k]
-
-
-def first_rows(feed: dict, b: int) -> dict:
-    """The first ``b`` rows of every input of a feed."""
-    return {n: x[:b] for n, x in feed.items()}
-
-
-def time_block(calls: dict[str, Callable[[], object]], *, warmup: int, runs: int) -> dict[str, list[float]]:
-    """One untimed call each, ``warmup`` more, then ``runs`` interleaved rounds (order from
-    :func:`round_order`). Returns wall seconds per call."""
-    for call in calls.values():
-        call()
-    for _ in range(warmup):
-        for call in calls.values():
-            call()
-    times = {k: [] for k in calls}
-    for r in range(runs):
-        for key in round_order(list(calls), r):
-            t0 = time.perf_counter()
-            calls[key]()
-            times[key].append(time.perf_counter() - t0)
-    return times
 
 
 def profiled_runs(path: str | Path, feed: dict, *, runs: int = 3, threads: int | None = 1) -> list[dict]:
@@ -375,11 +333,15 @@ def format_bench(report: dict, gates: bool = True) -> str:
                      f"| {max(s['spread'], e['spread'], r['expert_copy']['spread']):.2f} "
                      f"| {format(r['profiled_ratio'], '.4f') if 'profiled_ratio' in r else '-'} |")
     if int8_rows:
-        lines += ["", "| model | runtime | batch | expert (fp32) median ms | INT8 student median ms | p99 "
-                  "| INT8 student speed-up over the expert |", "|---|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['name']} | {r['runtime']} | {r['batch_size']} | {r['expert']['median_ms']:.3f} "
-                  f"| {r['student_int8']['median_ms']:.3f} | {r['student_int8']['p99_ms']:.3f} "
-                  f"| {r['int8_speedup']:.2f}x |" for r in int8_rows]
+        lines += ["", "| model | runtime | batch | expert (fp32) median ms | fp32 student median ms "
+                  "| INT8 student median ms | p99 | expert / INT8 student | fp32 / INT8 student | INT8 |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in int8_rows:
+            vs_fp32 = r["student"]["median_ms"] / r["student_int8"]["median_ms"]
+            lines.append(f"| {r['name']} | {r['runtime']} | {r['batch_size']} | {r['expert']['median_ms']:.3f} "
+                         f"| {r['student']['median_ms']:.3f} | {r['student_int8']['median_ms']:.3f} "
+                         f"| {r['student_int8']['p99_ms']:.3f} | {r['int8_speedup']:.2f}x | {vs_fp32:.2f}x "
+                         f"| {'faster' if vs_fp32 >= 1 else 'slower'} |")
     lines += [f"\n{r['name']} on {r['runtime']}: skipped ({r['reason']})" for r in report.get("skipped", [])]
     for g in report.get("int8_gates", []) if gates else []:
         lines += ["", format_gate(GateReport.from_dict(g))]

@@ -370,6 +370,9 @@ def evaluate_cmd(bundle, cache_dir, split, as_json, device):
 @click.option("--int8-activations", type=click.Choice(["uint8", "int8"]), default=Int8Options.activations,
               show_default=True, help="Activation type (uint8: ONNX Runtime's advice for x86 CPUs; int8: for "
                                       "TensorRT).")
+@click.option("--int8-keep-slower", is_flag=True, help="Write the INT8 student even when it runs slower than its "
+              "fp32 student here (by default the gate times both on ONNX Runtime's CPU provider and keeps fp32 "
+              "when INT8 is slower, as tiny models often are).")
 def export(bundle, out, **o):
     """Fuse encoder + adjustment + head into one ONNX graph per student (and export each
     initial expert the same way), validated with ONNX Runtime against PyTorch before it is
@@ -380,8 +383,10 @@ def export(bundle, out, **o):
     held-out videos (acc@1, acc@5, top-1 agreement, paired bootstrap 95% interval). If acc@1
     drops by more than --max-drop, the nodes reading the noisiest activations are kept in float
     (up to --float-budget); if it still fails, no INT8 file is written for that student, the
-    table is printed and the exit status is 3. The report is saved as
-    <name>.student.int8.gate.json and shown by `jedi bench`.
+    table is printed and the exit status is 3. A student that passes is then timed against its
+    fp32 model (ONNX Runtime CPU): when INT8 is slower, fp32 is kept and no INT8 file is written
+    (--int8-keep-slower writes it anyway). The report, speed verdict included, is saved as
+    <name>.student.int8.gate.json and shown by `jedi bench` and the demo's report.
     """
     from jedi_deploy.export.onnx import OnnxExportConfig
     from jedi_deploy.export.pipeline import ExportOptions, Int8Request, TritonOptions, TrtOptions, export_all
@@ -390,7 +395,8 @@ def export(bundle, out, **o):
     cfg = OnnxExportConfig(atol=o["atol"], opset=o["opset"], exporter=o["exporter"], uint8_input=o["uint8_input"],
                            views=o["views"], fp16=o["fp16"], simplify=o["simplify"], reference_device=o["device"])
     int8 = Int8Request(Int8Options(method=o["calib_method"], calib_videos=o["calib_videos"], max_drop=o["max_drop"],
-                                   float_budget=o["float_budget"], activations=o["int8_activations"]),
+                                   float_budget=o["float_budget"], activations=o["int8_activations"],
+                                   keep_slower=o["int8_keep_slower"]),
                        _optional_names(o["calib_lists"]), _optional_names(o["eval_lists"])) if o["int8"] else None
     opts = ExportOptions(
         cfg, tuple(o["students"]), _pairs(o["expert_paths"], "--expert"), not o["no_experts"], tuple(o["teachers"]),

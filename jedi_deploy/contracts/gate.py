@@ -56,6 +56,15 @@ class GateReport:
     attempts: list[Attempt] = field(default_factory=list)
     passed: bool = False
     seconds: float = 0.0
+    # the passed INT8 model timed against its fp32 model on the target runtime (same input, interleaved
+    # rounds): runtime, batch, fp32_ms, int8_ms, speedup (fp32 / int8), runs, kept ("int8" | "fp32")
+    speed: dict = field(default_factory=dict)
+
+    @property
+    def kept(self) -> str:
+        """Which model the export keeps: "int8", or "fp32" when the INT8 model passed the accuracy gate
+        but was slower (and writing it anyway was not asked for)."""
+        return self.speed.get("kept", "int8") if self.passed else "fp32"
 
     @property
     def final(self) -> Attempt | None:
@@ -76,7 +85,7 @@ class GateReport:
         try:
             return cls(d["model"], d["fp32_model"], float(d["max_drop"]), int(d["float_budget"]), dict(d["calibration"]),
                        dict(d["evaluation"]), [Attempt(**a) for a in d["attempts"]], bool(d["passed"]),
-                       float(d.get("seconds", 0.0)))
+                       float(d.get("seconds", 0.0)), dict(d.get("speed") or {}))
         except (KeyError, TypeError) as e:
             raise InputError(f"{source}: gate report lacks or garbles field {e}") from None
 
@@ -113,10 +122,24 @@ def format_gate(report: GateReport) -> str:
              f"(max acc@1 drop {report.max_drop:g} points; {ev['videos']} held-out videos from {ev['source']}; "
              f"calibrated with {cal['method']} on {cal['videos']} videos from {cal['source']})",
              "",
-             "| model | nodes kept float | acc@1 | acc@5 | top-1 agreement | acc@1 drop | int8 - fp32 (95% CI) | gate |",
+             "| model | nodes kept float | acc@1 | acc@5 | top-1 agreement | acc@1 int8 - fp32 | (95% CI) | gate |",
              "|---|---:|---:|---:|---:|---:|---|---|",
              f"| fp32 | - | {ev['acc1']:.2f} | {ev['acc5']:.2f} | - | - | - | - |"]
-    for a in report.attempts:
-        lines.append(f"| int8 | {len(a.float_nodes)} | {a.acc1:.2f} | {a.acc5:.2f} | {a.agreement:.1f}% | {a.drop:+.2f} "
+    for a in report.attempts:  # one sign everywhere: int8 - fp32 (negative = int8 worse)
+        lines.append(f"| int8 | {len(a.float_nodes)} | {a.acc1:.2f} | {a.acc5:.2f} | {a.agreement:.1f}% | {-a.drop:+.2f} "
                      f"| [{a.ci95[0]:+.2f}, {a.ci95[1]:+.2f}] | {'pass' if a.passed else 'fail'} |")
+    if report.speed:
+        lines += ["", speed_verdict(report)]
     return "\n".join(lines)
+
+
+def speed_verdict(report: GateReport) -> str:
+    """One line: the INT8 model's speed against its fp32 model, and which one the export kept."""
+    sp = report.speed
+    head = (f"Speed on {sp['runtime']} (batch {sp['batch']}, {sp['runs']} interleaved rounds): fp32 "
+            f"{sp['fp32_ms']:.3f} ms, int8 {sp['int8_ms']:.3f} ms = {sp['speedup']:.2f}x")
+    if sp["speedup"] >= 1.0:
+        return head + " - faster, int8 kept"
+    if sp.get("kept") == "int8":
+        return head + " - slower, int8 written anyway (--int8-keep-slower)"
+    return head + " - slower, fp32 kept (no INT8 file written; --int8-keep-slower writes it)"

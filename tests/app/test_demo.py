@@ -40,7 +40,12 @@ def test_demo_quick_end_to_end(tmp_path):
         assert f"INT8 gate for `{Path(gate['fp32_model']).name}`: {'PASSED' if gate['passed'] else 'FAILED'}" in report
         assert gate["calibration"]["source"].startswith("cache ")
     assert all(f"{r['int8_speedup']:.2f}x" in report for r in bench["results"] if "int8_speedup" in r)
-    assert len(list((out_dir / "onnx").glob("*.student.int8.onnx"))) == len(list((out_dir / "onnx").glob("*.gate.json")))
+    gates = [json.loads(g.read_text()) for g in (out_dir / "onnx").glob("*.gate.json")]
+    kept = [g for g in gates if g["passed"] and g["speed"]["kept"] == "int8"]  # passed, and faster (else fp32 kept)
+    assert len(list((out_dir / "onnx").glob("*.student.int8.onnx"))) == len(kept)
+    for g in gates:
+        if g["passed"]:
+            assert ("faster, int8 kept" if g["speed"]["speedup"] >= 1 else "slower, fp32 kept") in report
 
     again = subprocess.run([sys.executable, "-m", "jedi_deploy.app.cli", "demo", "--quick", "--out", str(out_dir)],
                            cwd=CWD, capture_output=True, text=True, timeout=120)

@@ -101,7 +101,8 @@ def offset_case(tmp_path_factory):
 
 def test_gate_keeps_the_sensitive_node_in_float_and_passes(offset_case):
     path, calib, held = offset_case
-    report = quantize_student(path, calib, held, Int8Options(max_drop=10.0, float_budget=4, reduce_range=False))
+    report = quantize_student(path, calib, held, Int8Options(max_drop=10.0, float_budget=4, reduce_range=False,
+                                                             keep_slower=True))
     first, last = report.attempts[0], report.attempts[-1]
     assert not first.passed and first.drop > 30 and first.agreement < 70  # all-int8 breaks this model
     ranked = report.calibration["sensitive_nodes"]
@@ -173,7 +174,7 @@ def test_a_bundle_trained_from_python_records_its_cache(cached_bundle, cache_dir
 
 def test_cli_export_int8_writes_gated_students(cached_bundle, tmp_path):
     out = jedi("export", "--bundle", cached_bundle, "--out", tmp_path, "--student", "ucf-mini", "--no-experts",
-               "--int8", "--calib-videos", "8")
+               "--int8", "--calib-videos", "8", "--int8-keep-slower")
     assert out.returncode == 0, out.stderr
     fp32, q = tmp_path / "ucf-mini.student.onnx", tmp_path / "ucf-mini.student.int8.onnx"
     assert fp32.is_file() and q.is_file()
@@ -237,7 +238,7 @@ def test_calibration_ranges_cover_every_calibration_video(offset_case, tmp_path)
     fp32.write_bytes(path.read_bytes())
     model = OnnxModel(fp32)
     x = np.stack([model.prepare(v)["video"] for v in calib.paths])
-    quantize_student(fp32, calib, held, Int8Options(max_drop=100.0, float_budget=0))
+    quantize_student(fp32, calib, held, Int8Options(max_drop=100.0, float_budget=0, keep_slower=True))
     g = onnx.load(str(int8_path(fp32))).graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     producers = {o: n for n in g.node for o in n.output}
@@ -291,3 +292,29 @@ def test_sensitive_nodes_score_a_fused_relu_against_relu_of_its_input(tmp_path):
     ranked = refused.value.reports[0].calibration["sensitive_nodes"]
     relu_inputs = [r for r in ranked if "Relu" in r["tensor"]]
     assert relu_inputs and all(r["sqnr_db"] > 20 for r in ranked), ranked
+
+
+def test_the_gate_times_int8_against_fp32_and_keeps_fp32_when_int8_is_slower(offset_case, tmp_path):
+    """A passed INT8 model is timed against its fp32 model (ONNX Runtime CPU, interleaved rounds); when
+    it is slower, only the decision is written (fp32 kept), unless asked to keep it anyway. Both
+    branches are checked against the measured verdict (which one runs depends on this CPU)."""
+    from jedi_deploy.contracts.gate import format_gate
+
+    path, calib, held = offset_case
+    for keep in (False, True):
+        fp32 = tmp_path / str(keep) / path.name
+        fp32.parent.mkdir()
+        fp32.write_bytes(path.read_bytes())
+        report = quantize_student(fp32, calib, held, Int8Options(max_drop=100.0, float_budget=0, keep_slower=keep,
+                                                                 speed_runs=20))
+        sp = report.speed
+        assert sp["runtime"] == "ort-cpu" and sp["runs"] == 20 and sp["fp32_ms"] > 0 and sp["int8_ms"] > 0
+        assert sp["speedup"] == pytest.approx(sp["fp32_ms"] / sp["int8_ms"])
+        faster = sp["speedup"] >= 1.0
+        assert report.kept == ("int8" if faster or keep else "fp32")
+        assert int8_path(fp32).is_file() == (faster or keep)
+        saved = read_gate_report(gate_path(int8_path(fp32)))  # the decision is recorded either way
+        assert saved.speed == sp and saved.kept == report.kept
+        verdict = format_gate(saved)
+        assert ("faster, int8 kept" if faster else ("written anyway" if keep else "slower, fp32 kept")) in verdict
+        assert "acc@1 int8 - fp32" in verdict  # one sign for the change and its interval
