@@ -222,6 +222,12 @@ def _export_into(bundle, staging: Path, opts: ExportOptions, cfg, students, int8
                                             gate_path=gate_path(model)))
                 continue
             results.append(ExportResult("student-int8", name, model, gate=g, gate_path=gate_path(model)))
+    _deploy_targets(results, cfg, trt, triton)
+    return results, refused
+
+
+def _deploy_targets(results: list[ExportResult], cfg, trt, triton) -> None:
+    """TensorRT engines (checked against ONNX Runtime) and Triton model folders for written graphs."""
     for r in results:
         if r.kind == "student-int8-slower":
             continue
@@ -239,4 +245,55 @@ def _export_into(bundle, staging: Path, opts: ExportOptions, cfg, students, int8
             r.triton = list(write_model_repository(r.path, triton.repo, plan_path=r.plan,
                                                    max_batch_size=triton.max_batch_size, instances=triton.instances,
                                                    gpu=trt is not None, force=triton.force))
-    return results, refused
+
+
+def export_experts(paths: list[str | Path], out: str | Path, opts: ExportOptions = ExportOptions(), *,
+                   progress: bool = False) -> list[ExportResult]:
+    """``jedi export --expert EXPERT.safetensors --out DIR`` without a bundle: each imported (or
+    pretrained) expert as ``<name>.expert.onnx`` with its card and ``.validation.json``, through the
+    same export path, validation and all-or-nothing staging as a bundle's - so a checkpoint can be
+    served, benched and checked against its upstream before any training."""
+    from jedi_deploy.contracts.header import require_writable_dir
+    from jedi_deploy.models.registry import load_expert
+
+    from .fuse import ExpertGraph
+    from .students import export_model
+
+    needs_bundle = [flag for flag, given in (("--student", opts.students), ("--teacher", opts.teachers),
+                                             ("--int8", opts.int8 is not None), ("--no-experts", not opts.with_experts))
+                    if given]
+    if needs_bundle:
+        raise InputError(f"{', '.join(needs_bundle)} need --bundle (students, teachers and INT8 students come from a "
+                         "trained bundle); --expert PATH alone exports bare experts")
+    if not paths:
+        raise InputError("nothing to export: give --bundle (students) or --expert EXPERT.safetensors (a bare expert)")
+    for p in paths:
+        if not Path(p).is_file():
+            raise InputError(f"expert checkpoint not found: {p}")
+    if opts.trt is not None:
+        from .trt import require_tensorrt
+
+        require_tensorrt()
+    experts = [load_expert(p) for p in paths]
+    names = [e.name for e in experts]
+    if len(set(names)) != len(names):
+        raise InputError(f"two experts are named {sorted(n for n in names if names.count(n) > 1)[0]!r}; export them "
+                         "into separate folders")
+    out = require_writable_dir(out)
+    for n in names:
+        for name in (f"{n}.expert.onnx", f"{n}.expert.validation.json"):
+            if (out / name).exists() and not (out / name).is_file():
+                raise InputError(f"{out / name} is in the way: a folder where jedi export writes a file")
+    remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    try:
+        results = []
+        for e in experts:
+            graph = ExpertGraph(e.encoder, e.head).eval()
+            r = export_model(graph, graph, e, staging / f"{e.name}.expert.onnx", "expert", opts.cfg, opts.clip)
+            results.append(ExportResult("expert", e.name, Path(r["path"]), validation=r))
+        _deploy_targets(results, opts.cfg, opts.trt, opts.triton)
+        commit_staged(staging, out, results)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return results

@@ -324,11 +324,13 @@ def evaluate_cmd(bundle, cache_dir, split, as_json, device):
 
 
 @cli.command()
-@click.option("--bundle", type=EXISTING, required=True, help="jedi.safetensors from `jedi train`.")
+@click.option("--bundle", type=EXISTING, help="jedi.safetensors from `jedi train` (without it: --expert PATH).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the ONNX files.")
 @click.option("--student", "students", multiple=True, help="Export only this student (repeatable).")
-@click.option("--expert", "expert_paths", multiple=True, metavar="NAME=PATH",
-              help="Use this checkpoint for expert NAME instead of the path recorded in the bundle.")
+@click.option("--expert", "expert_paths", multiple=True, metavar="[NAME=]PATH",
+              help="With --bundle: NAME=PATH uses this checkpoint for expert NAME instead of the path recorded in "
+                   "the bundle. Without --bundle: PATH is an expert checkpoint (from `jedi import-expert` or "
+                   "`jedi pretrain`) exported alone as <name>.expert.onnx, validated, servable (repeatable).")
 @click.option("--no-experts", is_flag=True, help="Skip exporting the initial experts (the bench baseline).")
 @click.option("--teacher", "teachers", multiple=True, metavar="DATASET",
               help="Also export DATASET's teacher ensemble (all encoders + adjustments + that teacher).")
@@ -379,6 +381,10 @@ def export(bundle, out, **o):
     written: a failed check writes nothing and exits 1. Optionally INT8 students, TensorRT
     engines and a Triton model repository.
 
+    Without --bundle, `--expert EXPERT.safetensors` exports that expert alone (<name>.expert.onnx,
+    card and validation), so an imported checkpoint can be served, benched and checked against
+    its upstream before any training.
+
     With --int8, each student is quantized and evaluated against its fp32 model on labelled
     held-out videos (acc@1, acc@5, top-1 agreement, paired bootstrap 95% interval). If acc@1
     drops by more than --max-drop, the nodes reading the noisiest activations are kept in float
@@ -399,11 +405,18 @@ def export(bundle, out, **o):
                                    keep_slower=o["int8_keep_slower"]),
                        _optional_names(o["calib_lists"]), _optional_names(o["eval_lists"])) if o["int8"] else None
     opts = ExportOptions(
-        cfg, tuple(o["students"]), _pairs(o["expert_paths"], "--expert"), not o["no_experts"], tuple(o["teachers"]),
+        cfg, tuple(o["students"]), _pairs(o["expert_paths"], "--expert") if bundle else {}, not o["no_experts"],
+        tuple(o["teachers"]),
         o["clip"], TrtOptions(parse_profile(o["trt_batch"]), o["trt_timing_cache"]) if o["trt"] else None,
         TritonOptions(o["triton"], o["triton_max_batch"], o["triton_instances"], o["force"]) if o["triton"] else None,
         int8)
-    for result in export_all(bundle, out, opts, progress=_progress()):
+    if bundle is None:  # bare experts: --expert PATH
+        from jedi_deploy.export.pipeline import export_experts
+
+        results = export_experts(list(o["expert_paths"]), out, opts, progress=_progress())
+    else:
+        results = export_all(bundle, out, opts, progress=_progress())
+    for result in results:
         for line in result.lines():
             click.echo(line)
 
