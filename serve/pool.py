@@ -3,6 +3,7 @@ micro-batcher; their metadata for ``/v1/models``. Torch-free."""
 from __future__ import annotations
 
 from jedi_deploy.contracts.errors import InputError
+from jedi_deploy.media.resize import resize_kernel
 
 from .batcher import MicroBatcher
 from .config import ServeConfig
@@ -55,7 +56,8 @@ class ModelPool:
     def info(self, name: str) -> dict:
         m = self.models[name]
         inputs = [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype, "layout": i.layout, "expert": i.expert,
-                   "preprocess": i.preprocess.to_dict(), "views_in_graph": i.views} for i in m.card.inputs]
+                   "preprocess": i.preprocess.to_dict(), "resize_kernel": resize_kernel(i.preprocess),
+                   "views_in_graph": i.views} for i in m.card.inputs]
         return {"name": name, "kind": m.kind, "file": m.path.name, "dataset": m.card.dataset, "arch": m.card.arch,
                 "num_classes": len(m.categories), "categories": m.categories,
                 "preprocess": inputs[0]["preprocess"], "views_in_graph": inputs[0]["views_in_graph"],

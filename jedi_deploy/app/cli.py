@@ -77,6 +77,7 @@ def cli():
 @cli.command()
 def archs():
     """List the expert architectures in the registry."""
+    from jedi_deploy.media.resize import resize_kernel
     from jedi_deploy.models.archs import ARCHS
 
     for name, e in sorted(ARCHS.items()):
@@ -85,7 +86,8 @@ def archs():
         click.echo(f"{name:<12} {e.family:<17} {p.num_frames:>2} frames ({p.sampling}), crop {p.crop:<3}  "
                    f"reads: {formats:<22} {e.description}")
         for preset, spec in e.presets.items():
-            click.echo(f"{'':<14}--preset {preset}: {spec.upstream}" + (f" ({spec.note})" if spec.note else ""))
+            click.echo(f"{'':<14}--preset {preset}: {spec.upstream}; resize: {resize_kernel(spec.preprocess)} "
+                       f"({spec.deviations})")
 
 
 @cli.command()

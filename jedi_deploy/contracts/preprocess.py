@@ -38,6 +38,10 @@ RULES = ("mmaction2", "torchvision", "transformers")
 OUT_OF_BOUND = ("loop", "repeat_last")
 
 
+#: Pillow filters a transformers image processor may resize with (its ``resample``).
+RESAMPLE = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How a video becomes a model input, as the upstream that trained the model tests it.
@@ -60,8 +64,11 @@ class Preprocess:
         resamples as MMAction2 does with ``target_fps``. torchvision rules: the video is resampled
         to ``target_fps`` and the K clips of consecutive frames start at ``floor(linspace(0, L - 1,
         K))`` of the L possible starts (a video too short for one clip loops; torchvision drops it).
-    Frames are resized (``resize`` (H, W) when given, aspect not kept; else the short side to
-    ``short_side``, 0 = kept), then cut into ``crops`` views of ``crop`` x ``crop`` (1: centre;
+    Frames are resized from the full-resolution RGB frame with the upstream's own kernel
+    (:mod:`jedi_deploy.media.resize`: cv2 ``INTER_LINEAR`` for mmaction2, torch's bilinear
+    without antialiasing for torchvision, Pillow with ``resample`` for transformers) to
+    ``resize`` (H, W) when given, aspect not kept; else the short side to ``short_side``, 0 =
+    kept; then cut into ``crops`` views of ``crop`` x ``crop`` (1: centre;
     3: ``ThreeCrop``, which needs ``crop == short_side``; 10: ``TenCrop``, corners + centre, each
     followed by its horizontal flip), scaled to [0, 255] floats and normalised with ``mean``/``std``
     (RGB). A video gives ``views`` = clips x crops inputs ``[T, 3, crop, crop]``, combined by
@@ -85,6 +92,7 @@ class Preprocess:
     target_fps: float = 0.0
     twice_sample: bool = False
     out_of_bound: str = "loop"
+    resample: str = "bilinear"  # transformers rules: the processor's Pillow filter
 
     def __post_init__(self):
         if self.sampling not in SAMPLING_MODES:
@@ -101,6 +109,8 @@ class Preprocess:
             raise ConfigError(f"preprocess.layout must be one of {MODEL_LAYOUTS}, got {self.layout!r}")
         if self.rules not in RULES:
             raise ConfigError(f"preprocess.rules must be one of {RULES}, got {self.rules!r}")
+        if self.resample not in RESAMPLE:
+            raise ConfigError(f"preprocess.resample must be one of {RESAMPLE}, got {self.resample!r}")
         if self.out_of_bound not in OUT_OF_BOUND:
             raise ConfigError(f"preprocess.out_of_bound must be one of {OUT_OF_BOUND}, got {self.out_of_bound!r}")
         if len(self.resize) != 2 or min(self.resize) < 0 or (0 in self.resize and any(self.resize)):

@@ -22,9 +22,10 @@ from jedi_deploy.contracts.errors import BudgetError, ConfigError, VideoDecodeEr
 from jedi_deploy.contracts.preprocess import (
     Preprocess,
     clip_indices,
-    resize_shape,
     views_from_frames,
 )
+
+from .resize import resize_frame
 
 #: Decoded frames larger than this many pixels are refused unless the caller says otherwise
 #: (7680x4320, 8K UHD: a file may declare any size; the decoder's buffers grow with it).
@@ -69,21 +70,21 @@ def _open_checked(p: Path, shown: Path | None = None):
         raise VideoDecodeError(f"video is empty (0 bytes): {shown or p}")
 
 
-def _rgb(frame, spec: "Preprocess | None", reformatter, orient=None) -> np.ndarray:
-    """``uint8[H, W, 3]`` RGB of a decoded frame (FFmpeg swscale, bilinear), turned upright by
-    ``orient`` (:func:`orientation`) and resized as :func:`resize_shape` says for ``spec`` (None:
-    kept). One ``reformatter`` per video keeps swscale's context across frames
+def _full_rgb(frame, reformatter, orient=None) -> np.ndarray:
+    """``uint8[H, W, 3]`` RGB of a decoded frame at full resolution (FFmpeg's converter, as PyAV's
+    and decord's ``to_rgb`` give the upstreams their frames), turned upright by ``orient``
+    (:func:`orientation`). One ``reformatter`` per video keeps swscale's context across frames
     (``frame.to_ndarray(format=...)`` builds a new one per frame: much slower on small videos, same
     pixels; see benchmarks/RESULTS.md)."""
-    w, h = frame.width, frame.height
-    turned = bool(orient) and orient[0] == 0  # a quarter turn: the upright frame is h wide, w high
-    uh, uw = (w, h) if turned else (h, w)
-    th, tw = resize_shape(uh, uw, spec) if spec is not None else (uh, uw)
-    size = {}
-    if (th, tw) != (uh, uw):
-        size = {"width": th, "height": tw} if turned else {"width": tw, "height": th}
-    img = reformatter.reformat(frame, format="rgb24", **size).to_ndarray()
+    img = reformatter.reformat(frame, format="rgb24").to_ndarray()
     return upright(img, orient) if orient else img
+
+
+def _rgbs(frame, specs, reformatter, orient=None) -> list[np.ndarray]:
+    """The frame for each of ``specs``: converted once at full resolution, then resized by each spec's
+    upstream kernel (:func:`jedi_deploy.media.resize.resize_frame`; None: kept)."""
+    full = _full_rgb(frame, reformatter, orient)
+    return [resize_frame(full, s) for s in specs]
 
 
 def orientation(frame, stream=None) -> tuple[int, int, int, int] | None:
@@ -340,7 +341,8 @@ class _Keeper:
     def __call__(self, index: int, frame) -> dict:
         if self.first:
             self.orient, self.first = orientation(frame, self.stream), False
-        return {k: _rgb(frame, self.specs[k], self.reformatter, self.orient) for k in self.users[index]}
+        users = self.users[index]
+        return dict(zip(users, _rgbs(frame, [self.specs[k] for k in users], self.reformatter, self.orient)))
 
     def clips(self, kept: dict) -> list[np.ndarray]:
         return [np.stack([np.stack([kept[i][k] for i in row]) for row in ix.tolist()])
@@ -585,7 +587,7 @@ class FrameStream:
                     raise _CorruptFrame(f"frame {index} is flagged corrupt by the decoder")
                 self.frames += 1
                 if wanted is None or wanted(index):
-                    yield index, t - t0, [_rgb(frame, s, reformatter, orient) for s in self.specs]
+                    yield index, t - t0, _rgbs(frame, self.specs, reformatter, orient)
         except BudgetError:
             raise
         except _Stopped as e:

@@ -26,6 +26,15 @@ class Preset:
     upstream: str
     note: str = ""
 
+    @property
+    def deviations(self) -> str:
+        """Every documented way our views differ from the upstream's: the preset's own note, and the
+        one that holds for all - frames are turned upright by the file's rotation metadata, where
+        MMAction2's PyAV/Decord decoding (and torchvision's) leaves tagged phone video sideways."""
+        upright = ("frames are turned upright by the file's rotation metadata (the upstream decoders leave "
+                   "tagged phone video sideways)")
+        return "; ".join(filter(None, [self.note, upright]))
+
 
 @dataclass(frozen=True)
 class ArchEntry:

@@ -142,8 +142,8 @@ def _size(value, where: str, field: str) -> tuple[int, int] | int:
 
 
 def preprocess_fields(processor: dict, where: str) -> dict:
-    """The :class:`Preprocess` fields a processor config fixes: resize, crop, mean/std in [0, 255]
-    units (``((x * rescale + offset) - mean) / std`` folded into ``(x - mean') / std'``), and the
+    """The :class:`Preprocess` fields a processor config fixes: resize (and its Pillow ``resample``), crop,
+    mean/std in [0, 255] units (``((x * rescale + offset) - mean) / std`` folded into ``(x - mean') / std'``), and the
     frame count / interval when it says."""
     p = processor
     out: dict = {"rules": "transformers"}
@@ -169,6 +169,12 @@ def preprocess_fields(processor: dict, where: str) -> dict:
     std = (std,) * 3 if isinstance(std, (int, float)) else std
     out["mean"] = tuple((float(m) - offset) / scale for m in mean)
     out["std"] = tuple(float(s) / scale for s in std)
+    if p.get("resample") is not None:  # the processor's Pillow filter (transformers' PILImageResampling code)
+        names = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+        code = p["resample"]
+        if code not in names and str(code).lower() not in names.values():
+            raise ConfigError(f"{where}: resample {code!r} is not a Pillow filter (0-5)")
+        out["resample"] = names.get(code, str(code).lower())
     if p.get("num_frames"):
         out["num_frames"] = int(p["num_frames"])
     rate = p.get("frame_sample_rate") or p.get("sampling_rate")
