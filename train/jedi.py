@@ -56,6 +56,31 @@ class TrainResult:
     best_epoch: int | None = None
     best_score: float | None = None
     data: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. a validation split the experts have seen
+
+
+#: An initial expert scoring at least this acc@1 (%) on its validation split has most likely been
+#: trained on those videos: validation then measures memory, not generalisation.
+SEEN_VALIDATION_ACC1 = 99.0
+
+
+def seen_validation(data, cache) -> tuple[dict[str, float], list[str]]:
+    """Each initial expert's acc@1 on its dataset's validation split (its own cached head on its
+    embeddings), and a warning for each at or above :data:`SEEN_VALIDATION_ACC1`."""
+    accs, warnings = {}, []
+    for j, (e, d) in enumerate(zip(data.experts, data.datasets)):
+        v = data.val.get(d)
+        if v is None or not len(v.labels):
+            continue
+        head = cache.heads[e.name]
+        logits = v.embs[j].float() @ head["weight"].T + head["bias"]
+        accs[d] = round(float(100 * (logits.argmax(1) == v.labels).float().mean()), 2)
+        if accs[d] >= SEEN_VALIDATION_ACC1:
+            warnings.append(f"dataset {d!r}: the initial expert {e.name!r} already scores {accs[d]:.1f}% acc@1 on the "
+                            f"{len(v.labels)} validation videos, so they were most likely in its own training data; "
+                            "validation cannot tell epochs apart (pretrain with --holdout, or give the dataset a "
+                            "val.txt the expert never saw)")
+    return accs, warnings
 
 
 def build_model(data: TrainData, cache: Cache, cfg: JEDIConfig) -> JEDIModel:
@@ -248,6 +273,8 @@ class RunFolder:
         bundle = self.out / BUNDLE_NAME
         final = result.history[-1]["eval"]
         info = {"final_eval": final, "best_epoch": result.best_epoch, "data": result.data, **(extra or {})}
+        if result.warnings:
+            info["warnings"] = result.warnings
         save_bundle(result.model, bundle, experts=result.experts, datasets=result.datasets, config=result.config,
                     cache=self.cache or "", extra=info)
         best = self.work / BEST_NAME
@@ -313,6 +340,7 @@ def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True, run_dir:
     weights = distillation_weights(data.sizes, cfg).to(dev)
     rng = Rng(cfg.seed, dev)
     val_sets, test_sets = data.val, eval_sets(cache, data, cfg.eval_split)
+    expert_val_acc1, warnings = seen_validation(data, cache)  # in the log, the result, the bundle and the CLI
     start, best, best_epoch, history = folder.start(model, optimizer, cfg, data.experts, rng, resume)
 
     def record_eval(rec: dict) -> None:
@@ -327,7 +355,9 @@ def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True, run_dir:
 
     try:
         if not history:
-            rec = {"epoch": 0, "loss": None}
+            rec = {"epoch": 0, "loss": None, "expert_val_acc1": expert_val_acc1}
+            if warnings:
+                rec["warnings"] = warnings
             record_eval(rec)
             history.append(rec)
             folder.log(rec)
@@ -350,7 +380,7 @@ def train_jedi(cache: Cache, cfg: JEDIConfig, *, progress: bool = True, run_dir:
     finally:
         folder.close()
     model.eval().cpu()
-    return TrainResult(model, history, data.experts, data.datasets, cfg, best_epoch, best, data.summary())
+    return TrainResult(model, history, data.experts, data.datasets, cfg, best_epoch, best, data.summary(), warnings)
 
 
 def train_to_dir(cache: Cache, out_dir: str | Path, cfg: JEDIConfig, *, force: bool = False,
@@ -371,7 +401,7 @@ def train_to_dir(cache: Cache, out_dir: str | Path, cfg: JEDIConfig, *, force: b
                                             "validation_run": {"best_epoch": result.best_epoch,
                                                                "best_score": result.best_score}}}
         result = TrainResult(refitted.model, result.history, result.experts, result.datasets, cfg,
-                             result.best_epoch, result.best_score, refitted.data)
+                             result.best_epoch, result.best_score, refitted.data, result.warnings)
     return result, folder.finalise(result, extra)
 
 

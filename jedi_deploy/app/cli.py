@@ -256,6 +256,8 @@ def train(cache_dir, out, resume, force, device, config_file, sets, **flags):
 
     result, bundle = train_to_dir(load_cache(cache_dir), out, cfg, force=force, resume=resume,
                                   progress=_progress(), device=device)
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
     click.echo(f"wrote {bundle}" + (f" (best validation epoch {result.best_epoch}: {out / 'best.safetensors'})"
                                     if result.best_epoch is not None else ""))
     for d, r in result.history[-1]["eval"].items():

@@ -83,6 +83,8 @@ def write_report(path: str | Path, *, command: str, machine: dict, timings: dict
         "## Accuracy (test split; the paper's Table 2 layout)", "",
         table_md, "",
         *verdicts(table, history), "",
+        *[f"**Warning:** {w}" for w in (history[0].get("warnings", []) if history else [])],
+        *([""] if history and history[0].get("warnings") else []),
         f"![Student and teacher test acc@1 per epoch vs the initial expert]({plot_name})", "",
         "## Export parity (ONNX Runtime CPU vs PyTorch)", "",
         "| Model | Kind | max abs diff | top-1 agreement | inputs | passed |",

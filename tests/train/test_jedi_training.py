@@ -222,3 +222,30 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(cache, tmp_path)
         assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(InputError, match="nothing to resume"):
         train_to_dir(cache, tmp_path / "never", cfg, resume=True, progress=False)
+
+
+def test_a_validation_split_the_experts_have_seen_is_warned_about(cache, tmp_path, monkeypatch):
+    """The initial experts' acc@1 on the validation split (their own heads on their cached embeddings)
+    is in the first log record; at or above SEEN_VALIDATION_ACC1 a warning names the dataset in the
+    log, the result and the bundle. Checked both ways against an independent computation."""
+    from jedi_deploy.contracts.bundle import read_bundle_header
+    from jedi_deploy.train import jedi as jedi_mod
+    from jedi_deploy.train.data import build_train_data
+
+    cfg = JEDIConfig(epochs=1, burn_in=1, **FAST)
+    data = build_train_data(cache, cfg)
+    want = {}
+    for j, (e, d) in enumerate(zip(data.experts, data.datasets)):
+        v, head = data.val[d], cache.heads[e.name]
+        want[d] = round(float(100 * ((v.embs[j] @ head["weight"].T + head["bias"]).argmax(1) == v.labels).float().mean()), 2)
+    for threshold in (101.0, min(want.values())):  # never seen / the constructed case: at the lowest expert's score
+        monkeypatch.setattr(jedi_mod, "SEEN_VALIDATION_ACC1", threshold)
+        out = tmp_path / f"t{threshold}"
+        result, bundle = train_to_dir(cache, out, cfg, progress=False)
+        first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        assert first["expert_val_acc1"] == want
+        flagged = sorted(d for d, a in want.items() if a >= threshold)
+        assert sorted(w.split("'")[1] for w in result.warnings) == flagged
+        assert first.get("warnings", []) == result.warnings
+        assert read_bundle_header(bundle).extra.get("warnings", []) == result.warnings
+        assert all("validation" in w and "--holdout" in w for w in result.warnings)
