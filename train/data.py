@@ -162,13 +162,30 @@ def labeled_subset(labels: torch.Tensor, fraction: float, rng: np.random.Generat
     return torch.from_numpy(out)
 
 
+def holdout_rows(split, expert: ExpertCard, dataset: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows) of a cached split whose expert was pretrained with a holdout:
+    the rows of the videos it never saw validate, the rest train."""
+    if not split.samples:
+        raise CacheMismatchError(f"dataset {dataset!r} split {name!r}: the cache does not name its videos, so expert "
+                                 f"{expert.name!r}'s held-out videos cannot be found; cache it again")
+    held = set(expert.holdout)
+    va = np.asarray([i for i, p in enumerate(split.samples) if p in held], dtype=np.int64)
+    if len(va) != len(held):
+        raise CacheMismatchError(f"dataset {dataset!r} split {name!r} holds {len(va)} of the {len(held)} videos expert "
+                                 f"{expert.name!r} was pretrained without (its card's holdout); cache the same list")
+    return np.setdiff1d(np.arange(len(split.labels)), va), va
+
+
 def build_train_data(cache: Cache, cfg: JEDIConfig) -> TrainData:
     experts, datasets, pools = check_cache(cache, cfg)
     names = [e.name for e in experts]
     parts, index, labels, sizes, val = [], [], [], [], {}
     for j, d in enumerate(datasets):
         s = cache.split(d, cfg.train_split)
-        tr, va = validation_split(s.labels, cfg.val_fraction, _rng(cfg.seed, j, 1))
+        if experts[j].holdout and cfg.val_fraction > 0:  # the videos the expert never saw are the validation
+            tr, va = holdout_rows(s, experts[j], d, cfg.train_split)
+        else:
+            tr, va = validation_split(s.labels, cfg.val_fraction, _rng(cfg.seed, j, 1))
         tr_t, va_t = torch.from_numpy(tr), torch.from_numpy(va)
         if len(tr) == 0:
             raise InputError(f"dataset {d!r} split {cfg.train_split!r} has no training samples left "

@@ -109,8 +109,12 @@ def synth(out, seed, quick):
 @click.option("--epochs", default=30, show_default=True, help="Training epochs of the expert.")
 @click.option("--lr", default=3e-3, show_default=True, help="Learning rate (AdamW).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the initialisation and the shuffling.")
+@click.option("--holdout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Hold this share of every class of the training list out of pretraining (listed in "
+                   "<out stem>.holdout.txt and the checkpoint): `jedi train` then validates on these videos, which "
+                   "the expert never saw, instead of on videos it has memorised.")
 @device_option
-def pretrain(dataset, arch, out, epochs, lr, seed, device):
+def pretrain(dataset, arch, out, epochs, lr, seed, holdout, device):
     """Train an initial expert on DATASET's training split (a folder with classes.txt)."""
     from jedi_deploy.media.datasets import load_dataset
     from jedi_deploy.models.archs import get_arch
@@ -118,8 +122,8 @@ def pretrain(dataset, arch, out, epochs, lr, seed, device):
 
     get_arch(arch)
     path = pretrain_expert(load_dataset(dataset), arch, out, epochs=epochs, lr=lr, seed=seed, progress=_progress(),
-                           device=device)
-    click.echo(f"wrote {path}")
+                           device=device, holdout=holdout)
+    click.echo(f"wrote {path}" + (f" (held out: {path.with_suffix('.holdout.txt')})" if holdout else ""))
 
 
 @cli.command()

@@ -44,6 +44,10 @@ RUN_LAYOUT = {
 }
 
 
+
+#: Share of every training list the demo's experts never see: JEDI's validation videos.
+HOLDOUT = 0.15
+
 def _clear_previous_run(out: Path) -> None:
     """Remove the demo's own outputs (the RUN_LAYOUT entries) and nothing else."""
     import shutil
@@ -106,8 +110,10 @@ def run_demo(out: str | Path, settings: DemoSettings, *, force: bool = False, pr
     ckpts = []
     by_name = {d.name: d for d in datasets}
     for spec in specs:
+        # 15% of every training list held out of pretraining: JEDI validates on videos the experts never saw
         ckpts.append(pretrain_expert(by_name[spec.name], spec.arch, out / "experts" / f"{spec.name}.safetensors",
-                                     epochs=settings.pretrain_epochs, seed=settings.seed, progress=progress))
+                                     epochs=settings.pretrain_epochs, seed=settings.seed, progress=progress,
+                                     holdout=HOLDOUT))
     timings["pretrain experts"] = time.perf_counter() - t
 
     t = stage(3, "caching frozen-encoder embeddings")

@@ -28,6 +28,9 @@ class ExpertCard:
     arch_kwargs: dict = field(default_factory=dict)
     checkpoint: str | None = None  # where the checkpoint was when this card was made
     sha256: str | None = None  # of the checkpoint file
+    # videos of its training list it never saw (``jedi pretrain --holdout``), relative to the dataset
+    # folder as cache shards name them: jedi train validates on exactly these
+    holdout: tuple[str, ...] = ()
 
     def identity(self) -> dict:
         """What must match for two caches (or a cache, a bundle and a checkpoint) to have the same
@@ -38,7 +41,7 @@ class ExpertCard:
         return {"name": self.name, "arch": self.arch, "arch_kwargs": dict(self.arch_kwargs), "dataset": self.dataset,
                 "categories": list(self.categories), "preprocess": self.preprocess.to_dict(),
                 "embed_dim": self.embed_dim, "num_classes": self.num_classes, "checkpoint": self.checkpoint,
-                "sha256": self.sha256}
+                "sha256": self.sha256, **({"holdout": list(self.holdout)} if self.holdout else {})}
 
     @classmethod
     def from_dict(cls, d, source: str, what: str = "expert") -> "ExpertCard":
@@ -55,7 +58,7 @@ class ExpertCard:
                        categories=tuple(str(c) for c in d["categories"]), preprocess=Preprocess.from_dict(d["preprocess"]),
                        embed_dim=int(d["embed_dim"]), num_classes=int(d["num_classes"]),
                        arch_kwargs=dict(d.get("arch_kwargs") or {}), checkpoint=d.get("checkpoint"),
-                       sha256=d.get("sha256"))
+                       sha256=d.get("sha256"), holdout=tuple(str(x) for x in d.get("holdout") or ()))
         except (ConfigError, TypeError, ValueError) as e:
             raise CheckpointError(f"{label}: malformed card ({e})") from None
 

@@ -54,6 +54,7 @@ class Expert:
     model: ExpertModel
     path: Path | None = None
     sha256: str | None = None
+    holdout: tuple[str, ...] = ()  # training videos it never saw (ExpertCard.holdout)
 
     @property
     def encoder(self) -> nn.Module:
@@ -77,17 +78,18 @@ class Expert:
         return ExpertCard(name=self.name, arch=self.arch, dataset=self.dataset, categories=tuple(self.categories),
                           preprocess=self.preprocess, embed_dim=self.embed_dim, num_classes=self.num_classes,
                           arch_kwargs=dict(self.arch_kwargs), checkpoint=str(self.path) if self.path else None,
-                          sha256=self.sha256)
+                          sha256=self.sha256, holdout=tuple(self.holdout))
 
 
 def save_expert(model: ExpertModel, path: str | Path, *, name: str, arch: str, arch_kwargs: dict,
-                dataset: str, categories, preprocess: Preprocess, extra: dict | None = None) -> Path:
+                dataset: str, categories, preprocess: Preprocess, extra: dict | None = None,
+                holdout: tuple[str, ...] = ()) -> Path:
     from safetensors.torch import save_file
 
     if len(categories) != model.head.out_features:
         raise ConfigError(f"{len(categories)} categories for a head of {model.head.out_features} classes")
     card = ExpertCard(name, arch, dataset, tuple(categories), preprocess, model.head.in_features,
-                      model.head.out_features, dict(arch_kwargs))
+                      model.head.out_features, dict(arch_kwargs), holdout=tuple(holdout))
     # the card, less what a file cannot say of itself (where it is, its own hash)
     meta = {"kind": "expert", **{k: v for k, v in card.to_dict().items() if k not in ("checkpoint", "sha256")},
             **(extra or {})}
@@ -116,4 +118,4 @@ def load_expert(path: str | Path, expected_sha256: str | None = None) -> Expert:
     load_state_strict(model, load_file(str(path)), str(path))
     model.eval().requires_grad_(False)
     return Expert(card.name, card.arch, dict(card.arch_kwargs), card.dataset, card.categories, card.preprocess,
-                  model, path.resolve(), digest)
+                  model, path.resolve(), digest, card.holdout)
