@@ -8,7 +8,7 @@ row gather, never a per-sample DataLoader.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ class TrainData:
     labels: torch.Tensor  # [N] int64, -1 = unlabeled
     sizes: list[int]  # |D_j|: training samples of dataset j (labeled + unlabeled)
     val: dict[str, EvalSet]  # dataset -> held-out validation samples (may be empty)
+    val_source: dict[str, str] = field(default_factory=dict)  # dataset -> where its validation videos come from
 
     @property
     def names(self) -> list[str]:
@@ -53,7 +54,8 @@ class TrainData:
         for j, d in enumerate(self.datasets):
             m = self.dataset == j
             out[d] = {"train": int(m.sum()), "labeled": int((m & (self.labels >= 0)).sum()),
-                      "val": len(self.val[d].labels) if d in self.val else 0}
+                      "val": len(self.val[d].labels) if d in self.val else 0,
+                      "val_source": self.val_source.get(d, "none")}
         for p in self.pools:
             out[p] = {"pool": int((self.dataset == len(self.datasets)).sum())}
         return out
@@ -162,6 +164,11 @@ def labeled_subset(labels: torch.Tensor, fraction: float, rng: np.random.Generat
     return torch.from_numpy(out)
 
 
+#: A dataset's own validation list (``val.txt`` / ``val.csv``, cached as the split ``val``): validation
+#: when the experts were not pretrained with a holdout.
+VAL_SPLIT = "val"
+
+
 def holdout_rows(split, expert: ExpertCard, dataset: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, validation rows) of a cached split whose expert was pretrained with a holdout:
     the rows of the videos it never saw validate, the rest train."""
@@ -179,18 +186,28 @@ def holdout_rows(split, expert: ExpertCard, dataset: str, name: str) -> tuple[np
 def build_train_data(cache: Cache, cfg: JEDIConfig) -> TrainData:
     experts, datasets, pools = check_cache(cache, cfg)
     names = [e.name for e in experts]
-    parts, index, labels, sizes, val = [], [], [], [], {}
+    parts, index, labels, sizes, val, sources = [], [], [], [], {}, {}
     for j, d in enumerate(datasets):
         s = cache.split(d, cfg.train_split)
+        shipped = cfg.val_fraction > 0 and VAL_SPLIT in cache.splits.get(d, {}) and cfg.train_split != VAL_SPLIT
         if experts[j].holdout and cfg.val_fraction > 0:  # the videos the expert never saw are the validation
             tr, va = holdout_rows(s, experts[j], d, cfg.train_split)
+            sources[d] = f"the {len(va)} videos expert {experts[j].name!r} was pretrained without (--holdout)"
+        elif shipped:  # the dataset's own validation list: train on the whole training split
+            tr, va = np.arange(len(s.labels)), np.zeros(0, dtype=np.int64)
+            sources[d] = f"the dataset's {VAL_SPLIT}.txt"
         else:
             tr, va = validation_split(s.labels, cfg.val_fraction, _rng(cfg.seed, j, 1))
+            sources[d] = f"{cfg.val_fraction:g} of the {cfg.train_split!r} split (seeded)" if len(va) else "none"
         tr_t, va_t = torch.from_numpy(tr), torch.from_numpy(va)
         if len(tr) == 0:
             raise InputError(f"dataset {d!r} split {cfg.train_split!r} has no training samples left "
                              f"after the validation split (val_fraction={cfg.val_fraction})")
-        val[d] = EvalSet([s.emb[n].index_select(0, va_t) for n in names], s.labels.index_select(0, va_t))
+        if shipped and not experts[j].holdout:
+            v = cache.split(d, VAL_SPLIT)
+            val[d] = EvalSet([v.emb[n] for n in names], v.labels)
+        else:
+            val[d] = EvalSet([s.emb[n].index_select(0, va_t) for n in names], s.labels.index_select(0, va_t))
         y = labeled_subset(s.labels.index_select(0, tr_t), cfg.label_fraction, _rng(cfg.seed, j, 2))
         parts.append([s.emb[n].index_select(0, tr_t) for n in names])
         index.append(torch.full((len(tr),), j, dtype=torch.long))
@@ -202,4 +219,4 @@ def build_train_data(cache: Cache, cfg: JEDIConfig) -> TrainData:
         index.append(torch.full((len(s),), len(datasets), dtype=torch.long))
         labels.append(torch.full((len(s),), -1, dtype=torch.long))
     embs = [torch.cat([p[k] for p in parts]).contiguous() for k in range(len(names))]
-    return TrainData(experts, datasets, pools, embs, torch.cat(index), torch.cat(labels), sizes, val)
+    return TrainData(experts, datasets, pools, embs, torch.cat(index), torch.cat(labels), sizes, val, sources)

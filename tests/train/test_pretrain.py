@@ -60,3 +60,30 @@ def test_a_holdout_is_never_seen_by_the_expert_and_is_what_jedi_validates_on(dat
     build_cache([expert], [load_dataset(other)], tmp_path / "cache2", splits=("train", "test"), progress=False)
     with pytest.raises(CacheMismatchError, match="pretrained without"):
         build_train_data(load_cache(tmp_path / "cache2"), JEDIConfig(epochs=1))
+
+
+def test_a_datasets_own_val_list_is_its_validation(datasets, expert_paths, tmp_path):
+    """A dataset that ships val.txt is validated on it (cached as the split "val"), and its whole
+    training split trains; without it, the seeded share of the training split validates."""
+    import shutil
+
+    from jedi_deploy.contracts.config import JEDIConfig
+    from jedi_deploy.media.datasets import load_dataset
+    from jedi_deploy.models.registry import load_expert
+    from jedi_deploy.train.cache import build_cache
+    from jedi_deploy.train.cached import load_cache
+    from jedi_deploy.train.data import build_train_data
+
+    d = datasets[0]
+    root = tmp_path / "data" / d.root.name
+    shutil.copytree(d.root, root)
+    (root / "val.txt").write_text((root / "test.txt").read_text())  # a validation list of its own
+    expert = load_expert(next(p for p in expert_paths if p.stem == d.name))
+    build_cache([expert], [load_dataset(root)], tmp_path / "cache", progress=False)
+    cache = load_cache(tmp_path / "cache")
+    data = build_train_data(cache, JEDIConfig(epochs=1))
+    assert data.val[d.name].labels.tolist() == cache.split(d.name, "val").labels.tolist()
+    assert data.summary()[d.name]["train"] == len(cache.split(d.name, "train").labels)
+    assert data.summary()[d.name]["val_source"] == "the dataset's val.txt"
+    plain = build_train_data(cache, JEDIConfig(epochs=1, val_fraction=0.0))  # no validation asked: none
+    assert len(plain.val[d.name].labels) == 0
