@@ -15,9 +15,12 @@ up to ``float_budget`` of them - each candidate re-quantized from the same cache
 ranges and re-evaluated. If none passes, nothing is written and
 :class:`~jedi_deploy.contracts.errors.QuantizationGateError` carries the table.
 
-Written on success: ``<name>.student.int8.onnx`` (card: precision ``int8``, the calibration
-facts under ``extra["quantization"]``) and its report ``<name>.student.int8.gate.json``
-(:mod:`jedi_deploy.contracts.gate`). The fp32 file is never touched.
+A passed model is then timed against its fp32 model (:func:`time_int8`, ONNX Runtime's CPU
+provider): when it is slower, fp32 is kept and only the report records the decision
+(``keep_slower`` writes it anyway). Written on success: ``<name>.student.int8.onnx`` (card:
+precision ``int8``, the calibration facts under ``extra["quantization"]``) and its report
+``<name>.student.int8.gate.json`` (:mod:`jedi_deploy.contracts.gate`). The fp32 file is never
+touched.
 
 One module because calibration, the gate and the sensitive-node search are one loop over the same
 decoded videos and calibration ranges.

@@ -15,8 +15,13 @@ most ``max_delay_ms`` after the first for more to arrive (``max_batch_size`` 1 =
 batching). Every failure is a JSON ``{"error": {"code", "type", "message"}}`` (``{"error":
 "message"}`` under ``/v2``) with a 4xx/5xx status, and the service keeps serving. Every unit of work
 a client can create has a budget (:class:`ServeConfig`; docs/ARCHITECTURE.md "Budgets and
-guarantees"). On SIGINT/SIGTERM it stops accepting connections, cancels jobs and windowed requests,
-waits at most ``--shutdown-grace-s`` for the rest, removes spooled uploads and exits.
+guarantees"). On SIGINT/SIGTERM it stops accepting connections, cancels jobs at once, gives the
+requests in flight at most ``--shutdown-grace-s``, removes spooled uploads and exits.
+
+One module: the :class:`Service` (what each endpoint does with the pools, the spool and the job
+store), the app's routes and error handlers, and the process lifecycle (bind, serve, stop within
+the grace) share one shutdown story, read together; the HTTP edge (:mod:`.guard`), uploads, jobs,
+windows and the v2 protocol live in modules of their own.
 """
 import asyncio
 import os
