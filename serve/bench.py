@@ -44,7 +44,7 @@ from jedi_deploy.contracts.gate import (
 from jedi_deploy.contracts.model_card import read_card
 from jedi_deploy.runners.base import Runtime
 from jedi_deploy.runners.onnxruntime import PROVIDER_ALIASES, SESSION_CONFIG, OrtRunner
-from jedi_deploy.runners.timing import first_rows, round_order, stats, time_block  # noqa: F401 - re-exported
+from jedi_deploy.runners.timing import cpu_name, first_rows, round_order, stats, time_block  # noqa: F401 - re-exported
 
 from .runtime import OnnxModel
 
@@ -294,7 +294,7 @@ def speedups(results: list[dict]) -> list[dict]:
 
 
 def machine_info(runtimes: list[Runtime]) -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    return {"platform": platform.platform(), "processor": cpu_name(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)"),

@@ -3,8 +3,10 @@ and a model's position in a round hit every model alike. Used by ``jedi bench``,
 speed verdict and the benchmarks. Torch-free."""
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -48,3 +50,14 @@ def time_block(calls: dict[str, Callable[[], object]], *, warmup: int, runs: int
             calls[key]()
             times[key].append(time.perf_counter() - t0)
     return times
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; else what ``platform`` knows): figures name it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -52,18 +52,24 @@ def test_centered_sqnr_sees_an_erased_variation_behind_an_offset():
 
 # --- a constructed model whose int8 failure has one cause ------------------------------------
 
+def toy_layers(module: torch.nn.Module, classes: int) -> None:
+    """Two small 3D convolutions and a classifier, seeded weights: the toy graphs below."""
+    g = torch.Generator().manual_seed(0)
+    module.c1, module.c2 = torch.nn.Conv3d(3, 8, 3, padding=1), torch.nn.Conv3d(8, 8, 3)
+    module.fc = torch.nn.Linear(8, classes)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
 class Offset(torch.nn.Module):
     """``c1`` adds 1000 to every activation and ``c2`` removes it again: int8 must span [0, ~1000]
     at c2's input (zero must be representable), erasing the variations that carry the class."""
 
     def __init__(self, classes=4):
         super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.c1, self.c2 = torch.nn.Conv3d(3, 8, 3, padding=1), torch.nn.Conv3d(8, 8, 3)
-        self.fc = torch.nn.Linear(8, classes)
+        toy_layers(self, classes)
         with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
             self.c1.bias += 1000.0
             self.c2.bias -= 1000.0 * self.c2.weight.sum(dim=(1, 2, 3, 4))
 
@@ -101,14 +107,14 @@ def offset_case(tmp_path_factory):
 
 def test_gate_keeps_the_sensitive_node_in_float_and_passes(offset_case):
     path, calib, held = offset_case
-    report = quantize_student(path, calib, held, Int8Options(max_drop=10.0, float_budget=4, reduce_range=False,
+    report = quantize_student(path, calib, held, Int8Options(max_drop=15.0, float_budget=4, reduce_range=False,
                                                              keep_slower=True))
     first, last = report.attempts[0], report.attempts[-1]
     assert not first.passed and first.drop > 30 and first.agreement < 70  # all-int8 breaks this model
     ranked = report.calibration["sensitive_nodes"]
     assert ranked[0]["node"] == "/c2/Conv" and ranked[0]["tensor"] == "/c1/Conv_output_0"
     assert report.attempts[1].float_nodes == ["/c2/Conv"] and report.attempts[1].agreement > first.agreement + 40
-    assert report.passed and last is report.attempts[1] and last.drop <= 10.0
+    assert report.passed and last is report.attempts[1] and last.drop <= 15.0
     out = int8_path(path)
     card = read_card(out)
     assert card.precision == "int8"
@@ -255,12 +261,7 @@ class ReluNet(torch.nn.Module):
 
     def __init__(self, classes=4):
         super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.c1, self.c2 = torch.nn.Conv3d(3, 8, 3, padding=1), torch.nn.Conv3d(8, 8, 3)
-        self.fc = torch.nn.Linear(8, classes)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        toy_layers(self, classes)
 
     def forward(self, x):  # [B, T, C, H, W]
         return self.fc(torch.relu(self.c2(torch.relu(self.c1(x.transpose(1, 2))))).mean(dim=(2, 3, 4)))
