@@ -83,7 +83,7 @@ def test_refit_trains_on_the_whole_training_set_for_the_picked_epoch_count(cache
     assert h.extra["refit"]["epochs"] == max(1, picked if picked is not None else cfg.epochs)
     summary = h.extra["data"]
     assert all(v.get("val", 0) == 0 for v in summary.values() if "train" in v)  # no held-out samples
-    plain = JEDIConfig(epochs=4, burn_in=1, lr=1e-3, batch_size=32, hidden=16)
+    plain = JEDIConfig(epochs=4, burn_in=1, lr=1e-3, batch_size=32, hidden=16, refit=False)
     _, b2 = train_to_dir(cache, tmp_path / "plain", plain, progress=False)
     assert all(v["val"] > 0 for v in read_bundle_header(b2).extra["data"].values() if "train" in v)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["refit"] is True
