@@ -6,7 +6,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from jedi_deploy.contracts.errors import InputError
@@ -56,29 +55,30 @@ np.testing.assert_allclose(ov.video_probs({str(test_video)!r}), ort.video_probs(
 def test_openvino_precision_is_pinned_asked_for_by_name_and_reported(onnx_dir, test_video):
     """fp32 graphs run in f32 on OpenVINO (its CPU default is bf16 where the CPU has it); bf16 only
     as `openvino-bf16`, never picked by `auto`; every place that names the runtime says the precision
-    the compiled model computes in."""
-    import openvino as ov
+    the compiled model computes in. (In a child process, like every OpenVINO run here: see torch_free.)"""
+    torch_free(f"""
+import numpy as np
+import openvino as ov
+from jedi_deploy.app.bench import resolve_runtimes
+from jedi_deploy.runners.probe import installed_runtimes
+from jedi_deploy.serve.bench import bench_models
+from jedi_deploy.serve.runtime import OnnxModel
 
-    from jedi_deploy.runners.probe import installed_runtimes
-    from jedi_deploy.serve.bench import bench_models
-
-    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    path = onnx_dir / "hmdb-mini.student.onnx"
-    ort, f32, bf16 = OnnxModel(path), OnnxModel(path, runtime="openvino"), OnnxModel(path, runtime="openvino-bf16")
-    assert f32.runtime_info["precision_asked"] == "f32" and f32.runtime_info["inference_precision"] == "f32"
-    assert bf16.runtime_info["precision_asked"] == "bf16"
-    assert bf16.runtime_info["inference_precision"] == ("bf16" if has_bf16 else "f32")  # what it really runs
-    feed = ort.prepare(test_video)
-    np.testing.assert_allclose(f32.run(feed), ort.run(feed), atol=1e-3, rtol=1e-3)
-    np.testing.assert_allclose(bf16.run(feed), ort.run(feed), atol=0.1, rtol=0.05)
-    assert "openvino-bf16" not in installed_runtimes() and "openvino" in installed_runtimes()
-    from jedi_deploy.app.bench import resolve_runtimes
-
-    rts = resolve_runtimes(["ort-cpu", "openvino-cpu", "openvino-bf16-cpu"])
-    pair = [("hmdb-mini", path, onnx_dir / "hmdb-mini.expert.onnx")]
-    rows = bench_models(pair, rts, runs=2, warmup=0)["results"]
-    assert {r["runtime"]: r["precision"] for r in rows} == {
-        "ort-cpu": "fp32", "openvino-cpu": "f32", "openvino-bf16-cpu": "bf16" if has_bf16 else "f32"}
+has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+path, expert = {str(onnx_dir / "hmdb-mini.student.onnx")!r}, {str(onnx_dir / "hmdb-mini.expert.onnx")!r}
+ort, f32, bf16 = OnnxModel(path), OnnxModel(path, runtime="openvino"), OnnxModel(path, runtime="openvino-bf16")
+assert f32.runtime_info["precision_asked"] == "f32" and f32.runtime_info["inference_precision"] == "f32"
+assert bf16.runtime_info["precision_asked"] == "bf16"
+assert bf16.runtime_info["inference_precision"] == ("bf16" if has_bf16 else "f32")  # what it really runs
+feed = ort.prepare({str(test_video)!r})
+np.testing.assert_allclose(f32.run(feed), ort.run(feed), atol=1e-3, rtol=1e-3)
+np.testing.assert_allclose(bf16.run(feed), ort.run(feed), atol=0.1, rtol=0.05)
+assert "openvino-bf16" not in installed_runtimes() and "openvino" in installed_runtimes()
+rts = resolve_runtimes(["ort-cpu", "openvino-cpu", "openvino-bf16-cpu"])
+rows = bench_models([("hmdb-mini", path, expert)], rts, runs=2, warmup=0)["results"]
+assert {{r["runtime"]: r["precision"] for r in rows}} == {{
+    "ort-cpu": "fp32", "openvino-cpu": "f32", "openvino-bf16-cpu": "bf16" if has_bf16 else "f32"}}, rows
+""")
 
 
 def test_providers_are_for_onnx_runtime_only(onnx_dir):
