@@ -64,11 +64,11 @@ class UploadGuard:
         self.keys = [k.encode() for k in cfg.api_keys]
         self.predicting = 0  # uploads between arrival and answer
 
-    def caller(self, scope) -> tuple[bool, str | None]:
+    def caller(self, scope, headers: dict) -> tuple[bool, str | None]:
         """(allowed, caller id): every key is compared, so the time taken says nothing of a near miss."""
         if not self.keys:
             return True, None
-        scheme, _, token = dict(scope.get("headers") or []).get(b"authorization", b"").partition(b" ")
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
         token = token.strip()
         match = None
         for key in self.keys:
@@ -137,8 +137,9 @@ class UploadGuard:
         upload = path == "/v1/predict" or endpoint == "/v2/infer" or (path == "/v1/jobs" and scope["method"] == "POST")
         m.in_flight.inc()
         try:
-            allowed, scope[CALLER] = self.caller(scope)
-            length = dict(scope.get("headers") or []).get(b"content-length", b"")
+            headers = dict(scope.get("headers") or [])
+            allowed, scope[CALLER] = self.caller(scope, headers)
+            length = headers.get(b"content-length", b"")
             if not allowed:
                 await answer(401, "unauthorized", "this service needs an API key: send `Authorization: Bearer KEY`",
                              headers=[(b"www-authenticate", b'Bearer realm="jedi-deploy"')])

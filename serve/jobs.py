@@ -137,13 +137,14 @@ class JobStore:
         except OSError as e:
             raise PathNotFound(f"{job.video!r}: cannot be opened ({e.strerror})") from None
         try:
-            real = Path(os.readlink(f"/proc/self/fd/{fd}")) if os.path.exists(f"/proc/self/fd/{fd}") else None
-            if real is None:  # no /proc (not Linux): the path as it resolves now, opened just before
-                real = Path(job.source).resolve()
+            via = f"/proc/self/fd/{fd}"
+            has_proc = os.path.exists(via)
+            # the opened file's real path; without /proc (not Linux), the path as it resolves now
+            real = Path(os.readlink(via)) if has_proc else Path(job.source).resolve()
             if real != self.root and self.root not in real.parents:
                 raise PathNotAllowed(f"{job.video!r} now leads outside the jobs root (to a file swapped in after it "
                                      "was queued); not read")
-            yield f"/proc/self/fd/{fd}" if os.path.exists(f"/proc/self/fd/{fd}") else job.source
+            yield via if has_proc else job.source
         finally:
             os.close(fd)
 

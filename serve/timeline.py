@@ -132,7 +132,10 @@ class _Pass:
         """Frame ``i`` is converted if a window samples it, or a sampled frame before it never came (a
         frame the decoder dropped: the next one stands in, as in decode_clips)."""
         self.take(i)
-        return i in self.need or any(self.seen < j < i and j not in self.kept for j in self.need)
+        if i in self.need:
+            return True
+        # only past a gap in the indices (rare) is every pending index looked at; every frame pays O(1)
+        return i > self.seen + 1 and any(self.seen < j < i and j not in self.kept for j in self.need)
 
     def keep(self, i: int, frames: list) -> None:
         for j in [j for j in self.need if self.seen < j <= i and j not in self.kept]:

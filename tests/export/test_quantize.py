@@ -62,6 +62,20 @@ def toy_layers(module: torch.nn.Module, classes: int) -> None:
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
 
+def export_toy(module: torch.nn.Module, path: Path, t: int = 4, s: int = 32) -> Path:
+    """``module`` as a 4-class toy student ONNX file with its model card (input ``[B, t, 3, s, s]``)."""
+    torch.onnx.export(module.eval(), torch.randn(1, t, 3, s, s), str(path), input_names=["video"],
+                      output_names=["logits"], dynamic_axes={"video": {0: "batch"}, "logits": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    proto = onnx.load(str(path))
+    name = path.name.removesuffix(".student.onnx")
+    embed_card(proto, ModelCard(kind="student", name=name, dataset="toy", arch="toy", categories=tuple("abcd"),
+                                inputs=(InputSpec("video", "float32", ("batch", t, 3, s, s), "NTCHW",
+                                                  Preprocess(num_frames=t, crop=s, short_side=s)),)))
+    onnx.save(proto, str(path))
+    return path
+
+
 class Offset(torch.nn.Module):
     """``c1`` adds 1000 to every activation and ``c2`` removes it again: int8 must span [0, ~1000]
     at c2's input (zero must be representable), erasing the variations that carry the class."""
@@ -82,16 +96,7 @@ def offset_case(tmp_path_factory):
     from support.footage import write_video
 
     root = tmp_path_factory.mktemp("offset")
-    t, s = 4, 32
-    pre = Preprocess(num_frames=t, crop=s, short_side=s)
-    path = root / "offset.student.onnx"
-    torch.onnx.export(Offset().eval(), torch.randn(1, t, 3, s, s), str(path), input_names=["video"],
-                      output_names=["logits"], dynamic_axes={"video": {0: "batch"}, "logits": {0: "batch"}},
-                      opset_version=17, dynamo=False)
-    proto = onnx.load(str(path))
-    embed_card(proto, ModelCard(kind="student", name="offset", dataset="toy", arch="toy", categories=tuple("abcd"),
-                                inputs=(InputSpec("video", "float32", ("batch", t, 3, s, s), "NTCHW", pre),)))
-    onnx.save(proto, str(path))
+    path = export_toy(Offset(), root / "offset.student.onnx")
     rng = np.random.default_rng(0)
     tints = [[40, 200, 120], [200, 40, 120], [120, 120, 40], [60, 60, 220]]
     videos = []
@@ -272,16 +277,7 @@ def test_sensitive_nodes_score_a_fused_relu_against_relu_of_its_input(tmp_path):
     the wrong nodes in float on any ReLU network; against relu(pre) they score like the rest (~40 dB)."""
     from support.footage import write_video
 
-    t, s = 4, 32
-    path = tmp_path / "relu.student.onnx"
-    torch.onnx.export(ReluNet().eval(), torch.randn(1, t, 3, s, s), str(path), input_names=["video"],
-                      output_names=["logits"], dynamic_axes={"video": {0: "batch"}, "logits": {0: "batch"}},
-                      opset_version=17, dynamo=False)
-    proto = onnx.load(str(path))
-    embed_card(proto, ModelCard(kind="student", name="relu", dataset="toy", arch="toy", categories=tuple("abcd"),
-                                inputs=(InputSpec("video", "float32", ("batch", t, 3, s, s), "NTCHW",
-                                                  Preprocess(num_frames=t, crop=s, short_side=s)),)))
-    onnx.save(proto, str(path))
+    path = export_toy(ReluNet(), tmp_path / "relu.student.onnx")
     rng = np.random.default_rng(0)
     videos = [write_video(tmp_path / f"{i}.mp4", 8, frames=[rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
                                                            for _ in range(8)]) for i in range(8)]
