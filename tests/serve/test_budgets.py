@@ -57,14 +57,18 @@ def head_only(service, path, length, extra=b"") -> bytes:
     with socket.create_connection((service["host"], service["port"]), timeout=10) as s:
         s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\nContent-Length: {length}\r\n".encode()
                   + extra + b"\r\n")
-        answer = b""
-        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
-                answer.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-        return answer
+        return read_answer(s)
+
+
+def read_answer(s: socket.socket, answer: bytes = b"") -> bytes:
+    """A whole HTTP answer (its head and body can arrive in separate packets)."""
+    while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+            answer.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
 
 
 def test_frames_over_the_pixel_budget_are_refused_naming_their_size(service, files):
@@ -131,7 +135,9 @@ def trickle(service, chunk: bytes, every: float, limit_s: float) -> tuple[bytes,
                 s.sendall(chunk)
                 got = s.recv(65536)
                 if got:
-                    return got, time.monotonic() - t0
+                    took = time.monotonic() - t0
+                    s.settimeout(limit_s)
+                    return read_answer(s, got), took
             except socket.timeout:
                 continue
             except OSError:
