@@ -64,6 +64,24 @@ def real_clip_feed(video: str | Path, card: ModelCard) -> dict:
     return video_feed(card, video)[0]
 
 
+#: Input values the random validation batches may hold in all: four 16-frame 224-px clips. Past it (TSN's
+#: 250-view test protocol, Swin's 32 frames) the batches are 2 and 1 (batching and the dynamic axis are
+#: still checked) instead of minutes of CPU time per export.
+VALIDATION_VALUES = 4 * 16 * 3 * 224 * 224
+SMALL_BATCHES = (2, 1)
+
+
+def validation_budget(cfg: OnnxExportConfig, pre) -> OnnxExportConfig:
+    """``cfg`` with the random validation batches (8, 3, 1) cut to (2, 1) when one input is too large
+    for all of them within :data:`VALIDATION_VALUES`; batch sizes the user chose are kept."""
+    from dataclasses import replace
+
+    per_item = pre.num_frames * cfg.views * 3 * pre.crop * pre.crop
+    if cfg.batch_sizes == OnnxExportConfig.batch_sizes and per_item * sum(cfg.batch_sizes) > VALIDATION_VALUES:
+        return replace(cfg, batch_sizes=SMALL_BATCHES)
+    return cfg
+
+
 def export_model(module, reference, expert: Expert, path: Path, kind: str, cfg: OnnxExportConfig,
                  clip: str | Path | None = None, bundle_sha256: str | None = None) -> dict:
     """Wrap (uint8 input, views) and export one graph for ``expert``'s input, validated
@@ -76,6 +94,7 @@ def export_model(module, reference, expert: Expert, path: Path, kind: str, cfg: 
     pre = expert.preprocess
     if pre.average == "feature" and pre.views > 1 and cfg.views != pre.views:
         cfg = replace(cfg, views=pre.views)  # consensus over every view needs them all in one graph
+    cfg = validation_budget(cfg, pre)
     wrap = dict(uint8_input=cfg.uint8_input, views=cfg.views, average=pre.average)
     card = model_card(kind, expert, cfg, bundle_sha256)
     real = {f"decoded clip {Path(clip).name}": real_clip_feed(clip, card)} if clip else None

@@ -27,6 +27,22 @@ def gpu_stack() -> dict:
 
 
 @pytest.fixture(scope="session")
+def footage(tmp_path_factory) -> dict:
+    """Real and real-like clips for the upstream-parity tests (:func:`support.upstream.make_footage`)."""
+    from support.upstream import make_footage
+
+    return make_footage(tmp_path_factory.mktemp("footage"))
+
+
+@pytest.fixture(scope="session")
+def mmaction_site(tmp_path_factory) -> Path:
+    """MMAction2 1.2.0 installed into a folder of its own, once per session (:mod:`support.upstream`)."""
+    from support.upstream import install_mmaction
+
+    return install_mmaction(tmp_path_factory.mktemp("mmaction_site"))
+
+
+@pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     generate_benchmark(root, seed=0, quick=True, progress=False)

@@ -25,6 +25,7 @@ class Preset:
     preprocess: Preprocess
     upstream: str
     note: str = ""
+    arch_kwargs: dict = field(default_factory=dict)  # architecture arguments the protocol implies (TSM's segments)
 
     @property
     def deviations(self) -> str:

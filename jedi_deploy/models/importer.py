@@ -6,6 +6,7 @@ file, detects its format, converts its keys and builds the :class:`~jedi_deploy.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from jedi_deploy.models.zoo.mmaction import (
     _fill_buffers,
     mmaction_resnet_to_ours,
     mmaction_swin_to_torchvision,
+    split_mmaction,
 )
 from jedi_deploy.models.zoo.torchvision import TV_VIDEO
 
@@ -99,6 +101,11 @@ def convert_state(arch: str, fmt: str, state: dict, source: str, arch_kwargs: di
         return _fill_buffers(state, model, "relative_position_index")
     if arch in ("tsn_r50", "tsm_r50"):
         return mmaction_resnet_to_ours(state, source, shift=arch == "tsm_r50")
+    if arch == "mmaction_vit":
+        backbone, head = split_mmaction(state)
+        if "head.weight" not in head:
+            raise CheckpointError(f"{source}: no classifier 'cls_head.fc_cls.weight' in the checkpoint")
+        return _fill_buffers({**{"encoder." + k: v for k, v in backbone.items()}, **head}, model, "pos_embed")
     return split_head(state, arch_kwargs["head"], source)  # generic: the head the encoder was built with
 
 
@@ -115,6 +122,8 @@ def import_checkpoint(path: str | Path, arch: str, *, dataset: str, name: str | 
     kwargs = dict(arch_kwargs or {})
     path = Path(path)
     pre = _base_preprocess(entry, arch, preset)
+    if preset:  # the protocol's architecture arguments (TSM's segment count), unless given
+        kwargs = {**entry.presets[preset].arch_kwargs, **kwargs}
     if arch == "hf":
         model, ours, pre, own_cats, fmt = _read_hf(path, kwargs)
         num_classes = ours["head.weight"].shape[0]
@@ -124,6 +133,12 @@ def import_checkpoint(path: str | Path, arch: str, *, dataset: str, name: str | 
         own_cats = None
         if arch == "generic":
             pre = _generic_setup(path, kwargs, pre, preprocess or {})
+        if arch == "mmaction_vit":  # sizes from the checkpoint; frames and crop follow the model
+            from jedi_deploy.models.zoo.vit import vit_kwargs_from_state
+
+            kwargs = vit_kwargs_from_state(split_mmaction(state)[0], kwargs, str(path))
+            pre = replace(pre, num_frames=kwargs["num_frames"], crop=kwargs["img_size"],
+                          short_side=kwargs["img_size"] if pre.short_side == pre.crop else pre.short_side)
         probe = build_expert(arch, 1, **kwargs)
         if arch == "generic":
             kwargs["head"] = probe.encoder.head_path  # as found, so the file rebuilds the same model

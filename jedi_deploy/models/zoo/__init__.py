@@ -13,6 +13,9 @@ Entries (registered into :mod:`jedi_deploy.models.archs` when this package is im
   MMAction2's ConvModule naming (``conv1.conv``/``conv1.bn``, ``layerL.i.convK.conv``,
   ``downsample.conv``/``.bn``; TSM's shifted convs ``layerL.i.conv1.conv.net``) and
   ``cls_head.fc_cls.*``;
+* ``mmaction_vit``: MMAction2's ``VisionTransformer`` (VideoMAE / VideoMAE V2 checkpoints, the
+  distilled ViT-S/B included; :mod:`jedi_deploy.models.zoo.vit`), format ``mmaction2``, its sizes
+  read from the checkpoint's shapes;
 * ``generic``: any ``nn.Module`` built by ``package.module:callable`` (kwargs ``factory``,
   ``head`` = attribute path of its final ``nn.Linear``/1x1 conv, found when not given,
   ``factory_kwargs``, ``layout`` ``NCTHW`` or ``NTCHW``, ``factory_path`` = where the factory was
@@ -38,6 +41,7 @@ from .hf import build_hf_encoder
 from .mmaction import SegmentResNet50
 from .presets import PRESETS
 from .torchvision import TV_VIDEO, build_torchvision_encoder
+from .vit import MMActionViT
 
 
 # ------------------------------------------------------------------------- registration
@@ -61,6 +65,18 @@ def _register() -> None:
         "config (8 segments x 10 crops, prob averaging)",
         ("jedi-safetensors", "mmaction2"), extra={"embed_dim": 2048, "test_input": (8, 3, 32, 32)},
         presets=PRESETS["tsm_r50"]))
+    vit = dict(img_size=224, patch_size=16, embed_dims=768, depth=12, num_heads=0, mlp_dims=0, qkv_bias=True,
+               num_frames=16, tubelet_size=2, use_mean_pooling=True, layer_scale=False, learnable_pos_emb=False,
+               norm_eps=1e-6)
+    register_arch(ArchEntry(
+        "mmaction_vit", "mmaction2", MMActionViT, vit, Preprocess(16, "clip", 4, 224, 224, layout="NCTHW", **IMAGENET),
+        "MMAction2 VisionTransformer: VideoMAE / VideoMAE V2 (distilled ViT-S/B) checkpoints, sizes read from the "
+        "checkpoint (--arg num_heads=N when heads are not 64 wide); presets: the MMAction2 test configs "
+        "(16x4x1, 5 clips x 3 crops, prob)",
+        ("jedi-safetensors", "mmaction2"),
+        extra={"embed_dim": 768, "test_input": (4, 3, 32, 32), "test_kwargs": dict(
+            img_size=32, patch_size=8, embed_dims=32, depth=1, num_heads=2, num_frames=4)},
+        presets=PRESETS["mmaction_vit"]))
     register_arch(ArchEntry(
         "generic", "generic", build_generic_encoder,
         {"factory": "", "head": "", "factory_kwargs": {}, "layout": "NCTHW", "factory_path": ""},

@@ -6,7 +6,8 @@ optionally sharded, and the processor's ``preprocessor_config.json`` /
 replaced by ``Identity`` (its output ``logits`` is then the pooled feature the classifier read),
 head = the classifier, so ``head(encoder(x))`` equals the model's logits. Any
 ``*ForVideoClassification`` whose classifier is one linear layer works (VideoMAE, TimeSformer,
-ViViT ... ); they all take ``pixel_values[B, T, 3, H, W]``.
+ViViT, V-JEPA 2 ... ); they all take ``[B, T, 3, H, W]`` as their first argument (``pixel_values``,
+V-JEPA 2's ``pixel_values_videos``).
 
 The model's ``config.json`` (without its label maps) is stored in the expert file, so the expert
 is rebuilt from the file alone. Nothing is ever downloaded (``local_files_only``). ``transformers``
@@ -29,7 +30,8 @@ from jedi_deploy.contracts.preprocess import Preprocess
 
 #: Frames apart in the published Kinetics test protocol of each family, used when the processor
 #: does not say (VideoMAE 16x4, TimeSformer 8x32, ViViT 32x2).
-FRAME_INTERVAL = {"videomae": 4, "timesformer": 32, "vivit": 2}
+#: V-JEPA 2's video-classification evals sample ``frames_per_clip`` frames ``frame_step`` 2 apart.
+FRAME_INTERVAL = {"videomae": 4, "timesformer": 32, "vivit": 2, "vjepa2": 2}
 PROCESSOR_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
 #: Config keys not kept in the expert file: labels live in its categories; the rest is provenance.
 DROPPED_KEYS = ("id2label", "label2id", "_name_or_path", "transformers_version", "torch_dtype", "dtype",
@@ -186,9 +188,9 @@ def preprocess_fields(processor: dict, where: str) -> dict:
 def preprocess_for(config: dict, processor: dict | None, where: str) -> Preprocess:
     """The expert's preprocessing: the processor's fields on top of the model's frame count, image size
     and the family's frame interval."""
-    image = config.get("image_size")
+    image = config.get("image_size") or config.get("crop_size")  # V-JEPA 2 names them crop_size, frames_per_clip
     image = image if isinstance(image, int) else 224
-    base = dict(num_frames=int(config.get("num_frames") or 16), sampling="clip",
+    base = dict(num_frames=int(config.get("num_frames") or config.get("frames_per_clip") or 16), sampling="clip",
                 frame_interval=FRAME_INTERVAL.get(config.get("model_type", ""), 1), short_side=image, crop=image,
                 layout="NTCHW", rules="transformers")
     return Preprocess(**{**base, **(preprocess_fields(processor, where) if processor else {})})

@@ -59,16 +59,50 @@ def _mmaction_swin(size: str, note: str = "") -> Preset:
 #: name -> {preset name -> Preset}; each entry's "test" is an alias of its MMAction2 test config.
 PRESETS: dict[str, dict[str, Preset]] = {
     **{n: {f"{w}.KINETICS400_V1": _tv_weights(f"{w}.KINETICS400_V1", *rest)} for n, (w, *rest) in TV_WEIGHTS.items()},
-    "tsn_r50": {"tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_kinetics400-rgb": Preset(
+    "tsn_r50": {f"tsn_imagenet-pretrained-r50_8xb32-1x1x{n}-100e_kinetics400-rgb": Preset(
         Preprocess(25, "segments", 1, 256, 224, crops=10, average="feature", **IMAGENET),
-        "MMAction2 tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_kinetics400-rgb.py test_pipeline: "
+        f"MMAction2 tsn_imagenet-pretrained-r50_8xb32-1x1x{n}-100e_kinetics400-rgb.py test_pipeline: "
         "SampleFrames(1, 1, num_clips=25), Resize(-1, 256), TenCrop(224); TSNHead AvgConsensus over all 250 frames",
-        "the consensus over every view runs inside the exported graph (its input holds all 10 crops)")},
-    "tsm_r50": {"tsm_imagenet-pretrained-r50_8xb16-1x1x8-50e_kinetics400-rgb": Preset(
-        Preprocess(8, "segments", 1, 256, 224, crops=10, average="prob", **IMAGENET),
-        "MMAction2 tsm_imagenet-pretrained-r50_8xb16-1x1x8-50e_kinetics400-rgb.py test_pipeline: "
-        "SampleFrames(1, 1, num_clips=8), Resize(-1, 256), TenCrop(224); TSMHead average_clips='prob'")},
+        "the consensus over every view runs inside the exported graph (its input holds all 10 crops)")
+        for n in (3, 8)},
+    "tsm_r50": {f"tsm_imagenet-pretrained-r50_8xb16-1x1x{n}-50e_kinetics400-rgb": Preset(
+        Preprocess(n, "segments", 1, 256, 224, crops=10, average="prob", **IMAGENET),
+        f"MMAction2 tsm_imagenet-pretrained-r50_8xb16-1x1x{n}-50e_kinetics400-rgb.py test_pipeline: "
+        f"SampleFrames(1, 1, num_clips={n}), Resize(-1, 256), TenCrop(224); TSMHead average_clips='prob'",
+        arch_kwargs={"num_segments": n}) for n in (8, 16)},
 }
+
+
+def _mmaction_vit(cfg: str) -> Preset:
+    return Preset(Preprocess(16, "clip", 4, 224, 224, num_clips=5, crops=3, average="prob", layout="NCTHW", **IMAGENET),
+                  f"MMAction2 {cfg}.py test_pipeline: SampleFrames(16, 4, num_clips=5), Resize(-1, 224), ThreeCrop(224); "
+                  "TimeSformerHead average_clips='prob'")
+
+
+#: The paper's experts, as MMAction2 0.x trained them (TSN on ActivityNet with 8 segments; TSM on
+#: HMDB51 / UCF101 with 16): their configs' test pipelines. TSM's 16 segments are also its shift width.
+PAPER = {
+    "tsn_r50": {"tsn_r50_320p_1x1x8_50e_activitynet_video_rgb": Preset(
+        Preprocess(25, "segments", 1, 256, 256, crops=3, average="feature", **IMAGENET),
+        "MMAction2 0.x tsn_r50_320p_1x1x8_50e_activitynet_video_rgb.py test_pipeline: SampleFrames(1, 1, "
+        "num_clips=25), Resize(-1, 256), ThreeCrop(256); TSNHead AvgConsensus over all 75 frames (average_clips=None)",
+        "the consensus over every view runs inside the exported graph (its input holds all 3 crops); MMAction2 0.x "
+        "read this model's videos as extracted frames (RawFrameDecode): decoding the video instead can differ "
+        "where the frame extraction differed")},
+    "tsm_r50": {f"tsm_k400_pretrained_r50_1x1x16_25e_{ds}_rgb": Preset(
+        Preprocess(16, "segments", 1, 256, 224, average="prob", **IMAGENET),
+        f"MMAction2 0.x tsm_k400_pretrained_r50_1x1x16_25e_{ds}_rgb.py test_pipeline: SampleFrames(1, 1, "
+        "num_clips=16), Resize(-1, 256), CenterCrop(224); TSMHead average_clips='prob'",
+        "MMAction2 0.x read these videos as extracted frames (RawFrameDecode): decoding the video instead can differ "
+        "where the frame extraction differed", arch_kwargs={"num_segments": 16}) for ds in ("hmdb51", "ucf101")},
+}
+for _n, _extra in PAPER.items():
+    PRESETS[_n].update(_extra)
+PRESETS["mmaction_vit"] = {cfg: _mmaction_vit(cfg) for cfg in (
+    "vit-base-p16_videomae-k400-pre_16x4x1_kinetics-400",
+    "vit-small-p16_videomaev2-vit-g-dist-k710-pre_16x4x1_kinetics-400",
+    "vit-base-p16_videomaev2-vit-g-dist-k710-pre_16x4x1_kinetics-400")}
+PRESETS["mmaction_vit"]["test"] = PRESETS["mmaction_vit"]["vit-small-p16_videomaev2-vit-g-dist-k710-pre_16x4x1_kinetics-400"]
 
 
 for _n, _size in (("swin3d_t", "tiny"), ("swin3d_s", "small"), ("swin3d_b", "base")):
