@@ -34,25 +34,47 @@ def tiny_hf(folder: Path, family: str, num_labels: int):
         "timesformer": (tf.TimesformerConfig(**tiny, num_frames=4, patch_size=8), tf.TimesformerForVideoClassification,
                         tf.VideoMAEImageProcessor),
         "vivit": (tf.VivitConfig(**tiny, num_frames=4, tubelet_size=[2, 8, 8]), tf.VivitForVideoClassification,
-                  tf.VivitImageProcessor)}[family]
+                  tf.VivitImageProcessor),
+        "vjepa2": (tf.VJEPA2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, crop_size=32,
+                                   frames_per_clip=4, patch_size=8, pred_hidden_size=16, pred_num_hidden_layers=1,
+                                   pred_num_attention_heads=2, num_pooler_layers=1, num_labels=num_labels),
+                   tf.VJEPA2ForVideoClassification, tf.VJEPA2VideoProcessor)}[family]
     torch.manual_seed(0)
     cls(cfg).eval().save_pretrained(folder)
     proc(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
 
 
+def mmaction_vit_checkpoint(site: Path, out: Path, num_classes: int) -> Path:
+    """A tiny VideoMAE V2 ViT built by MMAction2 1.2.0 itself from its own config, saved as an MMAction2
+    checkpoint (support.mmaction_child)."""
+    from support.upstream import run_mmaction
+
+    out.mkdir()
+    run_mmaction(site, out, [], [{
+        "name": "vit", "config": "recognition/videomaev2/vit-small-p16_videomaev2-vit-g-dist-k710-pre_16x4x1_kinetics-400.py",
+        "model": {"backbone": {"img_size": 32, "patch_size": 8, "embed_dims": 32, "depth": 1, "num_heads": 2,
+                               "num_frames": 4},
+                  "cls_head": {"num_classes": num_classes, "in_channels": 32}}}])
+    return out / "vit.pth"
+
+
 @pytest.mark.slow
-def test_hf_experts_mixed_with_torchvision_through_the_pipeline(data_root, tmp_path):
-    """A tiny VideoMAE, TimeSformer and ViViT plus a torchvision R3D-18: import -> cache -> train
-    -> export (parity) -> jedi infer, with every student."""
+def test_experts_users_hold_through_the_pipeline(data_root, mmaction_site, tmp_path):
+    """Tiny VideoMAE, TimeSformer, ViViT and V-JEPA 2 (transformers), a VideoMAE V2 ViT built by
+    MMAction2 and a torchvision R3D-18: import -> cache -> train -> export (parity) -> jedi infer,
+    with every student."""
     from jedi_deploy.models.zoo.torchvision import torchvision_video_model
 
     data = tmp_path / "data"
     shutil.copytree(data_root, data)
-    shutil.copytree(data / "hmdb-mini", data / "hmdb-copy")  # a fourth dataset for the fourth expert
-    classes = {d: len((data / d / "classes.txt").read_text().split()) for d in
-               ("kinetics-mini", "ucf-mini", "hmdb-mini", "hmdb-copy")}
+    routes = {"videomae": "kinetics-mini", "timesformer": "ucf-mini", "vivit": "hmdb-mini", "r3d": "hmdb-copy",
+              "vjepa2": "kinetics-copy", "vit": "ucf-copy"}
+    for copy in ("hmdb", "kinetics", "ucf"):  # a dataset of its own for each further expert
+        shutil.copytree(data / f"{copy}-mini", data / f"{copy}-copy")
+    classes = {ds: len((data / ds / "classes.txt").read_text().split()) for ds in routes.values()}
     experts = []
-    for family, ds in (("videomae", "kinetics-mini"), ("timesformer", "ucf-mini"), ("vivit", "hmdb-mini")):
+    for family in ("videomae", "timesformer", "vivit", "vjepa2"):
+        ds = routes[family]
         tiny_hf(tmp_path / family, family, classes[ds])
         jedi("import-expert", tmp_path / family, "--arch", "hf", "--dataset", ds, "--classes",
              data / ds / "classes.txt", "--out", tmp_path / f"{family}.safetensors", cwd=tmp_path)
@@ -62,13 +84,16 @@ def test_hf_experts_mixed_with_torchvision_through_the_pipeline(data_root, tmp_p
          data / "hmdb-copy" / "classes.txt", "--set", "resize=[0,0]", "--set", "short_side=32", "--set", "crop=32",
          "--set", "num_frames=4", "--out", tmp_path / "r3d.safetensors", cwd=tmp_path)
     experts.append(tmp_path / "r3d.safetensors")
+    vit = mmaction_vit_checkpoint(mmaction_site, tmp_path / "mm", classes["ucf-copy"])
+    jedi("import-expert", vit, "--arch", "mmaction_vit", "--arg", "img_size=32", "--arg", "num_heads=2", "--dataset",
+         "ucf-copy", "--classes", data / "ucf-copy" / "classes.txt", "--out", tmp_path / "vit.safetensors", cwd=tmp_path)
+    experts.append(tmp_path / "vit.safetensors")
     jedi("cache", "--data", data, *[x for e in experts for x in ("--expert", e)], "--out", tmp_path / "cache",
          cwd=tmp_path)
     jedi("train", "--cache", tmp_path / "cache", "--out", tmp_path / "run", "--epochs", 3, "--burn-in", 1, "--lr", 1e-3,
          "--batch-size", 32, cwd=tmp_path)
     jedi("export", "--bundle", tmp_path / "run" / "jedi.safetensors", "--out", tmp_path / "onnx", cwd=tmp_path)
-    for name, ds in (("videomae", "kinetics-mini"), ("timesformer", "ucf-mini"), ("vivit", "hmdb-mini"),
-                     ("r3d", "hmdb-copy")):
+    for name, ds in routes.items():
         for kind in ("student", "expert"):
             report = json.loads((tmp_path / "onnx" / f"{name}.{kind}.validation.json").read_text())
             assert report["passed"], (name, kind, report)

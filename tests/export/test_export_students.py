@@ -55,3 +55,26 @@ def test_unwritable_output_is_a_clear_error(bundle_path, tmp_path):
     blocker.write_text("x")
     with pytest.raises(InputError, match="cannot create output folder"):
         export_bundle(bundle_path, blocker / "sub", progress=False)
+
+
+def test_validation_batches_are_budgeted_by_input_size():
+    """Random validation batches 8, 3, 1 for ordinary inputs; 2 and 1 where one input is large (TSN's
+    250 views, Swin's 32 frames); a user's own batch sizes are kept."""
+    from dataclasses import replace
+
+    from jedi_deploy.contracts.preprocess import Preprocess
+    from jedi_deploy.export.onnx import OnnxExportConfig
+    from jedi_deploy.export.students import SMALL_BATCHES, VALIDATION_VALUES, validation_budget
+
+    cfg = OnnxExportConfig()
+    r3d = Preprocess(16, "clip", crop=112)
+    assert validation_budget(cfg, r3d).batch_sizes == (8, 3, 1)
+    assert validation_budget(replace(cfg, views=250), Preprocess(1, "segments", crop=224)).batch_sizes == SMALL_BATCHES
+    swin = Preprocess(32, "clip", crop=224)
+    assert validation_budget(cfg, swin).batch_sizes == SMALL_BATCHES
+    assert validation_budget(replace(cfg, batch_sizes=(4, 1)), swin).batch_sizes == (4, 1)
+    edge = Preprocess(1, "segments", crop=8)  # exactly at the budget: kept; one value more: cut
+    per_item = VALIDATION_VALUES // 12
+    at = replace(cfg, views=per_item // (3 * 8 * 8))
+    assert validation_budget(at, edge).batch_sizes == (8, 3, 1)
+    assert validation_budget(replace(at, views=at.views + 1), edge).batch_sizes == SMALL_BATCHES

@@ -154,3 +154,70 @@ def test_generic_entry_wraps_any_module(tmp_path):
     with pytest.raises(ConfigError, match="no head attribute"):
         import_checkpoint(tmp_path / "m.pth", "generic", dataset="d", fmt="state_dict",
                           arch_kwargs={**kw, "head": "classifier"})
+
+
+# ---------------------------------------------------------------------- MMAction2 ViT (VideoMAE)
+def _vit_checkpoint(path, classes=5, **kwargs):
+    """An MMAction2-named VideoMAE checkpoint of a tiny ViT (MMAction2's own class builds these in
+    tests/app/test_upstream_scores.py; here our module's keys, which are MMAction2's)."""
+    from jedi_deploy.models.zoo.vit import MMActionViT
+
+    torch.manual_seed(0)
+    net = MMActionViT(**{**dict(img_size=32, patch_size=8, embed_dims=32, depth=2, num_heads=2, num_frames=4),
+                         **kwargs}).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # q/v biases, layer scales: not their initial values
+    state = {"backbone." + k: v for k, v in net.state_dict().items()}
+    state.update({"cls_head.fc_cls.weight": torch.randn(classes, 32), "cls_head.fc_cls.bias": torch.randn(classes)})
+    torch.save({"state_dict": state, "meta": {}}, path)
+    return net, state
+
+
+@pytest.mark.parametrize("variant", [{}, {"layer_scale": True, "use_mean_pooling": False, "qkv_bias": False}])
+def test_mmaction_vit_reads_its_sizes_from_the_checkpoint(variant, tmp_path):
+    net, state = _vit_checkpoint(tmp_path / "vit.pth", **variant)
+    expert, fmt = import_checkpoint(tmp_path / "vit.pth", "mmaction_vit", dataset="k", arch_kwargs={"img_size": 32,
+                                                                                                      "num_heads": 2})
+    assert fmt == "mmaction2"
+    kw = expert.arch_kwargs
+    assert (kw["embed_dims"], kw["depth"], kw["patch_size"], kw["tubelet_size"], kw["num_frames"]) == (32, 2, 8, 2, 4)
+    assert kw["layer_scale"] == variant.get("layer_scale", False) and kw["qkv_bias"] == variant.get("qkv_bias", True)
+    pre = expert.preprocess
+    assert (pre.num_frames, pre.crop, pre.short_side, pre.layout) == (4, 32, 32, "NCTHW")
+    x = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        want = net(x) @ state["cls_head.fc_cls.weight"].T + state["cls_head.fc_cls.bias"]
+    torch.testing.assert_close(ours(expert, x), want, rtol=1e-5, atol=1e-5)
+    again = load_expert(save_imported(expert, tmp_path / "e.safetensors", fmt))  # rebuilt from the file alone
+    with torch.no_grad():
+        torch.testing.assert_close(again.model(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_mmaction_vit_errors_name_what_to_pass(tmp_path):
+    _vit_checkpoint(tmp_path / "vit.pth")
+    with pytest.raises(CheckpointError, match="img_size"):  # 224 px does not fit the 4 x 16-token table
+        import_checkpoint(tmp_path / "vit.pth", "mmaction_vit", dataset="k", arch_kwargs={"num_heads": 2})
+    with pytest.raises(ConfigError, match="num_heads"):
+        import_checkpoint(tmp_path / "vit.pth", "mmaction_vit", dataset="k", arch_kwargs={"img_size": 32,
+                                                                                          "num_heads": 3})
+    with pytest.raises(ConfigError, match="unknown arguments"):
+        import_checkpoint(tmp_path / "vit.pth", "mmaction_vit", dataset="k", arch_kwargs={"img_size": 32, "depth": 3})
+    state = torch.load(tmp_path / "vit.pth", weights_only=True)["state_dict"]
+    del state["backbone.patch_embed.projection.weight"]
+    torch.save({"state_dict": state}, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="VisionTransformer"):
+        import_checkpoint(tmp_path / "bad.pth", "mmaction_vit", dataset="k", arch_kwargs={"img_size": 32})
+
+
+def test_a_preset_sets_the_architecture_its_protocol_needs(tmp_path):
+    """The paper's TSM (MMAction2 0.x, 16 segments): the preset builds the 16-segment shift too."""
+    from support.checkpoints import _mmaction_resnet_keys
+
+    net = torchvision.models.resnet50(weights=None, num_classes=4)
+    torch.save({"state_dict": _mmaction_resnet_keys(net.state_dict(), True)}, tmp_path / "tsm.pth")
+    expert, _ = import_checkpoint(tmp_path / "tsm.pth", "tsm_r50", dataset="hmdb51",
+                                  preset="tsm_k400_pretrained_r50_1x1x16_25e_hmdb51_rgb", preprocess={"crop": 32,
+                                                                                                      "short_side": 32})
+    assert expert.arch_kwargs["num_segments"] == 16 and expert.preprocess.num_frames == 16
+    assert expert.model.encoder.num_segments == 16

@@ -131,6 +131,8 @@ def main(job_file: str) -> None:
             with torch.no_grad():
                 sample = model.test_step(pseudo_collate([data]))[0]
             rows[k] = {"frame_inds": inds, "scores": sample.pred_score.tolist()}
+        if not rows:  # no clips: the checkpoint alone (the classifier as initialised)
+            torch.save({"state_dict": model.state_dict(), "meta": {"config": job["config"]}}, out / f"{job['name']}.pth")
         result[job["name"]] = rows
     (out / "result.json").write_text(json.dumps(result))
 
