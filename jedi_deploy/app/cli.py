@@ -76,9 +76,11 @@ def cli():
 
 @cli.command()
 def archs():
-    """List the expert architectures in the registry."""
+    """List the expert architectures in the registry, with each one's named upstream test protocols
+    (--preset of `jedi import-expert`) and the resize kernel each uses."""
     from jedi_deploy.media.resize import resize_kernel
     from jedi_deploy.models.archs import ARCHS
+    from jedi_deploy.models.registry import load_expert  # noqa: F401 - registers the zoo's entries
 
     for name, e in sorted(ARCHS.items()):
         p = e.preprocess
@@ -86,7 +88,8 @@ def archs():
         click.echo(f"{name:<12} {e.family:<17} {p.num_frames:>2} frames ({p.sampling}), crop {p.crop:<3}  "
                    f"reads: {formats:<22} {e.description}")
         for preset, spec in e.presets.items():
-            click.echo(f"{'':<14}--preset {preset}: {spec.upstream}; resize: {resize_kernel(spec.preprocess)} "
+            sets = "".join(f"; sets --arg {k}={v}" for k, v in spec.arch_kwargs.items())
+            click.echo(f"{'':<14}--preset {preset}: {spec.upstream}{sets}; resize: {resize_kernel(spec.preprocess)} "
                        f"({spec.deviations})")
 
 

@@ -131,3 +131,20 @@ def test_small_honesty_fixes(onnx_dir, bundle_path, test_video, tmp_path):
     stages = top.split("Stages and the files between them:")[1].split("Options:")[0]
     for c in {p[0] for p in command_paths()}:  # every command, archs and import-expert included
         assert re.search(rf"^\s+{re.escape(c)}\s+->", stages, re.M), c
+
+
+def test_archs_lists_the_zoo_with_its_presets_and_kernels():
+    """`jedi archs` from a fresh process: every registered entry (the zoo's too, not only the demo's),
+    each preset with its upstream, the architecture arguments it sets and its resize kernel."""
+    import subprocess
+    import sys
+    import tempfile
+
+    r = subprocess.run([sys.executable, "-m", "jedi_deploy", "archs"], capture_output=True, text=True,
+                       cwd=tempfile.gettempdir(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    names = {line.split()[0] for line in r.stdout.splitlines() if line and not line.startswith(" ")}
+    assert {"r3d_18", "swin3d_t", "tsn_r50", "tsm_r50", "mmaction_vit", "hf", "generic", "tiny_tsn"} <= names
+    line = next(x for x in r.stdout.splitlines() if "--preset tsm_k400_pretrained_r50_1x1x16_25e_hmdb51_rgb" in x)
+    assert "sets --arg num_segments=16" in line and "cv2.resize INTER_LINEAR" in line and "upright" in line
+    assert "--preset R3D_18_Weights.KINETICS400_V1" in r.stdout

