@@ -78,9 +78,9 @@ def cli():
 def archs():
     """List the expert architectures in the registry, with each one's named upstream test protocols
     (--preset of `jedi import-expert`) and the resize kernel each uses."""
+    import jedi_deploy.models.zoo  # noqa: F401 - registers the real architectures (the demo's are built in)
     from jedi_deploy.media.resize import resize_kernel
     from jedi_deploy.models.archs import ARCHS
-    from jedi_deploy.models.registry import load_expert  # noqa: F401 - registers the zoo's entries
 
     for name, e in sorted(ARCHS.items()):
         p = e.preprocess

@@ -38,7 +38,8 @@ RULES = ("mmaction2", "torchvision", "transformers")
 OUT_OF_BOUND = ("loop", "repeat_last")
 
 
-#: Pillow filters a transformers image processor may resize with (its ``resample``).
+#: Pillow filters a transformers image processor may resize with (its ``resample``), in the order of
+#: Pillow's codes (transformers' ``PILImageResampling``): ``RESAMPLE[code]`` is the filter's name.
 RESAMPLE = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")
 
 

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jedi_deploy.contracts.preprocess import Preprocess, resize_shape
-
-#: Pillow's filter codes by the names ``Preprocess.resample`` takes (transformers' PILImageResampling).
-PIL_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+from jedi_deploy.contracts.preprocess import RESAMPLE, Preprocess, resize_shape
 
 
 def resize_kernel(spec: Preprocess) -> str:
@@ -54,7 +51,7 @@ def resize_frame(img: np.ndarray, spec: Preprocess | None) -> np.ndarray:
         return bilinear_like_torch(img, th, tw)
     from PIL import Image
 
-    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((tw, th), resample=PIL_FILTERS[spec.resample],
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((tw, th), resample=RESAMPLE.index(spec.resample),
                                                                         reducing_gap=None))
 
 

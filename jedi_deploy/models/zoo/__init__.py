@@ -66,8 +66,7 @@ def _register() -> None:
         ("jedi-safetensors", "mmaction2"), extra={"embed_dim": 2048, "test_input": (8, 3, 32, 32)},
         presets=PRESETS["tsm_r50"]))
     vit = dict(img_size=224, patch_size=16, embed_dims=768, depth=12, num_heads=0, mlp_dims=0, qkv_bias=True,
-               num_frames=16, tubelet_size=2, use_mean_pooling=True, layer_scale=False, learnable_pos_emb=False,
-               norm_eps=1e-6)
+               num_frames=16, tubelet_size=2, use_mean_pooling=True, layer_scale=False, norm_eps=1e-6)
     register_arch(ArchEntry(
         "mmaction_vit", "mmaction2", MMActionViT, vit, Preprocess(16, "clip", 4, 224, 224, layout="NCTHW", **IMAGENET),
         "MMAction2 VisionTransformer: VideoMAE / VideoMAE V2 (distilled ViT-S/B) checkpoints, sizes read from the "

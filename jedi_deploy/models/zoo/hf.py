@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from jedi_deploy.contracts.errors import CheckpointError, ConfigError
-from jedi_deploy.contracts.preprocess import Preprocess
+from jedi_deploy.contracts.preprocess import RESAMPLE, Preprocess
 
 #: Frames apart in the published Kinetics test protocol of each family, used when the processor
 #: does not say (VideoMAE 16x4, TimeSformer 8x32, ViViT 32x2).
@@ -172,11 +172,13 @@ def preprocess_fields(processor: dict, where: str) -> dict:
     out["mean"] = tuple((float(m) - offset) / scale for m in mean)
     out["std"] = tuple(float(s) / scale for s in std)
     if p.get("resample") is not None:  # the processor's Pillow filter (transformers' PILImageResampling code)
-        names = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
         code = p["resample"]
-        if code not in names and str(code).lower() not in names.values():
+        if isinstance(code, int) and 0 <= code < len(RESAMPLE):
+            out["resample"] = RESAMPLE[code]
+        elif str(code).lower() in RESAMPLE:
+            out["resample"] = str(code).lower()
+        else:
             raise ConfigError(f"{where}: resample {code!r} is not a Pillow filter (0-5)")
-        out["resample"] = names.get(code, str(code).lower())
     if p.get("num_frames"):
         out["num_frames"] = int(p["num_frames"])
     rate = p.get("frame_sample_rate") or p.get("sampling_rate")

@@ -3,8 +3,8 @@ distilled ViT-S/B of VideoMAE V2) in plain torch, with MMAction2's own parameter
 checkpoint's ``backbone.*`` tensors load as they are.
 
 The math is MMAction2 1.x ``mmaction/models/backbones/vit_mae.py``: a tubelet ``Conv3d`` patch
-embedding, a fixed sinusoid (or learnt) position table, pre-norm blocks whose attention has
-separate ``q_bias``/``v_bias`` (no key bias) and an MLP ``Linear -> GELU -> Linear``, optional
+embedding, a position table (MMAction2's fixed sinusoid one unless the checkpoint holds its own),
+pre-norm blocks whose attention has separate ``q_bias``/``v_bias`` (no key bias) and an MLP ``Linear -> GELU -> Linear``, optional
 layer-scale ``gamma_1``/``gamma_2``, then mean pooling + ``fc_norm`` (or the first token after
 ``norm``). The head (``TimeSformerHead``/``I3DHead``: ``cls_head.fc_cls``) is our linear head.
 The architecture's sizes are read from the checkpoint's shapes (:func:`vit_kwargs_from_state`);
@@ -78,11 +78,9 @@ class MMActionViT(nn.Module):
     def __init__(self, img_size: int = 224, patch_size: int = 16, embed_dims: int = 768, depth: int = 12,
                  num_heads: int = 0, mlp_dims: int = 0, qkv_bias: bool = True, num_frames: int = 16,
                  tubelet_size: int = 2, use_mean_pooling: bool = True, layer_scale: bool = False,
-                 learnable_pos_emb: bool = False, norm_eps: float = 1e-6):
+                 norm_eps: float = 1e-6):
         super().__init__()
-        num_heads = num_heads or max(1, embed_dims // 64)
-        if embed_dims % num_heads:
-            raise ConfigError(f"mmaction_vit: embed_dims {embed_dims} is not divisible by num_heads {num_heads}")
+        num_heads = check_heads({"embed_dims": embed_dims, "num_heads": num_heads})["num_heads"]
         if img_size % patch_size or num_frames % tubelet_size:
             raise ConfigError(f"mmaction_vit: img_size {img_size} / patch_size {patch_size} and num_frames {num_frames} "
                               f"/ tubelet_size {tubelet_size} must divide evenly")
@@ -91,10 +89,8 @@ class MMActionViT(nn.Module):
                                                 (tubelet_size, patch_size, patch_size))
         self.grid, self.patch_size, self.num_frames, self.embed_dim = img_size // patch_size, patch_size, num_frames, embed_dims
         n = self.grid ** 2 * (num_frames // tubelet_size)
-        if learnable_pos_emb:
-            self.pos_embed = nn.Parameter(torch.zeros(1, n, embed_dims))
-        else:
-            self.register_buffer("pos_embed", sinusoid_table(n, embed_dims))
+        # MMAction2's fixed table; a checkpoint's own (fixed or learnt) table loads over it
+        self.register_buffer("pos_embed", sinusoid_table(n, embed_dims))
         mlp_dims = mlp_dims or 4 * embed_dims
         self.blocks = nn.ModuleList(_Block(embed_dims, num_heads, mlp_dims, qkv_bias, layer_scale, norm_eps)
                                     for _ in range(depth))
@@ -147,7 +143,7 @@ def vit_kwargs_from_state(backbone: dict, given: dict, source: str) -> dict:
             raise CheckpointError(f"{source}: the position table holds {pos.shape[1]} tokens, which is not "
                                   f"(img_size {img} / patch {patch})^2 x (num_frames / tubelet {tubelet}); "
                                   "pass --arg img_size=... --arg num_frames=... as the model was trained")
-        out["num_frames"] = int(steps) * int(tubelet)  # a buffer or a learnt table: both load into pos_embed
+        out["num_frames"] = int(steps) * int(tubelet)
     unknown = set(given) - {"num_heads", "img_size", "num_frames", "norm_eps"}
     if unknown:
         raise ConfigError(f"mmaction_vit: unknown arguments {sorted(unknown)}; the others come from the checkpoint")
